@@ -1,0 +1,237 @@
+//! The node's chunk store: the data directory, the catalog, the I/O engine
+//! and the open volumes. Creating, listing, opening and deleting volumes goes
+//! through here; a volume with open handles cannot be deleted.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::catalog::{self, Catalog, CHECKSUM_SCHEME};
+use crate::{Engine, LocalVolume, Result, StorageError, VolumeIo, VolumeMeta};
+
+/// The node-local store of volumes.
+pub struct ChunkStore {
+    root: PathBuf,
+    volumes_dir: PathBuf,
+    catalog: Catalog,
+    engine: Engine,
+    open: RwLock<HashMap<String, Arc<LocalVolume>>>,
+}
+
+/// A counted reference to an open volume; deleting waits for none to remain.
+pub struct VolumeHandle {
+    volume: Arc<LocalVolume>,
+}
+
+impl std::ops::Deref for VolumeHandle {
+    type Target = Arc<LocalVolume>;
+    fn deref(&self) -> &Arc<LocalVolume> {
+        &self.volume
+    }
+}
+
+impl Drop for VolumeHandle {
+    fn drop(&mut self) {
+        self.volume.drop_handle();
+    }
+}
+
+fn path_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Path {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ChunkStore {
+    /// Opens (or initialises) the store in `root`.
+    pub fn open(root: &Path, engine: Engine) -> Result<ChunkStore> {
+        let volumes_dir = root.join("volumes");
+        std::fs::create_dir_all(&volumes_dir).map_err(path_err(&volumes_dir))?;
+        let catalog = Catalog::open(root, &volumes_dir)?;
+        Ok(ChunkStore {
+            root: root.to_path_buf(),
+            volumes_dir,
+            catalog,
+            engine,
+            open: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The I/O engine in use.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Creates a volume.
+    pub fn create_volume(&self, name: &str, size: u64, chunk_size: u64) -> Result<VolumeMeta> {
+        catalog::validate_name(name)?;
+        catalog::validate_sizes(size, chunk_size)?;
+        let _map = self.open.write().unwrap_or_else(|p| p.into_inner());
+        if self.catalog.get(name)?.is_some() {
+            return Err(StorageError::VolumeExists(name.to_string()));
+        }
+        let meta = VolumeMeta {
+            id: self.catalog.allocate_id()?,
+            name: name.to_string(),
+            size,
+            chunk_size,
+            created_unix: catalog::unix_now(),
+            checksum: CHECKSUM_SCHEME.to_string(),
+        };
+        let dir = catalog::volume_dir(&self.volumes_dir, meta.id);
+        std::fs::create_dir_all(&dir).map_err(path_err(&dir))?;
+        let json =
+            serde_json::to_vec_pretty(&meta).map_err(|e| StorageError::Catalog(e.to_string()))?;
+        let mpath = dir.join("volume.json");
+        write_synced(&mpath, &json).map_err(path_err(&mpath))?;
+        sync_dir(&self.volumes_dir).map_err(path_err(&self.volumes_dir))?;
+        self.catalog.put(&meta)?;
+        tracing::info!(
+            volume = name,
+            size,
+            chunk_size,
+            id = meta.id,
+            "volume created"
+        );
+        Ok(meta)
+    }
+
+    /// All volumes.
+    pub fn list(&self) -> Result<Vec<VolumeMeta>> {
+        self.catalog.list()
+    }
+
+    /// Looks a volume up without opening it.
+    pub fn meta(&self, name: &str) -> Result<VolumeMeta> {
+        self.catalog
+            .get(name)?
+            .ok_or_else(|| StorageError::VolumeNotFound(name.to_string()))
+    }
+
+    /// The open volume (opened on first use), without taking a handle.
+    pub fn volume(&self, name: &str) -> Result<Arc<LocalVolume>> {
+        if let Some(v) = self
+            .open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(v.clone());
+        }
+        let mut map = self.open.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = map.get(name) {
+            return Ok(v.clone());
+        }
+        let meta = self.meta(name)?;
+        let dir = catalog::volume_dir(&self.volumes_dir, meta.id);
+        let v = Arc::new(LocalVolume::new(meta, dir, self.engine.clone()));
+        map.insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Opens a volume and counts the caller as a user until the handle drops.
+    pub fn acquire(&self, name: &str) -> Result<VolumeHandle> {
+        let v = self.volume(name)?;
+        let map = self.open.read().unwrap_or_else(|p| p.into_inner());
+        // Re-check under the lock so a concurrent delete cannot slip between.
+        match map.get(name) {
+            Some(cur) if Arc::ptr_eq(cur, &v) => {
+                v.add_handle();
+                Ok(VolumeHandle { volume: v })
+            }
+            _ => Err(StorageError::VolumeNotFound(name.to_string())),
+        }
+    }
+
+    /// Deletes a volume and its data; refused while it has open handles.
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        let mut map = self.open.write().unwrap_or_else(|p| p.into_inner());
+        let meta = self.meta(name)?;
+        if let Some(v) = map.get(name) {
+            let handles = v.handles();
+            if handles > 0 {
+                return Err(StorageError::VolumeBusy {
+                    name: name.to_string(),
+                    handles,
+                });
+            }
+        }
+        self.catalog.remove(name)?;
+        map.remove(name);
+        let dir = catalog::volume_dir(&self.volumes_dir, meta.id);
+        let doomed = self.volumes_dir.join(format!(".deleted-{:016x}", meta.id));
+        std::fs::rename(&dir, &doomed).map_err(path_err(&dir))?;
+        std::fs::remove_dir_all(&doomed).map_err(path_err(&doomed))?;
+        tracing::info!(volume = name, "volume deleted");
+        Ok(())
+    }
+
+    /// Open volumes, for metrics.
+    pub fn open_volumes(&self) -> Vec<Arc<LocalVolume>> {
+        self.open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Flushes every open volume (used at shutdown).
+    pub async fn sync_all(&self) -> Result<()> {
+        for v in self.open_volumes() {
+            v.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EngineKind;
+
+    #[test]
+    fn create_list_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::start(Some(EngineKind::Threads), 1).expect("engine");
+        let store = ChunkStore::open(dir.path(), engine).expect("open");
+        store.create_volume("a", 1 << 30, 64 << 20).expect("create");
+        assert!(matches!(
+            store.create_volume("a", 1 << 30, 64 << 20),
+            Err(StorageError::VolumeExists(_))
+        ));
+        assert_eq!(store.list().expect("list").len(), 1);
+        let h = store.acquire("a").expect("acquire");
+        assert!(matches!(
+            store.delete_volume("a"),
+            Err(StorageError::VolumeBusy { .. })
+        ));
+        drop(h);
+        store.delete_volume("a").expect("delete");
+        assert!(matches!(
+            store.delete_volume("a"),
+            Err(StorageError::VolumeNotFound(_))
+        ));
+        // Same name again gets a fresh directory.
+        store
+            .create_volume("a", 1 << 20, 1 << 20)
+            .expect("recreate");
+    }
+}
