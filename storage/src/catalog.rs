@@ -92,7 +92,7 @@ impl Catalog {
         let path = root.join("catalog");
         let db = match sled::open(&path) {
             Ok(db) => db,
-            Err(e) => {
+            Err(e @ sled::Error::Corruption { .. }) => {
                 let aside = root.join(format!("catalog.damaged-{}", unix_now()));
                 tracing::error!(error = %e, path = %path.display(), aside = %aside.display(),
                     "catalog unreadable; moving it aside and rebuilding from volume directories");
@@ -102,6 +102,7 @@ impl Catalog {
                 })?;
                 sled::open(&path)?
             }
+            Err(e) => return Err(e.into()),
         };
         let volumes = db.open_tree("volumes")?;
         let cat = Catalog { db, volumes };

@@ -15,6 +15,7 @@ pub struct ChunkStore {
     volumes_dir: PathBuf,
     catalog: Catalog,
     engine: Engine,
+    _lock: std::fs::File,
     open: RwLock<HashMap<String, Arc<LocalVolume>>>,
 }
 
@@ -48,12 +49,14 @@ impl ChunkStore {
     pub fn open(root: &Path, engine: Engine) -> Result<ChunkStore> {
         let volumes_dir = root.join("volumes");
         std::fs::create_dir_all(&volumes_dir).map_err(path_err(&volumes_dir))?;
+        let lock = lock_data_dir(root)?;
         let catalog = Catalog::open(root, &volumes_dir)?;
         Ok(ChunkStore {
             root: root.to_path_buf(),
             volumes_dir,
             catalog,
             engine,
+            _lock: lock,
             open: RwLock::new(HashMap::new()),
         })
     }
@@ -189,6 +192,29 @@ impl ChunkStore {
         }
         Ok(())
     }
+}
+
+/// Takes an exclusive lock on the data directory so two daemons never share it.
+fn lock_data_dir(root: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = root.join("raftblock.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(path_err(&path))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StorageError::Path {
+            path,
+            source: std::io::Error::other(
+                "the data directory is in use by another raftblock daemon",
+            ),
+        });
+    }
+    Ok(f)
 }
 
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {

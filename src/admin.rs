@@ -1,0 +1,199 @@
+//! The admin HTTP/JSON API: volume create/list/info/delete, `/metrics` in
+//! Prometheus text format, and `/health`. Storage errors map to HTTP status
+//! codes here (400 bad input, 404 unknown, 409 exists or busy, 500 otherwise).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use raftblock_storage::{ChunkStore, StorageError, VolumeMeta, DEFAULT_CHUNK_SIZE};
+use raftblock_volume_driver::metrics::header as metric_header;
+use raftblock_volume_driver::NbdMetrics;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    /// The node's chunk store.
+    pub store: Arc<ChunkStore>,
+    /// NBD request metrics.
+    pub metrics: Arc<NbdMetrics>,
+    /// Where NBD clients connect (for the URIs we hand out).
+    pub nbd_addr: SocketAddr,
+}
+
+/// An error reply: status plus `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let status = match &e {
+            StorageError::VolumeNotFound(_) => StatusCode::NOT_FOUND,
+            StorageError::VolumeExists(_) | StorageError::VolumeBusy { .. } => StatusCode::CONFLICT,
+            StorageError::InvalidName { .. }
+            | StorageError::InvalidSize { .. }
+            | StorageError::OutOfRange { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// Body of `POST /v1/volumes`.
+#[derive(Deserialize)]
+struct CreateVolume {
+    name: String,
+    size: u64,
+    chunk_size: Option<u64>,
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/volumes", get(list).post(create))
+        .route("/v1/volumes/{name}", get(info).delete(delete))
+        .with_state(state)
+}
+
+fn view(state: &AdminState, meta: &VolumeMeta) -> Value {
+    let (allocated, connections) = match state.store.volume(&meta.name) {
+        Ok(v) => (v.allocated_bytes().unwrap_or(0), v.handles()),
+        Err(_) => (0, 0),
+    };
+    json!({
+        "id": meta.id,
+        "name": meta.name,
+        "size": meta.size,
+        "chunk_size": meta.chunk_size,
+        "checksum": meta.checksum,
+        "created_unix": meta.created_unix,
+        "allocated_bytes": allocated,
+        "connections": connections,
+        "nbd_uri": format!("nbd://{}/{}", state.nbd_addr, meta.name),
+    })
+}
+
+async fn list(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    let vols = s.store.list()?;
+    Ok(Json(Value::Array(
+        vols.iter().map(|m| view(&s, m)).collect(),
+    )))
+}
+
+async fn info(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let meta = s.store.meta(&name)?;
+    Ok(Json(view(&s, &meta)))
+}
+
+async fn create(
+    State(s): State<Arc<AdminState>>,
+    body: Result<Json<CreateVolume>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {}", e.body_text()),
+        )
+    })?;
+    let meta = s.store.create_volume(
+        &req.name,
+        req.size,
+        req.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+    )?;
+    Ok((StatusCode::CREATED, Json(view(&s, &meta))))
+}
+
+async fn delete(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete_volume(&name)?;
+    s.metrics.remove(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let mut out = String::new();
+    metric_header(
+        &mut out,
+        "raftblock_info",
+        "gauge",
+        "Build and I/O engine of this daemon.",
+    );
+    let _ = writeln!(
+        out,
+        "raftblock_info{{version=\"{}\",io_engine=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        s.store.engine().kind()
+    );
+    let metas = s.store.list().unwrap_or_default();
+    metric_header(
+        &mut out,
+        "raftblock_volumes",
+        "gauge",
+        "Volumes on this node.",
+    );
+    let _ = writeln!(out, "raftblock_volumes {}", metas.len());
+    metric_header(
+        &mut out,
+        "raftblock_volume_size_bytes",
+        "gauge",
+        "Volume size.",
+    );
+    for m in &metas {
+        let _ = writeln!(
+            out,
+            "raftblock_volume_size_bytes{{volume=\"{}\"}} {}",
+            m.name, m.size
+        );
+    }
+    let open = s.store.open_volumes();
+    metric_header(
+        &mut out,
+        "raftblock_checksum_errors_total",
+        "counter",
+        "Blocks that failed checksum verification on read.",
+    );
+    for v in &open {
+        let _ = writeln!(
+            out,
+            "raftblock_checksum_errors_total{{volume=\"{}\"}} {}",
+            v.meta().name,
+            v.stats().checksum_errors.load(Ordering::Relaxed)
+        );
+    }
+    metric_header(
+        &mut out,
+        "raftblock_io_errors_total",
+        "counter",
+        "Device I/O errors.",
+    );
+    for v in &open {
+        let _ = writeln!(
+            out,
+            "raftblock_io_errors_total{{volume=\"{}\"}} {}",
+            v.meta().name,
+            v.stats().io_errors.load(Ordering::Relaxed)
+        );
+    }
+    s.metrics.render(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,180 @@
+//! Daemon wiring: opens the chunk store, binds the NBD and admin listeners,
+//! runs both until a shutdown signal, then drains connections and syncs data.
+
+use anyhow::{Context, Result};
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use raftblock_storage::{ChunkStore, Engine, StorageError, VolumeIo};
+use raftblock_volume_driver::{ExportCatalog, ExportInfo, NbdMetrics, NbdServer, OpenExport};
+
+use crate::admin::{self, AdminState};
+use crate::cli::ServeArgs;
+
+/// How long in-flight NBD requests may take to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Sets up `tracing` output on stderr (filter from RAFTBLOCK_LOG or RUST_LOG).
+pub fn init_logging() {
+    let filter = std::env::var("RAFTBLOCK_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,sled=warn".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A tokio runtime with `workers` threads (default: one per core).
+pub fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all().build().context("starting the async runtime")
+}
+
+/// Volumes of the local chunk store, as NBD exports.
+pub struct LocalExports {
+    store: Arc<ChunkStore>,
+}
+
+impl ExportCatalog for LocalExports {
+    type Volume = raftblock_storage::LocalVolume;
+
+    fn list(&self) -> Vec<ExportInfo> {
+        self.store
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| ExportInfo {
+                description: format!("raftblock volume, {} bytes", m.size),
+                name: m.name,
+            })
+            .collect()
+    }
+
+    fn open(&self, name: &str) -> Result<OpenExport<Self::Volume>, StorageError> {
+        let handle = self.store.acquire(name)?;
+        let volume = Arc::clone(&handle);
+        Ok(OpenExport {
+            description: format!(
+                "raftblock volume {} ({} bytes)",
+                volume.name(),
+                volume.size()
+            ),
+            volume,
+            guard: Box::new(handle),
+        })
+    }
+}
+
+/// A node with its listeners bound, ready to run.
+pub struct Node {
+    store: Arc<ChunkStore>,
+    metrics: Arc<NbdMetrics>,
+    nbd: TcpListener,
+    admin: TcpListener,
+    /// Bound NBD address.
+    pub nbd_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+}
+
+impl Node {
+    /// Opens the store and binds both listeners.
+    pub async fn bind(args: &ServeArgs) -> Result<Node> {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+        let engine =
+            Engine::start(args.io_engine, args.io_threads).context("starting the I/O engine")?;
+        let store = Arc::new(
+            ChunkStore::open(&args.data_dir, engine)
+                .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,
+        );
+        let nbd = TcpListener::bind(args.nbd_listen)
+            .await
+            .with_context(|| format!("binding the NBD listener on {}", args.nbd_listen))?;
+        let admin = TcpListener::bind(args.admin_listen)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", args.admin_listen))?;
+        Ok(Node {
+            nbd_addr: nbd.local_addr()?,
+            admin_addr: admin.local_addr()?,
+            store,
+            metrics: Arc::new(NbdMetrics::default()),
+            nbd,
+            admin,
+        })
+    }
+
+    /// Serves until `shutdown` turns true; then drains and syncs.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<()> {
+        tracing::info!(
+            nbd = %self.nbd_addr,
+            admin = %self.admin_addr,
+            io_engine = %self.store.engine().kind(),
+            data_dir = %self.store.root().display(),
+            volumes = self.store.list().map(|v| v.len()).unwrap_or(0),
+            "raftblock serving"
+        );
+        let exports = Arc::new(LocalExports {
+            store: self.store.clone(),
+        });
+        let server = NbdServer::new(exports, self.metrics.clone());
+        let nbd_listener = self.nbd;
+        let nbd_sd = shutdown.clone();
+        let nbd_task = tokio::spawn(async move { server.run(nbd_listener, nbd_sd, DRAIN).await });
+        let state = Arc::new(AdminState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            nbd_addr: self.nbd_addr,
+        });
+        let mut admin_sd = shutdown.clone();
+        let admin_task = tokio::spawn(
+            axum::serve(self.admin, admin::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = admin_sd.wait_for(|s| *s).await;
+                })
+                .into_future(),
+        );
+        match nbd_task.await {
+            Ok(r) => r.context("NBD server")?,
+            Err(e) => tracing::error!(error = %e, "NBD server task failed"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
+        self.store
+            .sync_all()
+            .await
+            .context("syncing volumes at shutdown")?;
+        tracing::info!("raftblock stopped; all data synced");
+        Ok(())
+    }
+}
+
+/// Sets the returned flag on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// `raftblock serve`.
+pub async fn serve_until_signal(args: ServeArgs) -> Result<()> {
+    let node = Node::bind(&args).await?;
+    let shutdown = shutdown_on_signal()?;
+    node.run(shutdown).await
+}

@@ -1,0 +1,270 @@
+//! NBD request metrics per volume: counts, errors, bytes and a latency
+//! histogram per command, plus open connections, rendered in the Prometheus
+//! text exposition format by [`NbdMetrics::render`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::nbd::proto;
+
+/// Commands we keep separate series for.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    /// NBD_CMD_READ
+    Read,
+    /// NBD_CMD_WRITE
+    Write,
+    /// NBD_CMD_FLUSH
+    Flush,
+    /// NBD_CMD_TRIM
+    Trim,
+    /// NBD_CMD_WRITE_ZEROES
+    WriteZeroes,
+    /// NBD_CMD_BLOCK_STATUS
+    BlockStatus,
+    /// NBD_CMD_CACHE and anything unknown
+    Other,
+}
+
+const OPS: [(&str, Op); 7] = [
+    ("read", Op::Read),
+    ("write", Op::Write),
+    ("flush", Op::Flush),
+    ("trim", Op::Trim),
+    ("write_zeroes", Op::WriteZeroes),
+    ("block_status", Op::BlockStatus),
+    ("other", Op::Other),
+];
+
+impl Op {
+    /// The series a command counts in.
+    pub fn of(kind: u16) -> Op {
+        match kind {
+            proto::CMD_READ => Op::Read,
+            proto::CMD_WRITE => Op::Write,
+            proto::CMD_FLUSH => Op::Flush,
+            proto::CMD_TRIM => Op::Trim,
+            proto::CMD_WRITE_ZEROES => Op::WriteZeroes,
+            proto::CMD_BLOCK_STATUS => Op::BlockStatus,
+            _ => Op::Other,
+        }
+    }
+}
+
+/// Histogram bucket upper bounds, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+#[derive(Default)]
+struct OpSeries {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    bytes: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_ns: AtomicU64,
+}
+
+/// Counters of one volume.
+#[derive(Default)]
+pub struct VolumeCounters {
+    ops: [OpSeries; 7],
+    connections: AtomicI64,
+    checksum_errors: AtomicU64,
+}
+
+impl VolumeCounters {
+    /// Records one completed request.
+    pub fn record(&self, op: Op, bytes: u64, took: Duration, ok: bool) {
+        let s = &self.ops[op as usize];
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            s.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        s.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        s.sum_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a read that failed its checksum.
+    pub fn checksum_error(&self) {
+        self.checksum_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests completed for `op`.
+    pub fn requests(&self, op: Op) -> u64 {
+        self.ops[op as usize].requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Metrics of the NBD front end.
+#[derive(Default)]
+pub struct NbdMetrics {
+    volumes: Mutex<BTreeMap<String, Arc<VolumeCounters>>>,
+}
+
+impl NbdMetrics {
+    /// The counters of `volume`, created on first use.
+    pub fn volume(&self, volume: &str) -> Arc<VolumeCounters> {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(volume.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a deleted volume's series.
+    pub fn remove(&self, volume: &str) {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(volume);
+    }
+
+    pub(crate) fn connection_opened(&self, volume: &str) {
+        self.volume(volume)
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self, volume: &str) {
+        self.volume(volume)
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Appends the Prometheus text for every volume to `out`.
+    pub fn render(&self, out: &mut String) {
+        let vols: Vec<(String, Arc<VolumeCounters>)> = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        header(
+            out,
+            "raftblock_nbd_connections",
+            "gauge",
+            "Open NBD connections.",
+        );
+        for (name, c) in &vols {
+            let _ = writeln!(
+                out,
+                "raftblock_nbd_connections{{volume=\"{}\"}} {}",
+                esc(name),
+                c.connections.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "raftblock_nbd_checksum_errors_total",
+            "counter",
+            "NBD requests that failed a block checksum.",
+        );
+        for (name, c) in &vols {
+            let _ = writeln!(
+                out,
+                "raftblock_nbd_checksum_errors_total{{volume=\"{}\"}} {}",
+                esc(name),
+                c.checksum_errors.load(Ordering::Relaxed)
+            );
+        }
+        let series: [(&str, &str, fn(&OpSeries) -> u64); 3] = [
+            (
+                "raftblock_nbd_requests_total",
+                "NBD requests completed.",
+                |s| s.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "raftblock_nbd_request_errors_total",
+                "NBD requests answered with an error.",
+                |s| s.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "raftblock_nbd_bytes_total",
+                "Bytes read or written over NBD.",
+                |s| s.bytes.load(Ordering::Relaxed),
+            ),
+        ];
+        for (metric, help, get) in series {
+            header(out, metric, "counter", help);
+            for (name, c) in &vols {
+                for (op_name, op) in OPS {
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{volume=\"{}\",op=\"{op_name}\"}} {}",
+                        esc(name),
+                        get(&c.ops[op as usize])
+                    );
+                }
+            }
+        }
+        let metric = "raftblock_nbd_request_duration_seconds";
+        header(
+            out,
+            metric,
+            "histogram",
+            "NBD request latency, from parsed request to reply queued.",
+        );
+        for (name, c) in &vols {
+            for (op_name, op) in OPS {
+                let s = &c.ops[op as usize];
+                let count = s.requests.load(Ordering::Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let labels = format!("volume=\"{}\",op=\"{op_name}\"", esc(name));
+                let mut cum = 0;
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    cum += s.buckets[i].load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"{b}\"}} {cum}");
+                }
+                let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let sum = s.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+                let _ = writeln!(out, "{metric}_sum{{{labels}}} {sum}");
+                let _ = writeln!(out, "{metric}_count{{{labels}}} {count}");
+            }
+        }
+    }
+}
+
+/// Writes the HELP and TYPE lines of a metric family.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = NbdMetrics::default();
+        let c = m.volume("v1");
+        c.record(Op::Write, 4096, Duration::from_micros(300), true);
+        c.record(Op::Read, 0, Duration::from_millis(2), false);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("raftblock_nbd_requests_total{volume=\"v1\",op=\"write\"} 1"));
+        assert!(out.contains("raftblock_nbd_bytes_total{volume=\"v1\",op=\"write\"} 4096"));
+        assert!(out.contains("raftblock_nbd_request_errors_total{volume=\"v1\",op=\"read\"} 1"));
+        assert!(out.contains("raftblock_nbd_request_duration_seconds_bucket{volume=\"v1\",op=\"write\",le=\"0.0005\"} 1"));
+        assert!(out
+            .contains("raftblock_nbd_request_duration_seconds_count{volume=\"v1\",op=\"read\"} 1"));
+    }
+}

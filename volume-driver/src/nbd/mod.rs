@@ -1,0 +1,136 @@
+//! The NBD server: accepts TCP connections, negotiates an export with the
+//! fixed newstyle handshake (`handshake`), then serves many requests
+//! concurrently per connection, answered out of order (`transmission`).
+//! Exports are volumes, looked up by name through an [`ExportCatalog`].
+
+pub mod client;
+mod handshake;
+pub mod proto;
+mod transmission;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use raftblock_storage::{StorageError, VolumeIo};
+
+use crate::NbdMetrics;
+
+/// An export as listed to clients.
+#[derive(Debug, Clone)]
+pub struct ExportInfo {
+    /// Export (volume) name.
+    pub name: String,
+    /// Human-readable description.
+    pub description: String,
+}
+
+/// A volume opened for a connection; the guard keeps it counted as in use.
+pub struct OpenExport<V> {
+    /// The volume.
+    pub volume: Arc<V>,
+    /// Released when the connection ends.
+    pub guard: Box<dyn Send + Sync>,
+    /// Description sent with NBD_INFO_DESCRIPTION.
+    pub description: String,
+}
+
+/// Where the server finds its exports.
+pub trait ExportCatalog: Send + Sync + 'static {
+    /// The volume type served.
+    type Volume: VolumeIo;
+    /// Exports to list.
+    fn list(&self) -> Vec<ExportInfo>;
+    /// Opens an export by name for one connection.
+    fn open(&self, name: &str) -> Result<OpenExport<Self::Volume>, StorageError>;
+}
+
+/// The NBD server for one listen address.
+pub struct NbdServer<C: ExportCatalog> {
+    catalog: Arc<C>,
+    metrics: Arc<NbdMetrics>,
+}
+
+impl<C: ExportCatalog> NbdServer<C> {
+    /// A server over `catalog`, counting into `metrics`.
+    pub fn new(catalog: Arc<C>, metrics: Arc<NbdMetrics>) -> Self {
+        NbdServer { catalog, metrics }
+    }
+
+    /// Accepts connections until `shutdown` turns true, then lets every
+    /// connection finish its in-flight requests (bounded by `drain`).
+    pub async fn run(
+        &self,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) -> std::io::Result<()> {
+        let mut conns = JoinSet::new();
+        let mut next_id = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (sock, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    next_id += 1;
+                    let _ = sock.set_nodelay(true);
+                    let catalog = self.catalog.clone();
+                    let metrics = self.metrics.clone();
+                    let sd = shutdown.clone();
+                    let span = tracing::info_span!("nbd", conn = next_id, %peer);
+                    conns.spawn(serve_connection(sock, peer, catalog, metrics, sd).instrument(span));
+                }
+            }
+        }
+        tracing::info!(
+            connections = conns.len(),
+            "NBD server stopping; draining connections"
+        );
+        let _ =
+            tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
+        conns.abort_all();
+        Ok(())
+    }
+}
+
+async fn serve_connection<C: ExportCatalog>(
+    mut sock: tokio::net::TcpStream,
+    peer: SocketAddr,
+    catalog: Arc<C>,
+    metrics: Arc<NbdMetrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    tracing::debug!("connected");
+    let negotiated = match handshake::negotiate(&mut sock, catalog.as_ref(), &shutdown).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            tracing::debug!("client ended negotiation");
+            return;
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "negotiation failed; closing");
+            return;
+        }
+    };
+    let export = negotiated.export.volume.name().to_string();
+    tracing::info!(%export, structured = negotiated.structured, "transmission started");
+    metrics.connection_opened(&export);
+    let result = transmission::serve(sock, negotiated, metrics.clone(), shutdown).await;
+    metrics.connection_closed(&export);
+    match result {
+        Ok(()) => tracing::info!(%export, %peer, "disconnected"),
+        Err(e) => tracing::info!(%export, %peer, error = %e, "connection closed"),
+    }
+}
