@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// I/O engine: uring or threads (default: uring when the kernel allows it).
     #[arg(long)]
     pub io_engine: Option<EngineKind>,
+    /// Writes up to this size are issued inline on the connection's thread
+    /// when the kernel has no non-blocking buffered write (0: always use the engine).
+    #[arg(long, default_value = "64K")]
+    pub inline_write_max: String,
     /// Threads of the thread-pool engine.
     #[arg(long, default_value_t = 4)]
     pub io_threads: usize,

@@ -92,6 +92,9 @@ impl Node {
             .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
         let engine =
             Engine::start(args.io_engine, args.io_threads).context("starting the I/O engine")?;
+        let inline =
+            crate::size::parse_size(&args.inline_write_max).context("--inline-write-max")?;
+        engine.set_inline_write_max(inline as usize);
         let store = Arc::new(
             ChunkStore::open(&args.data_dir, engine)
                 .with_context(|| format!("opening data directory {}", args.data_dir.display()))?,

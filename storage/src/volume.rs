@@ -4,7 +4,7 @@
 //! chunks need an fdatasync at the next FLUSH.
 
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,6 @@ pub struct LocalVolume {
     engine: Engine,
     chunks: Mutex<HashMap<u64, Arc<Chunk>>>,
     locks: StripeLocks,
-    dirty: Mutex<HashSet<u64>>,
     handles: AtomicUsize,
     stats: VolumeStats,
 }
@@ -60,7 +59,6 @@ impl LocalVolume {
             engine,
             chunks: Mutex::new(HashMap::new()),
             locks: StripeLocks::new(),
-            dirty: Mutex::new(HashSet::new()),
             handles: AtomicUsize::new(0),
             stats: VolumeStats::default(),
         }
@@ -280,18 +278,11 @@ impl LocalVolume {
             "write",
             std::io::Error::other("injected failure")
         )));
-        let mut raw = Vec::with_capacity(slots.len() * 4);
-        for s in &slots {
-            raw.extend_from_slice(&s.to_le_bytes());
-        }
-        let (d, k) = tokio::join!(
-            self.engine.write_at(&c.data, buf, a0),
-            self.engine
-                .write_at(&c.crc, Bytes::from(raw), a0 / BLOCK_SIZE * 4)
-        );
-        lock(&self.dirty).insert(c.index);
-        d.map_err(|e| self.io_err(c.index, "write", e))?;
-        k.map_err(|e| self.io_err(c.index, "checksum write", e))?;
+        c.dirty.store(true, Ordering::Release);
+        self.engine
+            .write_at(&c.data, buf, a0)
+            .await
+            .map_err(|e| self.io_err(c.index, "write", e))?;
         c.set_slots(a0 / BLOCK_SIZE, &slots);
         Ok(())
     }
@@ -310,16 +301,11 @@ impl LocalVolume {
             .await;
         // Slots first: a crash after this leaves a hole slot over stale data,
         // which reads as zeros (what the trim asked for).
-        let raw = c.set_slots(b0, &vec![HOLE; (b1 - b0) as usize]);
-        self.engine
-            .write_at(&c.crc, Bytes::from(raw), b0 * 4)
-            .await
-            .map_err(|e| self.io_err(index, "checksum write", e))?;
+        c.set_slots(b0, &vec![HOLE; (b1 - b0) as usize]);
         self.engine
             .punch(&c.data, b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE)
             .await
             .map_err(|e| self.io_err(index, "punch hole", e))?;
-        lock(&self.dirty).insert(index);
         Ok(())
     }
 
@@ -329,11 +315,19 @@ impl LocalVolume {
             let Some(c) = self.chunk(index, false)? else {
                 continue;
             };
-            let (d, k) = tokio::join!(self.engine.sync(&c.data), self.engine.sync(&c.crc));
-            if let Err(e) = d.and(k) {
-                lock(&self.dirty).insert(index);
-                return Err(self.io_err(index, "fdatasync", e));
-            }
+            self.sync_chunk(&c).await?;
+        }
+        Ok(())
+    }
+
+    async fn sync_chunk(&self, c: &Chunk) -> Result<()> {
+        if !c.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (d, k) = tokio::join!(self.engine.sync(&c.data), self.engine.sync(&c.crc));
+        if let Err(e) = d.and(k) {
+            c.dirty.store(true, Ordering::Release);
+            return Err(self.io_err(c.index, "fdatasync", e));
         }
         Ok(())
     }
@@ -386,8 +380,11 @@ impl VolumeIo for LocalVolume {
     }
 
     async fn flush(&self) -> Result<()> {
-        let dirty: Vec<u64> = lock(&self.dirty).drain().collect();
-        self.sync_chunks(dirty).await
+        let open: Vec<Arc<Chunk>> = lock(&self.chunks).values().cloned().collect();
+        for c in open {
+            self.sync_chunk(&c).await?;
+        }
+        Ok(())
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<()> {

@@ -9,6 +9,8 @@ mod uring;
 use bytes::Bytes;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use threads::ThreadEngine;
@@ -73,6 +75,14 @@ pub(crate) struct OpDone {
 #[derive(Clone)]
 pub struct Engine {
     backend: Backend,
+    /// Try each read inline with RWF_NOWAIT first (page-cache hits never
+    /// leave the calling thread); cleared if the kernel refuses the flag.
+    nowait_reads: Arc<AtomicBool>,
+    /// Same for writes (ext4 refuses RWF_NOWAIT on buffered writes).
+    nowait_writes: Arc<AtomicBool>,
+    /// Writes up to this size are done inline with a plain pwrite when the
+    /// non-blocking attempt is unavailable (0 = always use the engine).
+    inline_write_max: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -101,7 +111,75 @@ impl Engine {
                 }
             },
         };
-        Ok(Engine { backend })
+        Ok(Engine {
+            backend,
+            nowait_reads: Arc::new(AtomicBool::new(true)),
+            nowait_writes: Arc::new(AtomicBool::new(true)),
+            inline_write_max: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Enables or disables the inline RWF_NOWAIT fast path for reads and writes.
+    pub fn set_nowait_fast_path(&self, on: bool) {
+        self.nowait_reads.store(on, Ordering::Relaxed);
+        self.nowait_writes.store(on, Ordering::Relaxed);
+    }
+
+    /// Writes up to `bytes` long are issued inline (0 turns this off).
+    pub fn set_inline_write_max(&self, bytes: usize) {
+        self.inline_write_max.store(bytes, Ordering::Relaxed);
+    }
+
+    /// One attempt on the calling thread: `Some(n)` bytes done, `None` =
+    /// hand the request to the engine. Reads (and writes, where the kernel
+    /// allows) use RWF_NOWAIT so they never block; writes up to
+    /// `inline_write_max` fall back to a plain pwrite.
+    fn try_inline(
+        &self,
+        file: &File,
+        write: bool,
+        ptr: *mut u8,
+        len: usize,
+        offset: u64,
+    ) -> Option<usize> {
+        if len == 0 {
+            return None;
+        }
+        let flag = if write {
+            &self.nowait_writes
+        } else {
+            &self.nowait_reads
+        };
+        if flag.load(Ordering::Relaxed) {
+            let iov = libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: len,
+            };
+            // SAFETY: `iov` points at `len` bytes the caller owns for the call.
+            let n = unsafe {
+                if write {
+                    libc::pwritev2(file.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT)
+                } else {
+                    libc::preadv2(file.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT)
+                }
+            };
+            if n >= 0 {
+                return Some(n as usize);
+            }
+            if let Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) =
+                io::Error::last_os_error().raw_os_error()
+            {
+                tracing::info!(write, "RWF_NOWAIT not supported for this kind of I/O here");
+                flag.store(false, Ordering::Relaxed);
+            }
+            // EAGAIN and real errors: fall through; the engine reports errors.
+        }
+        if write && len <= self.inline_write_max.load(Ordering::Relaxed) {
+            // SAFETY: `ptr` points at `len` readable bytes owned by the caller.
+            let n = unsafe { libc::pwrite(file.as_raw_fd(), ptr.cast(), len, offset as i64) };
+            return (n > 0).then_some(n as usize);
+        }
+        None
     }
 
     /// The engine actually running.
@@ -125,6 +203,12 @@ impl Engine {
     pub async fn read_at(&self, file: &Arc<File>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         let mut done = 0usize;
+        if let Some(n) = self.try_inline(file, false, buf.as_mut_ptr(), len, offset) {
+            if n == 0 || n == len {
+                return Ok(buf); // n == 0: end of file, the rest reads as zeros
+            }
+            done = n;
+        }
         while done < len {
             let op = OpKind::Read {
                 buf,
@@ -152,6 +236,11 @@ impl Engine {
         mut data: Bytes,
         mut offset: u64,
     ) -> io::Result<()> {
+        // pwrite does not write through the pointer; the cast is for iovec.
+        if let Some(n) = self.try_inline(file, true, data.as_ptr() as *mut u8, data.len(), offset) {
+            data = data.slice(n..);
+            offset += n as u64;
+        }
         while !data.is_empty() {
             let r = self
                 .submit(
