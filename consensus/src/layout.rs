@@ -88,7 +88,13 @@ mod tests {
         assert_eq!(l.shard_of_offset(1 << 20).index, 1);
         assert_eq!(l.shard_of_offset(3 << 20).index, 0);
         let mut seen: Vec<u64> = (0..3)
-            .flat_map(|i| l.chunks_of(ShardId { volume: 9, index: i }).collect::<Vec<_>>())
+            .flat_map(|i| {
+                l.chunks_of(ShardId {
+                    volume: 9,
+                    index: i,
+                })
+                .collect::<Vec<_>>()
+            })
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());

@@ -62,7 +62,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 /// Checks a volume size and chunk size.
 pub fn validate_sizes(size: u64, chunk_size: u64) -> Result<()> {
-    if size == 0 || size % BLOCK_SIZE != 0 || size > MAX_VOLUME_SIZE {
+    if size == 0 || !size.is_multiple_of(BLOCK_SIZE) || size > MAX_VOLUME_SIZE {
         return Err(StorageError::InvalidSize {
             what: "volume size",
             value: size,

@@ -68,12 +68,14 @@ struct OpSeries {
     sum_ns: AtomicU64,
 }
 
+/// A counter family: metric name, help text, and how to read it from a series.
+type CounterSeries = (&'static str, &'static str, fn(&OpSeries) -> u64);
+
 /// Counters of one volume.
 #[derive(Default)]
 pub struct VolumeCounters {
     ops: [OpSeries; 7],
     connections: AtomicI64,
-    checksum_errors: AtomicU64,
 }
 
 impl VolumeCounters {
@@ -91,11 +93,6 @@ impl VolumeCounters {
         }
         s.sum_ns
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    /// Counts a read that failed its checksum.
-    pub fn checksum_error(&self) {
-        self.checksum_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests completed for `op`.
@@ -169,21 +166,7 @@ impl NbdMetrics {
                 c.connections.load(Ordering::Relaxed)
             );
         }
-        header(
-            out,
-            "raftblock_nbd_checksum_errors_total",
-            "counter",
-            "NBD requests that failed a block checksum.",
-        );
-        for (name, c) in &vols {
-            let _ = writeln!(
-                out,
-                "raftblock_nbd_checksum_errors_total{{volume=\"{}\"}} {}",
-                esc(name),
-                c.checksum_errors.load(Ordering::Relaxed)
-            );
-        }
-        let series: [(&str, &str, fn(&OpSeries) -> u64); 3] = [
+        let series: [CounterSeries; 3] = [
             (
                 "raftblock_nbd_requests_total",
                 "NBD requests completed.",

@@ -155,12 +155,18 @@ impl<V: VolumeIo> Conn<V> {
                 _ => Refused(EINVAL, "request extends past the end of the export"),
             });
         }
-        if req.offset % MIN_BLOCK as u64 != 0 || req.length % MIN_BLOCK != 0 {
+        if !req.offset.is_multiple_of(MIN_BLOCK as u64) || !req.length.is_multiple_of(MIN_BLOCK) {
             return Err(Refused(EINVAL, "request not aligned to 512 bytes"));
         }
         if req.kind == CMD_READ && req.length > MAX_PAYLOAD {
+            // EOVERFLOW is reserved for a DF read that cannot fit one chunk.
+            let errno = if req.flags & CMD_FLAG_DF != 0 {
+                EOVERFLOW
+            } else {
+                EINVAL
+            };
             return Err(Refused(
-                EOVERFLOW,
+                errno,
                 "read larger than the 32 MiB maximum payload",
             ));
         }
@@ -256,9 +262,6 @@ impl<V: VolumeIo> Conn<V> {
                 reply
             }
             Err(e) => {
-                if e.is_checksum() {
-                    self.counters.checksum_error();
-                }
                 tracing::warn!(volume = %self.volume.name(), cmd = command_name(req.kind),
                     offset = req.offset, len = req.length, error = %e, "request failed");
                 self.counters.record(op, 0, started.elapsed(), false);

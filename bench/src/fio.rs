@@ -1,0 +1,276 @@
+//! Running fio with its `nbd` ioengine and parsing its JSON output: the four
+//! benchmark workloads (4k random write/read at queue depth 32, 1 MiB
+//! sequential write/read at depth 8), the sequential prefill that makes reads
+//! hit written data, and extraction of IOPS, bandwidth and completion-latency
+//! percentiles from the read or write side of the single job.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Seconds of warm-up fio discards before measuring (`ramp_time`).
+pub const RAMP_SECONDS: u64 = 2;
+
+/// One of the benchmark workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// 4 KiB random writes, iodepth 32.
+    RandWrite4k,
+    /// 4 KiB random reads, iodepth 32.
+    RandRead4k,
+    /// 1 MiB sequential writes, iodepth 8.
+    SeqWrite1m,
+    /// 1 MiB sequential reads, iodepth 8.
+    SeqRead1m,
+}
+
+impl Workload {
+    /// All workloads in the order they are run.
+    pub const ALL: [Workload; 4] = [
+        Workload::RandWrite4k,
+        Workload::RandRead4k,
+        Workload::SeqWrite1m,
+        Workload::SeqRead1m,
+    ];
+
+    /// Short human name, e.g. `4k randread`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::RandWrite4k => "4k randwrite",
+            Workload::RandRead4k => "4k randread",
+            Workload::SeqWrite1m => "1M seqwrite",
+            Workload::SeqRead1m => "1M seqread",
+        }
+    }
+
+    /// Whether the workload reads (and so needs prefilled data).
+    pub fn is_read(self) -> bool {
+        matches!(self, Workload::RandRead4k | Workload::SeqRead1m)
+    }
+
+    fn rw(self) -> &'static str {
+        match self {
+            Workload::RandWrite4k => "randwrite",
+            Workload::RandRead4k => "randread",
+            Workload::SeqWrite1m => "write",
+            Workload::SeqRead1m => "read",
+        }
+    }
+
+    fn block_size(self) -> &'static str {
+        match self {
+            Workload::RandWrite4k | Workload::RandRead4k => "4k",
+            Workload::SeqWrite1m | Workload::SeqRead1m => "1M",
+        }
+    }
+
+    fn iodepth(self) -> u32 {
+        match self {
+            Workload::RandWrite4k | Workload::RandRead4k => 32,
+            Workload::SeqWrite1m | Workload::SeqRead1m => 8,
+        }
+    }
+}
+
+/// One timed fio run against one NBD URI.
+#[derive(Debug)]
+pub struct FioJob<'a> {
+    /// What to run.
+    pub workload: Workload,
+    /// `nbd://host:port/export`.
+    pub uri: &'a str,
+    /// Bytes of the device the job covers.
+    pub size: u64,
+    /// Measured seconds (after the ramp).
+    pub runtime_s: u64,
+}
+
+/// Figures of one fio run, for the side (read or write) the workload exercises.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FioResult {
+    /// I/O operations per second.
+    pub iops: f64,
+    /// Bandwidth in MiB/s.
+    pub mib_s: f64,
+    /// Median completion latency in milliseconds.
+    pub p50_ms: f64,
+    /// 99th-percentile completion latency in milliseconds.
+    pub p99_ms: f64,
+}
+
+fn base_command(uri: &str, size: u64, out: &Path) -> Command {
+    let mut cmd = Command::new("fio");
+    cmd.arg("--name=bench")
+        .arg("--ioengine=nbd")
+        .arg(format!("--uri={uri}"))
+        .arg(format!("--size={size}"))
+        .arg("--numjobs=1")
+        .arg("--output-format=json")
+        .arg(format!("--output={}", out.display()));
+    cmd
+}
+
+/// Runs one timed workload and parses its result; `out` receives fio's JSON.
+pub fn run(job: &FioJob<'_>, out: &Path) -> Result<FioResult> {
+    let w = job.workload;
+    let mut cmd = base_command(job.uri, job.size, out);
+    cmd.arg(format!("--rw={}", w.rw()))
+        .arg(format!("--bs={}", w.block_size()))
+        .arg(format!("--iodepth={}", w.iodepth()))
+        .arg("--time_based")
+        .arg(format!("--ramp_time={RAMP_SECONDS}"))
+        .arg(format!("--runtime={}", job.runtime_s));
+    if w.rw().starts_with("rand") {
+        // No block-coverage bookkeeping on the client: time-based runs wrap anyway.
+        cmd.arg("--norandommap");
+    }
+    // Generous slack for connection setup and a slow server; a hung server
+    // must not hang the benchmark.
+    let limit = Duration::from_secs(job.runtime_s + RAMP_SECONDS + 60);
+    execute(cmd, out, limit)?;
+    let text = std::fs::read_to_string(out)
+        .with_context(|| format!("reading fio output {}", out.display()))?;
+    parse(&text, w.is_read())
+}
+
+/// Writes the whole device once with 1 MiB sequential writes, so later reads
+/// hit data rather than holes.
+pub fn prefill(uri: &str, size: u64, out: &Path) -> Result<()> {
+    let mut cmd = base_command(uri, size, out);
+    cmd.arg("--rw=write").arg("--bs=1M").arg("--iodepth=8");
+    // At least 10 MiB/s, plus setup slack.
+    let limit = Duration::from_secs(size / (10 << 20) + 60);
+    execute(cmd, out, limit)?;
+    let text = std::fs::read_to_string(out)
+        .with_context(|| format!("reading fio output {}", out.display()))?;
+    parse(&text, false).map(|_| ())
+}
+
+/// Runs fio to completion within `limit`, keeping its stderr next to `out`.
+fn execute(mut cmd: Command, out: &Path, limit: Duration) -> Result<()> {
+    let err_path = out.with_extension("stderr");
+    let err_file =
+        File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err_file)
+        .spawn()
+        .context("starting fio (is it installed?)")?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for fio")? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            // Best effort: the process may have exited in between.
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "fio did not finish within {} s{}",
+                limit.as_secs(),
+                stderr_tail(&err_path)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        bail!("fio failed ({status}){}", stderr_tail(&err_path));
+    }
+    Ok(())
+}
+
+/// The last lines of fio's stderr, formatted for an error message.
+fn stderr_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!(":\n{tail}")
+    }
+}
+
+/// Extracts the figures of the read (`read == true`) or write side of the
+/// first job from fio's JSON output.
+pub fn parse(text: &str, read: bool) -> Result<FioResult> {
+    // fio may print notices before the JSON document.
+    let start = text.find('{').context("fio output contains no JSON")?;
+    let doc: Value = serde_json::from_str(&text[start..]).context("parsing fio JSON output")?;
+    let job = doc
+        .get("jobs")
+        .and_then(|j| j.get(0))
+        .context("fio JSON has no jobs")?;
+    let error = job.get("error").and_then(Value::as_i64).unwrap_or(0);
+    if error != 0 {
+        bail!("fio job reported error {error}");
+    }
+    let side_name = if read { "read" } else { "write" };
+    let side = job
+        .get(side_name)
+        .with_context(|| format!("fio JSON job has no `{side_name}` section"))?;
+    let number = |v: Option<&Value>, what: &str| -> Result<f64> {
+        v.and_then(Value::as_f64)
+            .with_context(|| format!("fio JSON: missing {side_name}.{what}"))
+    };
+    let iops = number(side.get("iops"), "iops")?;
+    let bw_bytes = number(side.get("bw_bytes"), "bw_bytes")?;
+    let total_ios = number(side.get("total_ios"), "total_ios")?;
+    if total_ios <= 0.0 {
+        bail!("fio completed no {side_name} I/O");
+    }
+    let pct = side
+        .get("clat_ns")
+        .and_then(|c| c.get("percentile"))
+        .with_context(|| format!("fio JSON: missing {side_name}.clat_ns.percentile"))?;
+    let p50 = number(pct.get("50.000000"), "clat_ns.percentile.50")?;
+    let p99 = number(pct.get("99.000000"), "clat_ns.percentile.99")?;
+    Ok(FioResult {
+        iops,
+        mib_s: bw_bytes / (1024.0 * 1024.0),
+        p50_ms: p50 / 1e6,
+        p99_ms: p99 / 1e6,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"note: both iodepth >= 1 and synchronous I/O engine
+{
+  "fio version" : "fio-3.33",
+  "jobs" : [
+    {
+      "jobname" : "bench",
+      "error" : 0,
+      "read" : { "iops" : 0.0, "bw_bytes" : 0, "total_ios" : 0, "clat_ns" : {} },
+      "write" : {
+        "iops" : 60195.4,
+        "bw_bytes" : 246625871,
+        "total_ios" : 120000,
+        "clat_ns" : { "percentile" : { "50.000000" : 456704, "99.000000" : 1204224 } }
+      }
+    }
+  ]
+}"#;
+
+    #[test]
+    fn parses_write_side() -> Result<()> {
+        let r = parse(SAMPLE, false)?;
+        assert!((r.iops - 60195.4).abs() < 1e-6);
+        assert!((r.mib_s - 235.2).abs() < 0.1);
+        assert!((r.p50_ms - 0.456704).abs() < 1e-9);
+        assert!((r.p99_ms - 1.204224).abs() < 1e-9);
+        Ok(())
+    }
+
+    #[test]
+    fn empty_side_is_an_error() {
+        assert!(parse(SAMPLE, true).is_err());
+    }
+}

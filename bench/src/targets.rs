@@ -1,0 +1,430 @@
+//! Starting, probing and stopping the NBD servers under test: the raftblock
+//! daemon (built from the workspace, volume created over its admin API) and
+//! the baselines nbdkit (`file` plugin) and qemu-nbd, each serving a file of
+//! the same size in the same scratch directory. A [`Server`] kills its
+//! process when dropped, so every exit path tears the servers down; the
+//! children also get SIGTERM if the benchmark process dies.
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Export name used on every target.
+pub const EXPORT: &str = "bench";
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which NBD server a result belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// The raftblock daemon.
+    Raftblock,
+    /// nbdkit with the file plugin.
+    Nbdkit,
+    /// qemu-nbd serving a raw file.
+    #[value(name = "qemu-nbd")]
+    QemuNbd,
+}
+
+impl TargetKind {
+    /// All targets in the order they are run.
+    pub const ALL: [TargetKind; 3] = [
+        TargetKind::Raftblock,
+        TargetKind::Nbdkit,
+        TargetKind::QemuNbd,
+    ];
+
+    /// Name used in tables, JSON and file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Raftblock => "raftblock",
+            TargetKind::Nbdkit => "nbdkit",
+            TargetKind::QemuNbd => "qemu-nbd",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// I/O engine of the raftblock daemon (`serve --io-engine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// io_uring.
+    Uring,
+    /// Blocking I/O on a thread pool.
+    Threads,
+}
+
+impl std::fmt::Display for EngineArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineArg::Uring => "uring",
+            EngineArg::Threads => "threads",
+        })
+    }
+}
+
+/// A running NBD server; dropping it stops the process.
+#[derive(Debug)]
+pub struct Server {
+    /// Which server this is.
+    pub kind: TargetKind,
+    /// URI for fio, `nbd://127.0.0.1:PORT/EXPORT`.
+    pub uri: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails (with the log tail) if the server process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("polling server process")? {
+            bail!(
+                "{} exited unexpectedly ({status}){}",
+                self.kind,
+                log_tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: plain kill(2) on our own child, which has not been reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Best effort during teardown: nothing useful to do on failure.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Runs `cargo build --release --bin raftblock` in the workspace root (a no-op when fresh).
+pub fn build_raftblock(root: &Path) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building raftblock (cargo build --release --bin raftblock) ...");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--bin", "raftblock"])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
+    if !status.success() {
+        bail!("cargo build --release --bin raftblock failed ({status})");
+    }
+    Ok(())
+}
+
+/// First line of `tool ARGS` output, e.g. `fio-3.33`; fails if the tool is missing.
+pub fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {tool} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!("{tool} {} failed ({})", args.join(" "), out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
+}
+
+/// Whether `path` lives on a tmpfs (RAM) file system.
+pub fn is_tmpfs(path: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) with a valid NUL-terminated path and a zeroed out-struct.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c.as_ptr(), &mut st) != 0 {
+            return false;
+        }
+        #[allow(clippy::unnecessary_cast)]
+        let fs_type = st.f_type as i64;
+        fs_type == TMPFS_MAGIC
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a probe port")?;
+    Ok(l.local_addr().context("probe port address")?.port())
+}
+
+/// Spawns `cmd` with output going to `log` and SIGTERM on our death.
+fn spawn(kind: TargetKind, mut cmd: Command, log: PathBuf, uri: String) -> Result<Server> {
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("duplicating {}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {program} (is it installed?)"))?;
+    Ok(Server {
+        kind,
+        uri,
+        child,
+        log,
+    })
+}
+
+/// Polls `ready` until it holds, the process dies, or the timeout passes.
+fn wait_ready(server: &mut Server, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        server.check_alive()?;
+        if ready() {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "{}: {what} not ready after {} s{}",
+                server.kind,
+                READY_TIMEOUT.as_secs(),
+                log_tail(&server.log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether an NBD server at `addr` answers with the `NBDMAGIC` greeting.
+fn nbd_greets(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    if s.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+        return false;
+    }
+    let mut magic = [0u8; 8];
+    s.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
+}
+
+/// Sends a bodiless HTTP/1.0 request and returns the status code and body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .context("setting a read timeout")?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .context("sending HTTP request")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .context("reading HTTP response")?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("malformed HTTP response from {addr}"))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Creates a sparse file of `size` bytes for a baseline server.
+fn backing_file(dir: &Path, name: &str, size: u64) -> Result<PathBuf> {
+    let path = dir.join(name);
+    let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(size)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Starts `raftblock serve`, waits for `/health`, creates volume `bench`.
+pub fn start_raftblock(
+    bin: &Path,
+    dir: &Path,
+    size: u64,
+    engine: Option<EngineArg>,
+) -> Result<Server> {
+    let data = dir.join("raftblock-data");
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let nbd = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let mut admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    while admin.port() == nbd.port() {
+        admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    }
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--nbd-listen")
+        .arg(nbd.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string());
+    if let Some(e) = engine {
+        cmd.arg("--io-engine").arg(e.to_string());
+    }
+    let uri = format!("nbd://{nbd}/{EXPORT}");
+    let mut server = spawn(TargetKind::Raftblock, cmd, dir.join("raftblock.log"), uri)?;
+    wait_ready(&mut server, "GET /health", || {
+        matches!(http(admin, "GET", "/health", None), Ok((200, _)))
+    })?;
+
+    let body = serde_json::json!({ "name": EXPORT, "size": size }).to_string();
+    let (status, resp) =
+        http(admin, "POST", "/v1/volumes", Some(&body)).context("creating the benchmark volume")?;
+    if !(200..300).contains(&status) {
+        bail!("POST /v1/volumes returned {status}: {}", resp.trim());
+    }
+    wait_ready(&mut server, "NBD listener", || nbd_greets(nbd))?;
+    Ok(server)
+}
+
+/// Starts `nbdkit file` on a sparse file of `size` bytes.
+pub fn start_nbdkit(dir: &Path, size: u64) -> Result<Server> {
+    let file = backing_file(dir, "nbdkit.img", size)?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let mut cmd = Command::new("nbdkit");
+    cmd.args(["--exit-with-parent", "-f", "-i", "127.0.0.1", "-p"])
+        .arg(addr.port().to_string())
+        .arg("file")
+        .arg(&file);
+    // The file plugin serves the same file under any export name.
+    let uri = format!("nbd://{addr}/{EXPORT}");
+    let mut server = spawn(TargetKind::Nbdkit, cmd, dir.join("nbdkit.log"), uri)?;
+    wait_ready(&mut server, "NBD listener", || nbd_greets(addr))?;
+    Ok(server)
+}
+
+/// Starts persistent, 4-client `qemu-nbd` on a sparse raw file of `size` bytes.
+pub fn start_qemu_nbd(dir: &Path, size: u64) -> Result<Server> {
+    let file = backing_file(dir, "qemu-nbd.img", size)?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.args([
+        "-f",
+        "raw",
+        "-t",
+        "--shared=4",
+        "--cache=writeback",
+        "-x",
+        EXPORT,
+    ])
+    .args(["-b", "127.0.0.1", "-p"])
+    .arg(addr.port().to_string())
+    .arg(&file);
+    let uri = format!("nbd://{addr}/{EXPORT}");
+    let mut server = spawn(TargetKind::QemuNbd, cmd, dir.join("qemu-nbd.log"), uri)?;
+    wait_ready(&mut server, "NBD listener", || nbd_greets(addr))?;
+    Ok(server)
+}
+
+/// CPU time and peak memory of a process.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcStats {
+    /// User plus system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Peak resident set size (VmHWM) in KiB.
+    pub peak_rss_kib: u64,
+}
+
+/// Reads utime+stime from `/proc/PID/stat` and VmHWM from `/proc/PID/status`.
+pub fn proc_stats(pid: u32) -> Result<ProcStats> {
+    let stat_path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&stat_path).with_context(|| format!("reading {stat_path}"))?;
+    // Fields after the parenthesised command name start at field 3 (state).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("malformed {stat_path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based), i.e. indices 11 and 12 here.
+    let tick = |i: usize, name: &str| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("{stat_path}: no {name}"))
+    };
+    let ticks = tick(11, "utime")? + tick(12, "stime")?;
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+
+    let status_path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&status_path).with_context(|| format!("reading {status_path}"))?;
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .with_context(|| format!("{status_path}: no VmHWM"))?;
+    Ok(ProcStats {
+        cpu_seconds: ticks as f64 / hz,
+        peak_rss_kib,
+    })
+}
+
+/// The last lines of a server log, formatted for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+    if tail.trim().is_empty() {
+        format!(" (log {} is empty)", path.display())
+    } else {
+        format!("; last lines of {}:\n{tail}", path.display())
+    }
+}
