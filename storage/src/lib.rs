@@ -13,6 +13,7 @@ pub mod io;
 mod locks;
 pub mod store;
 pub mod volume;
+pub mod wal;
 
 pub use catalog::{Catalog, VolumeMeta};
 pub use engine::{Engine, EngineKind};
@@ -20,6 +21,7 @@ pub use error::{Result, StorageError};
 pub use io::{Extent, ReadSegment, VolumeIo, ZeroMode};
 pub use store::ChunkStore;
 pub use volume::{LocalVolume, VolumeStats};
+pub use wal::{Wal, WalBatch, WalError, WalOptions};
 
 /// Size of a checksummed block: the unit of verification and of hole tracking.
 pub const BLOCK_SIZE: u64 = 4096;

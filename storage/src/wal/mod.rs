@@ -1,0 +1,668 @@
+//! The node's write-ahead log, shared by every Raft group on the node. One
+//! [`Wal::write`] is one record holding everything a driver round produced
+//! (entries, states and compactions of many groups), written with one
+//! `write` and made durable with one `fdatasync`: that is the group commit.
+//!
+//! The log is opaque to Raft types: groups are `u64`s, entries are
+//! `(index, term, bytes)` and a group's state is a blob its owner encodes.
+//! An in-memory index maps every live entry to its place in a segment file
+//! (with the bytes cached until the owner says they were applied), so reads
+//! of recent entries never touch the disk and old ones are one `pread`.
+//!
+//! Segments rotate at a size limit. The first record of a new segment
+//! restates every group's state and first index, so old segments are only
+//! pinned by live entries and are deleted as soon as every group has
+//! compacted past them.
+
+mod record;
+mod segment;
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use record::{Item, RecordBuilder};
+use segment::{create_segment, list_segments, scan_segment, segment_path, SEGMENT_HEADER_LEN};
+
+/// Errors of the write-ahead log.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// an I/O operation on a WAL file failed
+    #[error("WAL {path}: {op} failed: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// a record in the middle of the log is damaged: acknowledged data is at stake
+    #[error("WAL {path} is corrupt at offset {offset}: {reason}; refusing to start (the node's other replicas can rebuild it)")]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the damaged record.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// an earlier write or sync failed, so nothing after it can be trusted
+    #[error("WAL is unusable after an earlier failure: {0}")]
+    Poisoned(String),
+    /// an append would leave a gap in a group's log
+    #[error("group {group}: appending index {index} after last index {last} would leave a gap")]
+    Gap {
+        /// Group id.
+        group: u64,
+        /// First index of the append.
+        index: u64,
+        /// Current last index.
+        last: u64,
+    },
+    /// entries were asked for that the log no longer (or never) held
+    #[error("group {group}: entries [{low}, {high}) are not in the log (it holds [{first}, {end}))")]
+    Missing {
+        /// Group id.
+        group: u64,
+        /// Requested low index.
+        low: u64,
+        /// Requested high index (exclusive).
+        high: u64,
+        /// First index held.
+        first: u64,
+        /// One past the last index held.
+        end: u64,
+    },
+}
+
+impl WalError {
+    fn io(path: &Path, op: &'static str, source: std::io::Error) -> WalError {
+        WalError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+}
+
+/// Tunables of the log.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// Rotate to a new segment once the active one is larger than this.
+    pub segment_size: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+/// What a batch does to one group, in order.
+enum Op {
+    Entries(u64, Vec<(u64, u64, Bytes, usize)>),
+    State(u64, Bytes),
+    Compact(u64, u64),
+    Remove(u64),
+}
+
+/// Writes for many groups that go to disk as one record.
+#[derive(Default)]
+pub struct WalBatch {
+    record: RecordBuilder,
+    ops: Vec<Op>,
+}
+
+impl WalBatch {
+    /// An empty batch.
+    pub fn new() -> WalBatch {
+        WalBatch {
+            record: RecordBuilder::new(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Whether the batch holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Bytes the record will carry.
+    pub fn len_bytes(&self) -> usize {
+        self.record.payload_len()
+    }
+
+    /// Appends entries `(index, term, data)` with consecutive indexes to
+    /// `group`; entries already at or after the first index are replaced.
+    pub fn append(&mut self, group: u64, entries: impl IntoIterator<Item = (u64, u64, Bytes)>) {
+        let mut v = Vec::new();
+        for (index, term, data) in entries {
+            let at = self.record.entry(group, index, term, &data);
+            v.push((index, term, data, at));
+        }
+        if !v.is_empty() {
+            self.ops.push(Op::Entries(group, v));
+        }
+    }
+
+    /// Sets the group's state (replacing the previous one).
+    pub fn set_state(&mut self, group: u64, state: Bytes) {
+        self.record.state(group, &state);
+        self.ops.push(Op::State(group, state));
+    }
+
+    /// Drops the group's entries below `first_index`.
+    pub fn compact(&mut self, group: u64, first_index: u64) {
+        self.record.compact(group, first_index);
+        self.ops.push(Op::Compact(group, first_index));
+    }
+
+    /// Deletes the group, its state and all its entries.
+    pub fn remove_group(&mut self, group: u64) {
+        self.record.remove(group);
+        self.ops.push(Op::Remove(group));
+    }
+}
+
+/// Where one live entry is.
+struct EntryMeta {
+    term: u64,
+    seq: u64,
+    offset: u64,
+    len: u32,
+    cached: Option<Bytes>,
+}
+
+/// One group's part of the index.
+#[derive(Default)]
+struct GroupLog {
+    state: Option<Bytes>,
+    /// Index of `entries[0]` (or of the next entry when empty).
+    first_index: u64,
+    entries: VecDeque<EntryMeta>,
+}
+
+impl GroupLog {
+    fn end(&self) -> u64 {
+        self.first_index + self.entries.len() as u64
+    }
+
+    fn append(&mut self, group: u64, index: u64, meta: EntryMeta) -> Result<(), WalError> {
+        if self.entries.is_empty() {
+            self.first_index = index;
+        } else if index < self.first_index {
+            self.entries.clear();
+            self.first_index = index;
+        } else if index <= self.end() {
+            self.entries.truncate((index - self.first_index) as usize);
+        } else {
+            return Err(WalError::Gap {
+                group,
+                index,
+                last: self.end() - 1,
+            });
+        }
+        self.entries.push_back(meta);
+        Ok(())
+    }
+
+    fn compact(&mut self, first_index: u64) {
+        if first_index >= self.end() {
+            self.entries.clear();
+            self.first_index = first_index;
+        } else if first_index > self.first_index {
+            let n = (first_index - self.first_index) as usize;
+            self.entries.drain(..n);
+            self.first_index = first_index;
+        }
+    }
+}
+
+struct Inner {
+    groups: HashMap<u64, GroupLog>,
+    /// Open read handles of every segment, by sequence number.
+    segments: BTreeMap<u64, Arc<File>>,
+    active_seq: u64,
+    active: File,
+    active_len: u64,
+    poisoned: Option<String>,
+}
+
+/// What recovery found, for the log line at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Segment files read.
+    pub segments: usize,
+    /// Records replayed.
+    pub records: usize,
+    /// A torn tail that was cut: (file, offset).
+    pub torn_tail: Option<(PathBuf, u64)>,
+}
+
+/// The write-ahead log of one node.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    inner: Mutex<Inner>,
+    /// Serialises writers so the record order on disk is the order of calls.
+    writer: Mutex<()>,
+    recovery: Recovery,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, replaying every segment.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<Wal, WalError> {
+        std::fs::create_dir_all(dir).map_err(|e| WalError::io(dir, "create", e))?;
+        let seqs = list_segments(dir)?;
+        let mut groups: HashMap<u64, GroupLog> = HashMap::new();
+        let mut segments = BTreeMap::new();
+        let mut recovery = Recovery::default();
+        let mut last_valid = None;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let is_last = i + 1 == seqs.len();
+            let scan = scan_segment(dir, seq, is_last)?;
+            recovery.segments += 1;
+            if let Some(at) = scan.torn_at {
+                recovery.torn_tail = Some((segment_path(dir, seq), at));
+            }
+            if scan.valid_len == 0 {
+                continue; // an empty last segment was removed
+            }
+            for rec in scan.records {
+                recovery.records += 1;
+                for item in rec.items {
+                    replay(&mut groups, seq, rec.payload_offset, item, dir)?;
+                }
+            }
+            let path = segment_path(dir, seq);
+            let f = File::open(&path).map_err(|e| WalError::io(&path, "open", e))?;
+            segments.insert(seq, Arc::new(f));
+            last_valid = Some((seq, scan.valid_len));
+        }
+        let (active_seq, active, active_len) = match last_valid {
+            Some((seq, len)) => {
+                let path = segment_path(dir, seq);
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| WalError::io(&path, "open", e))?;
+                (seq, f, len)
+            }
+            None => {
+                let seq = seqs.last().map_or(1, |s| s + 1);
+                let f = create_segment(dir, seq)?;
+                let path = segment_path(dir, seq);
+                let r = File::open(&path).map_err(|e| WalError::io(&path, "open", e))?;
+                segments.insert(seq, Arc::new(r));
+                (seq, f, SEGMENT_HEADER_LEN)
+            }
+        };
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            inner: Mutex::new(Inner {
+                groups,
+                segments,
+                active_seq,
+                active,
+                active_len,
+                poisoned: None,
+            }),
+            writer: Mutex::new(()),
+            recovery,
+        })
+    }
+
+    /// What recovery found when the log was opened.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the index as it was between
+        // two writes; keep going with it rather than cascading panics.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `batch` as one record; with `sync`, returns once it is durable.
+    /// Readers see the new entries as soon as the record is written, before
+    /// the sync (Raft reads its own unpersisted entries back).
+    pub fn write(&self, batch: WalBatch, sync: bool) -> Result<(), WalError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let WalBatch { record, ops } = batch;
+        let bytes = record.finish();
+        let (file, seq) = {
+            let mut inner = self.lock();
+            if let Some(why) = &inner.poisoned {
+                return Err(WalError::Poisoned(why.clone()));
+            }
+            check_ops(&inner.groups, &ops)?;
+            let offset = inner.active_len;
+            let path = segment_path(&self.dir, inner.active_seq);
+            if let Err(e) = fail_point_write().and_then(|_| inner.active.write_all(&bytes)) {
+                // Cut whatever part of the record reached the file, so the
+                // next record starts where the index expects it.
+                if inner.active.set_len(offset).is_err() {
+                    inner.poisoned = Some(format!("write to {} failed: {e}", path.display()));
+                }
+                return Err(WalError::io(&path, "write", e));
+            }
+            inner.active_len += bytes.len() as u64;
+            let seq = inner.active_seq;
+            let payload_offset = offset + record::HEADER_LEN as u64;
+            for op in ops {
+                if let Err(e) = apply_op(&mut inner.groups, seq, payload_offset, op) {
+                    inner.poisoned = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+            let file = inner.active.try_clone().map_err(|e| WalError::io(&path, "dup", e))?;
+            (file, seq)
+        };
+        if sync {
+            if let Err(e) = file.sync_data() {
+                // After a failed fsync the page state is unknown (fsyncgate):
+                // never claim durability again from this log.
+                let path = segment_path(&self.dir, seq);
+                self.lock().poisoned = Some(format!("fdatasync of {} failed: {e}", path.display()));
+                return Err(WalError::io(&path, "fdatasync", e));
+            }
+        }
+        let rotate = self.lock().active_len > self.opts.segment_size;
+        if rotate {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record restates every group, then
+    /// deletes the segments nothing needs any more.
+    fn rotate(&self) -> Result<(), WalError> {
+        let mut inner = self.lock();
+        let seq = inner.active_seq + 1;
+        let mut file = create_segment(&self.dir, seq)?;
+        let mut rec = RecordBuilder::new();
+        for (&g, log) in &inner.groups {
+            rec.compact(g, log.first_index);
+            if let Some(s) = &log.state {
+                rec.state(g, s);
+            }
+        }
+        let path = segment_path(&self.dir, seq);
+        let mut len = SEGMENT_HEADER_LEN;
+        if !rec.is_empty() {
+            let bytes = rec.finish();
+            file.write_all(&bytes)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| WalError::io(&path, "write checkpoint", e))?;
+            len += bytes.len() as u64;
+        }
+        let reader = File::open(&path).map_err(|e| WalError::io(&path, "open", e))?;
+        inner.segments.insert(seq, Arc::new(reader));
+        inner.active = file;
+        inner.active_seq = seq;
+        inner.active_len = len;
+        drop(inner);
+        self.purge().map(|_| ())
+    }
+
+    /// Deletes segments older than every live entry; returns how many.
+    pub fn purge(&self) -> Result<usize, WalError> {
+        let mut inner = self.lock();
+        let pinned = inner
+            .groups
+            .values()
+            .filter_map(|g| g.entries.front().map(|e| e.seq))
+            .min()
+            .unwrap_or(inner.active_seq)
+            .min(inner.active_seq);
+        // The newest segment with a full checkpoint at or below `pinned`
+        // holds every state; everything before it can go.
+        let doomed: Vec<u64> = inner.segments.range(..pinned).map(|(s, _)| *s).collect();
+        for seq in &doomed {
+            let path = segment_path(&self.dir, *seq);
+            std::fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove", e))?;
+            inner.segments.remove(seq);
+        }
+        if !doomed.is_empty() {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Segment files currently on disk.
+    pub fn segment_count(&self) -> usize {
+        self.lock().segments.len()
+    }
+
+    /// Ids of the groups that have a state or entries.
+    pub fn groups(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.lock().groups.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The group's last written state.
+    pub fn state(&self, group: u64) -> Option<Bytes> {
+        self.lock().groups.get(&group).and_then(|g| g.state.clone())
+    }
+
+    /// `[first, end)`: the indexes of the group's live entries (empty when
+    /// `first == end`; then `first` is where the next entry goes).
+    pub fn range(&self, group: u64) -> Option<(u64, u64)> {
+        self.lock()
+            .groups
+            .get(&group)
+            .map(|g| (g.first_index, g.end()))
+    }
+
+    /// The term of entry `index`, if the log holds it.
+    pub fn term(&self, group: u64, index: u64) -> Option<u64> {
+        let inner = self.lock();
+        let g = inner.groups.get(&group)?;
+        let i = index.checked_sub(g.first_index)?;
+        g.entries.get(i as usize).map(|e| e.term)
+    }
+
+    /// Entries `[low, high)` as `(term, data)`, stopping once `max_bytes` is
+    /// exceeded but always returning at least one.
+    pub fn entries(
+        &self,
+        group: u64,
+        low: u64,
+        high: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<(u64, Bytes)>, WalError> {
+        let mut wanted = Vec::new();
+        {
+            let inner = self.lock();
+            let (first, end) = inner
+                .groups
+                .get(&group)
+                .map(|g| (g.first_index, g.end()))
+                .unwrap_or((0, 0));
+            if low < first || high > end || low > high {
+                return Err(WalError::Missing {
+                    group,
+                    low,
+                    high,
+                    first,
+                    end,
+                });
+            }
+            let Some(g) = inner.groups.get(&group) else {
+                return Ok(Vec::new());
+            };
+            let mut total = 0u64;
+            for idx in low..high {
+                let e = &g.entries[(idx - first) as usize];
+                total += e.len as u64;
+                if !wanted.is_empty() && total > max_bytes {
+                    break;
+                }
+                let src = match &e.cached {
+                    Some(b) => Ok(b.clone()),
+                    None => Err((inner.segments.get(&e.seq).cloned(), e.seq, e.offset, e.len)),
+                };
+                wanted.push((e.term, src));
+            }
+        }
+        // Disk reads happen outside the lock.
+        let mut out = Vec::with_capacity(wanted.len());
+        for (term, src) in wanted {
+            let data = match src {
+                Ok(b) => b,
+                Err((file, seq, offset, len)) => {
+                    let path = segment_path(&self.dir, seq);
+                    let file = file.ok_or_else(|| {
+                        WalError::io(&path, "read entry", std::io::ErrorKind::NotFound.into())
+                    })?;
+                    segment::read_at(&file, &path, offset, len as usize)?
+                }
+            };
+            out.push((term, data));
+        }
+        Ok(out)
+    }
+
+    /// Forgets the cached bytes of the group's entries below `index` (they
+    /// stay readable from disk).
+    pub fn evict_cache(&self, group: u64, index: u64) {
+        let mut inner = self.lock();
+        if let Some(g) = inner.groups.get_mut(&group) {
+            let n = index.saturating_sub(g.first_index).min(g.entries.len() as u64);
+            for e in g.entries.iter_mut().take(n as usize) {
+                e.cached = None;
+            }
+        }
+    }
+}
+
+/// Fail point `wal::write`: an injected error instead of the record write.
+fn fail_point_write() -> std::io::Result<()> {
+    fail::fail_point!("wal::write", |_| Err(std::io::Error::other("injected WAL write error")));
+    Ok(())
+}
+
+/// Refuses a batch whose appends would leave a gap, before anything is
+/// written (replaying such a record would fail the same way).
+fn check_ops(groups: &HashMap<u64, GroupLog>, ops: &[Op]) -> Result<(), WalError> {
+    // (first, end) per touched group as the batch would leave it.
+    let mut sim: HashMap<u64, (u64, u64)> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Entries(group, entries) => {
+                let (first, end) = *sim.entry(*group).or_insert_with(|| {
+                    groups.get(group).map_or((0, 0), |g| (g.first_index, g.end()))
+                });
+                let Some((index, ..)) = entries.first() else { continue };
+                let index = *index;
+                if first != end && index > end {
+                    return Err(WalError::Gap { group: *group, index, last: end - 1 });
+                }
+                let first = if first == end || index < first { index } else { first };
+                sim.insert(*group, (first, index + entries.len() as u64));
+            }
+            Op::Compact(group, to) => {
+                let (first, end) = *sim.entry(*group).or_insert_with(|| {
+                    groups.get(group).map_or((0, 0), |g| (g.first_index, g.end()))
+                });
+                let next = if *to >= end { (*to, *to) } else { (first.max(*to), end) };
+                sim.insert(*group, next);
+            }
+            Op::Remove(group) => {
+                sim.insert(*group, (0, 0));
+            }
+            Op::State(..) => {}
+        }
+    }
+    Ok(())
+}
+
+fn apply_op(
+    groups: &mut HashMap<u64, GroupLog>,
+    seq: u64,
+    payload_offset: u64,
+    op: Op,
+) -> Result<(), WalError> {
+    match op {
+        Op::Entries(group, entries) => {
+            let log = groups.entry(group).or_default();
+            for (index, term, data, at) in entries {
+                let meta = EntryMeta {
+                    term,
+                    seq,
+                    offset: payload_offset + at as u64,
+                    len: data.len() as u32,
+                    cached: Some(data),
+                };
+                log.append(group, index, meta)?;
+            }
+        }
+        Op::State(group, s) => groups.entry(group).or_default().state = Some(s),
+        Op::Compact(group, first) => groups.entry(group).or_default().compact(first),
+        Op::Remove(group) => {
+            groups.remove(&group);
+        }
+    }
+    Ok(())
+}
+
+fn replay(
+    groups: &mut HashMap<u64, GroupLog>,
+    seq: u64,
+    payload_offset: u64,
+    item: Item,
+    dir: &Path,
+) -> Result<(), WalError> {
+    let corrupt = |reason: String| WalError::Corrupt {
+        path: segment_path(dir, seq),
+        offset: payload_offset,
+        reason,
+    };
+    match item {
+        Item::Entry {
+            group,
+            index,
+            term,
+            data_offset,
+            data,
+        } => {
+            let meta = EntryMeta {
+                term,
+                seq,
+                offset: payload_offset + data_offset as u64,
+                len: data.len() as u32,
+                cached: None,
+            };
+            groups
+                .entry(group)
+                .or_default()
+                .append(group, index, meta)
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        Item::State { group, data } => {
+            groups.entry(group).or_default().state = Some(Bytes::copy_from_slice(&data));
+        }
+        Item::Compact { group, first_index } => {
+            groups.entry(group).or_default().compact(first_index)
+        }
+        Item::Remove { group } => {
+            groups.remove(&group);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! WAL tests on real files: replay, suffix replacement, compaction, rotation
+//! and purge, a torn tail cut on recovery, corruption in the middle refused.
+
+use super::*;
+use std::os::unix::fs::FileExt;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn small() -> WalOptions {
+    WalOptions { segment_size: 4096 }
+}
+
+fn datas(wal: &Wal, g: u64, low: u64, high: u64) -> Vec<String> {
+    wal.entries(g, low, high, u64::MAX)
+        .expect("entries")
+        .into_iter()
+        .map(|(_, d)| String::from_utf8_lossy(&d).to_string())
+        .collect()
+}
+
+#[test]
+fn entries_and_states_survive_reopen() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let mut batch = WalBatch::new();
+        batch.append(1, [(1, 1, b("a")), (2, 1, b("b")), (3, 2, b("c"))]);
+        batch.append(2, [(5, 3, b("x"))]);
+        batch.set_state(1, b("s1"));
+        wal.write(batch, true)?;
+        let mut batch = WalBatch::new();
+        batch.set_state(1, b("s1'"));
+        wal.write(batch, true)?;
+        assert_eq!(datas(&wal, 1, 1, 4), ["a", "b", "c"]);
+    }
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(wal.groups(), vec![1, 2]);
+    assert_eq!(wal.range(1), Some((1, 4)));
+    assert_eq!(wal.range(2), Some((5, 6)));
+    assert_eq!(wal.term(1, 3), Some(2));
+    assert_eq!(wal.term(1, 4), None);
+    assert_eq!(wal.state(1), Some(b("s1'")));
+    assert_eq!(datas(&wal, 1, 1, 4), ["a", "b", "c"]);
+    assert_eq!(datas(&wal, 2, 5, 6), ["x"]);
+    assert!(wal.entries(1, 0, 2, u64::MAX).is_err(), "below first");
+    assert!(wal.entries(1, 2, 5, u64::MAX).is_err(), "past last");
+    Ok(())
+}
+
+#[test]
+fn a_new_leader_replaces_the_tail_and_compaction_drops_the_head() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let mut batch = WalBatch::new();
+        batch.append(7, (1..=5).map(|i| (i, 1, b(&format!("t1-{i}")))));
+        wal.write(batch, true)?;
+        let mut batch = WalBatch::new();
+        batch.append(7, [(4, 2, b("t2-4"))]);
+        wal.write(batch, true)?;
+        assert_eq!(wal.range(7), Some((1, 5)));
+        let mut batch = WalBatch::new();
+        batch.compact(7, 3);
+        wal.write(batch, true)?;
+        assert_eq!(datas(&wal, 7, 3, 5), ["t1-3", "t2-4"]);
+        let mut batch = WalBatch::new();
+        batch.append(7, [(9, 2, b("gap"))]);
+        assert!(matches!(wal.write(batch, true), Err(WalError::Gap { .. })));
+        // A refused batch writes nothing and leaves the log usable.
+        let mut batch = WalBatch::new();
+        batch.append(7, [(5, 2, b("t2-5"))]);
+        wal.write(batch, true)?;
+    }
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(datas(&wal, 7, 3, 6), ["t1-3", "t2-4", "t2-5"]);
+    Ok(())
+}
+
+#[test]
+fn compaction_past_the_end_moves_the_first_index() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let mut batch = WalBatch::new();
+    batch.append(1, [(1, 1, b("a"))]);
+    batch.compact(1, 10);
+    wal.write(batch, true)?;
+    assert_eq!(wal.range(1), Some((10, 10)));
+    let mut batch = WalBatch::new();
+    batch.append(1, [(10, 3, b("j"))]);
+    wal.write(batch, true)?;
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(wal.range(1), Some((10, 11)));
+    assert_eq!(datas(&wal, 1, 10, 11), ["j"]);
+    Ok(())
+}
+
+#[test]
+fn rotation_restates_groups_and_purge_frees_old_segments() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload = Bytes::from(vec![7u8; 1000]);
+    {
+        let wal = Wal::open(dir.path(), small())?;
+        let mut batch = WalBatch::new();
+        batch.set_state(99, b("idle group state"));
+        wal.write(batch, true)?;
+        for i in 1..=40u64 {
+            let mut batch = WalBatch::new();
+            batch.append(1, [(i, 1, payload.clone())]);
+            batch.set_state(1, b(&format!("applied {i}")));
+            if i > 2 {
+                batch.compact(1, i - 1); // keep the last two entries
+            }
+            wal.write(batch, true)?;
+        }
+        assert!(wal.segment_count() <= 3, "old segments purged: {}", wal.segment_count());
+    }
+    assert!(segment::list_segments(dir.path())?.first().copied() > Some(1));
+    let wal = Wal::open(dir.path(), small())?;
+    assert_eq!(wal.state(99), Some(b("idle group state")), "restated at rotation");
+    assert_eq!(wal.state(1), Some(b("applied 40")));
+    assert_eq!(wal.range(1), Some((39, 41)));
+    assert_eq!(wal.entries(1, 39, 41, u64::MAX)?.len(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_lagging_group_pins_its_segments() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload = Bytes::from(vec![1u8; 1500]);
+    let wal = Wal::open(dir.path(), small())?;
+    let mut batch = WalBatch::new();
+    batch.append(2, [(1, 1, b("old but live"))]);
+    wal.write(batch, true)?;
+    for i in 1..=20u64 {
+        let mut batch = WalBatch::new();
+        batch.append(1, [(i, 1, payload.clone())]);
+        batch.compact(1, i);
+        wal.write(batch, true)?;
+    }
+    assert!(wal.segment_count() > 5, "group 2 pins the first segment");
+    wal.evict_cache(2, 2);
+    assert_eq!(datas(&wal, 2, 1, 2), ["old but live"], "read back from disk");
+    let mut batch = WalBatch::new();
+    batch.compact(2, 2);
+    wal.write(batch, true)?;
+    wal.purge()?;
+    assert!(wal.segment_count() <= 2, "{}", wal.segment_count());
+    Ok(())
+}
+
+/// Writes three records to a fresh log and returns the segment path.
+fn three_records(dir: &Path) -> Result<PathBuf, WalError> {
+    let wal = Wal::open(dir, WalOptions::default())?;
+    for i in 1..=3u64 {
+        let mut batch = WalBatch::new();
+        batch.append(1, [(i, 1, Bytes::from(vec![i as u8; 300]))]);
+        wal.write(batch, true)?;
+    }
+    let seqs = segment::list_segments(dir)?;
+    Ok(segment_path(dir, seqs[0]))
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_earlier_records_kept() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = three_records(dir.path())?;
+    let len = std::fs::metadata(&path).expect("stat").len();
+    // Cut the last record in the middle, as a crash during write would.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(len - 100))
+        .expect("truncate");
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(wal.range(1), Some((1, 3)));
+    let (torn_path, _) = wal.recovery().torn_tail.clone().expect("torn tail reported");
+    assert_eq!(torn_path, path);
+    // New writes go after the cut and survive.
+    let mut batch = WalBatch::new();
+    batch.append(1, [(3, 2, b("rewritten"))]);
+    wal.write(batch, true)?;
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(datas(&wal, 1, 3, 4), ["rewritten"]);
+    assert!(wal.recovery().torn_tail.is_none());
+    Ok(())
+}
+
+#[test]
+fn a_torn_header_is_cut_too() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = three_records(dir.path())?;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+    // The first bytes of a header that never finished.
+    std::io::Write::write_all(&mut f, &record::RECORD_MAGIC.to_le_bytes()[..3]).expect("append");
+    drop(f);
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(wal.range(1), Some((1, 4)));
+    Ok(())
+}
+
+#[test]
+fn corruption_in_the_middle_is_refused_with_file_and_offset() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = three_records(dir.path())?;
+    // Flip a byte inside the first record's payload.
+    let at = SEGMENT_HEADER_LEN + record::HEADER_LEN as u64 + 40;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, at).expect("read");
+    byte[0] ^= 0xff;
+    f.write_all_at(&byte, at).expect("write");
+    drop(f);
+    match Wal::open(dir.path(), WalOptions::default()) {
+        Err(WalError::Corrupt { path: p, offset, .. }) => {
+            assert_eq!(p, path);
+            assert_eq!(offset, SEGMENT_HEADER_LEN);
+            let msg = WalError::Corrupt { path: p, offset, reason: "x".into() }.to_string();
+            assert!(msg.contains(&path.display().to_string()) && msg.contains("offset 16"), "{msg}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a corrupt middle record was accepted"),
+    }
+    // The file is left as it was for inspection.
+    assert!(std::fs::metadata(&path).expect("stat").len() > at);
+    Ok(())
+}
+
+#[test]
+fn an_injected_write_error_keeps_the_log_consistent() -> Result<(), WalError> {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let mut batch = WalBatch::new();
+    batch.append(1, [(1, 1, b("one"))]);
+    wal.write(batch, true)?;
+    fail::cfg("wal::write", "return").expect("fail point");
+    let mut batch = WalBatch::new();
+    batch.append(1, [(2, 1, b("two"))]);
+    assert!(wal.write(batch, true).is_err());
+    fail::remove("wal::write");
+    assert_eq!(wal.range(1), Some((1, 2)), "the failed record is not in the index");
+    let mut batch = WalBatch::new();
+    batch.append(1, [(2, 1, b("two again"))]);
+    wal.write(batch, true)?;
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(datas(&wal, 1, 1, 3), ["one", "two again"]);
+    scenario.teardown();
+    Ok(())
+}
