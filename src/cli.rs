@@ -44,8 +44,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub io_engine: Option<EngineKind>,
     /// Writes up to this size are issued inline on the connection's thread
-    /// when the kernel has no non-blocking buffered write (0: always use the engine).
-    #[arg(long, default_value = "64K")]
+    /// when the kernel has no non-blocking buffered write (0: always use the
+    /// engine). Inline is faster (io_uring punts such writes to kernel worker
+    /// threads) but a worker thread then waits out dirty-page throttling.
+    #[arg(long, default_value = "32M")]
     pub inline_write_max: String,
     /// Threads of the thread-pool engine.
     #[arg(long, default_value_t = 4)]

@@ -32,11 +32,24 @@ pub fn init_logging() {
 
 /// A tokio runtime with `workers` threads (default: one per core).
 pub fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    keep_large_buffers_on_the_heap();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         b.worker_threads(n.max(1));
     }
     b.enable_all().build().context("starting the async runtime")
+}
+
+/// Request buffers of up to 32 MiB are allocated and freed all the time;
+/// above glibc's mmap threshold each one would be a fresh mapping whose pages
+/// fault in and are zeroed by the kernel. Keep them in the heap instead.
+fn keep_large_buffers_on_the_heap() {
+    // SAFETY: mallopt only changes allocator tunables; called before the
+    // runtime's threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
 }
 
 /// Volumes of the local chunk store, as NBD exports.

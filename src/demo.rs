@@ -41,7 +41,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         admin_listen: free_or(args.admin_listen).await,
         io_engine: None,
         io_threads: 4,
-        inline_write_max: "64K".into(),
+        inline_write_max: "32M".into(),
         worker_threads: None,
     };
     let node = Node::bind(&serve).await?;

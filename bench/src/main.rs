@@ -42,8 +42,12 @@ struct NbdArgs {
     #[arg(long, default_value = "1G")]
     size: String,
     /// Measured seconds per fio run (after a 2 s ramp).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     runtime: u64,
+    /// Rounds over all workloads and targets; each row reports the run with
+    /// the median IOPS (this machine's page cache and neighbours are noisy).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Where to write the results as JSON (default: <target dir>/bench-nbd.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -120,6 +124,9 @@ fn run_nbd(args: NbdArgs) -> Result<()> {
     if size == 0 || size % (1 << 20) != 0 {
         bail!("--size must be a positive whole number of MiB, got {size} bytes");
     }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     if args.runtime == 0 {
         bail!("--runtime must be at least 1 second");
     }
@@ -189,49 +196,66 @@ fn run_nbd(args: NbdArgs) -> Result<()> {
         servers.push(server);
     }
 
-    let total = Workload::ALL.len() * servers.len();
+    let total = Workload::ALL.len() * servers.len() * args.rounds;
     let mut step = 0;
-    let mut rows: Vec<ResultRow> = Vec::new();
+    // Every run of every (workload, target), in order.
+    let mut runs: Vec<(Workload, TargetKind, fio::FioResult)> = Vec::new();
     let mut prefilled = false;
-    for workload in Workload::ALL {
-        if workload.is_read() && !prefilled {
+    for round in 1..=args.rounds {
+        for workload in Workload::ALL {
+            if workload.is_read() && !prefilled {
+                for server in &mut servers {
+                    eprint!(
+                        "prefill {} ({} MiB sequential 1M writes) ... ",
+                        server.kind,
+                        size >> 20
+                    );
+                    flush_stderr();
+                    let started = Instant::now();
+                    let out = dir.join(format!("fio-prefill-{}.json", server.kind));
+                    fio::prefill(&server.uri, size, &out)
+                        .with_context(|| format!("prefilling {}", server.kind))?;
+                    server.check_alive()?;
+                    eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+                }
+                prefilled = true;
+            }
             for server in &mut servers {
+                step += 1;
                 eprint!(
-                    "prefill {} ({} MiB sequential 1M writes) ... ",
-                    server.kind,
-                    size >> 20
+                    "[{step}/{total}] round {round}: {} on {} ... ",
+                    workload.name(),
+                    server.kind
                 );
                 flush_stderr();
-                let started = Instant::now();
-                let out = dir.join(format!("fio-prefill-{}.json", server.kind));
-                fio::prefill(&server.uri, size, &out)
-                    .with_context(|| format!("prefilling {}", server.kind))?;
+                drop_page_cache();
+                let job = FioJob {
+                    workload,
+                    uri: &server.uri,
+                    size,
+                    runtime_s: args.runtime,
+                };
+                let out = dir.join(format!("fio-{step}.json"));
+                let res = fio::run(&job, &out)
+                    .with_context(|| format!("{} on {}", workload.name(), server.kind))?;
                 server.check_alive()?;
-                eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+                eprintln!("{:.0} IOPS, {:.1} MiB/s", res.iops, res.mib_s);
+                runs.push((workload, server.kind, res));
             }
-            prefilled = true;
         }
-        for server in &mut servers {
-            step += 1;
-            eprint!(
-                "[{step}/{total}] {} on {} ... ",
-                workload.name(),
-                server.kind
-            );
-            flush_stderr();
-            drop_page_cache();
-            let job = FioJob {
-                workload,
-                uri: &server.uri,
-                size,
-                runtime_s: args.runtime,
-            };
-            let out = dir.join(format!("fio-{step}.json"));
-            let res = fio::run(&job, &out)
-                .with_context(|| format!("{} on {}", workload.name(), server.kind))?;
-            server.check_alive()?;
-            eprintln!("{:.0} IOPS, {:.1} MiB/s", res.iops, res.mib_s);
-            rows.push(ResultRow::new(workload.name(), server.kind, &res));
+    }
+    let mut rows: Vec<ResultRow> = Vec::new();
+    for workload in Workload::ALL {
+        for server in &servers {
+            let mut mine: Vec<&fio::FioResult> = runs
+                .iter()
+                .filter(|(w, k, _)| *w == workload && *k == server.kind)
+                .map(|(_, _, r)| r)
+                .collect();
+            mine.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            if let Some(median) = mine.get(mine.len() / 2) {
+                rows.push(ResultRow::new(workload.name(), server.kind, median));
+            }
         }
     }
 
@@ -258,6 +282,7 @@ fn run_nbd(args: NbdArgs) -> Result<()> {
         ReportConfig {
             size_bytes: size,
             runtime_s: args.runtime,
+            rounds: args.rounds,
             ramp_s: fio::RAMP_SECONDS,
             engine: args.engine.map(|e| e.to_string()),
             fio_version,

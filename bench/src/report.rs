@@ -18,6 +18,8 @@ pub struct ReportConfig {
     pub size_bytes: u64,
     /// Measured seconds per run.
     pub runtime_s: u64,
+    /// Rounds run; each row is the median-IOPS run of its rounds.
+    pub rounds: usize,
     /// Ramp seconds per run (not measured).
     pub ramp_s: u64,
     /// raftblock I/O engine, if one was forced.
@@ -284,6 +286,7 @@ mod tests {
         let config = ReportConfig {
             size_bytes: 1 << 30,
             runtime_s: 5,
+            rounds: 1,
             ramp_s: 2,
             engine: None,
             fio_version: "fio-3.33".into(),

@@ -201,14 +201,22 @@ impl Engine {
 
     /// Reads `len` bytes at `offset`; bytes past the end of the file read as zeros.
     pub async fn read_at(&self, file: &Arc<File>, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        let mut done = 0usize;
+        // Uninitialised at first: a page-cache hit fills it whole, and
+        // zeroing 1 MiB per read first cost more than the read itself.
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
         if let Some(n) = self.try_inline(file, false, buf.as_mut_ptr(), len, offset) {
-            if n == 0 || n == len {
-                return Ok(buf); // n == 0: end of file, the rest reads as zeros
+            // SAFETY: the kernel initialised the first `n <= len` bytes.
+            unsafe { buf.set_len(n.min(len)) };
+            if n == len {
+                return Ok(buf);
             }
-            done = n;
+            if n == 0 {
+                buf.resize(len, 0); // end of file: the rest reads as zeros
+                return Ok(buf);
+            }
         }
+        let mut done = buf.len();
+        buf.resize(len, 0);
         while done < len {
             let op = OpKind::Read {
                 buf,

@@ -65,7 +65,9 @@ pub enum WalError {
         last: u64,
     },
     /// entries were asked for that the log no longer (or never) held
-    #[error("group {group}: entries [{low}, {high}) are not in the log (it holds [{first}, {end}))")]
+    #[error(
+        "group {group}: entries [{low}, {high}) are not in the log (it holds [{first}, {end}))"
+    )]
     Missing {
         /// Group id.
         group: u64,
@@ -366,7 +368,10 @@ impl Wal {
                     return Err(e);
                 }
             }
-            let file = inner.active.try_clone().map_err(|e| WalError::io(&path, "dup", e))?;
+            let file = inner
+                .active
+                .try_clone()
+                .map_err(|e| WalError::io(&path, "dup", e))?;
             (file, seq)
         };
         if sync {
@@ -540,7 +545,9 @@ impl Wal {
     pub fn evict_cache(&self, group: u64, index: u64) {
         let mut inner = self.lock();
         if let Some(g) = inner.groups.get_mut(&group) {
-            let n = index.saturating_sub(g.first_index).min(g.entries.len() as u64);
+            let n = index
+                .saturating_sub(g.first_index)
+                .min(g.entries.len() as u64);
             for e in g.entries.iter_mut().take(n as usize) {
                 e.cached = None;
             }
@@ -550,7 +557,9 @@ impl Wal {
 
 /// Fail point `wal::write`: an injected error instead of the record write.
 fn fail_point_write() -> std::io::Result<()> {
-    fail::fail_point!("wal::write", |_| Err(std::io::Error::other("injected WAL write error")));
+    fail::fail_point!("wal::write", |_| Err(std::io::Error::other(
+        "injected WAL write error"
+    )));
     Ok(())
 }
 
@@ -563,21 +572,39 @@ fn check_ops(groups: &HashMap<u64, GroupLog>, ops: &[Op]) -> Result<(), WalError
         match op {
             Op::Entries(group, entries) => {
                 let (first, end) = *sim.entry(*group).or_insert_with(|| {
-                    groups.get(group).map_or((0, 0), |g| (g.first_index, g.end()))
+                    groups
+                        .get(group)
+                        .map_or((0, 0), |g| (g.first_index, g.end()))
                 });
-                let Some((index, ..)) = entries.first() else { continue };
+                let Some((index, ..)) = entries.first() else {
+                    continue;
+                };
                 let index = *index;
                 if first != end && index > end {
-                    return Err(WalError::Gap { group: *group, index, last: end - 1 });
+                    return Err(WalError::Gap {
+                        group: *group,
+                        index,
+                        last: end - 1,
+                    });
                 }
-                let first = if first == end || index < first { index } else { first };
+                let first = if first == end || index < first {
+                    index
+                } else {
+                    first
+                };
                 sim.insert(*group, (first, index + entries.len() as u64));
             }
             Op::Compact(group, to) => {
                 let (first, end) = *sim.entry(*group).or_insert_with(|| {
-                    groups.get(group).map_or((0, 0), |g| (g.first_index, g.end()))
+                    groups
+                        .get(group)
+                        .map_or((0, 0), |g| (g.first_index, g.end()))
                 });
-                let next = if *to >= end { (*to, *to) } else { (first.max(*to), end) };
+                let next = if *to >= end {
+                    (*to, *to)
+                } else {
+                    (first.max(*to), end)
+                };
                 sim.insert(*group, next);
             }
             Op::Remove(group) => {

@@ -96,7 +96,8 @@ impl RecordBuilder {
         self.buf.extend_from_slice(&group.to_le_bytes());
         self.buf.extend_from_slice(&index.to_le_bytes());
         self.buf.extend_from_slice(&term.to_le_bytes());
-        self.buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(data.len() as u32).to_le_bytes());
         let at = self.payload_len();
         self.buf.extend_from_slice(data);
         at
@@ -106,7 +107,8 @@ impl RecordBuilder {
     pub fn state(&mut self, group: u64, data: &[u8]) {
         self.buf.push(KIND_STATE);
         self.buf.extend_from_slice(&group.to_le_bytes());
-        self.buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(data.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(data);
     }
 
@@ -242,13 +244,25 @@ mod tests {
         let items = decode_payload(&payload)?;
         assert_eq!(items.len(), 4);
         match &items[0] {
-            Item::Entry { group: 7, index: 10, term: 2, data_offset, data } => {
+            Item::Entry {
+                group: 7,
+                index: 10,
+                term: 2,
+                data_offset,
+                data,
+            } => {
                 assert_eq!(*data_offset, off);
                 assert_eq!(&data[..], b"hello");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(items[2], Item::Compact { group: 3, first_index: 99 });
+        assert_eq!(
+            items[2],
+            Item::Compact {
+                group: 3,
+                first_index: 99
+            }
+        );
         assert_eq!(items[3], Item::Remove { group: 4 });
         Ok(())
     }

@@ -108,7 +108,8 @@ pub fn scan_segment(dir: &Path, seq: u64, is_last: bool) -> Result<SegmentScan, 
     if buf.len() < SEGMENT_HEADER_LEN as usize {
         if is_last {
             // Crashed while creating it: nothing was ever acknowledged here.
-            f.set_len(0).map_err(|e| WalError::io(&path, "truncate", e))?;
+            f.set_len(0)
+                .map_err(|e| WalError::io(&path, "truncate", e))?;
             drop(f);
             std::fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove", e))?;
             return Ok(SegmentScan {
@@ -125,7 +126,10 @@ pub fn scan_segment(dir: &Path, seq: u64, is_last: bool) -> Result<SegmentScan, 
     let mut seq_bytes = [0u8; 8];
     seq_bytes.copy_from_slice(&buf[8..16]);
     if u64::from_le_bytes(seq_bytes) != seq {
-        return Err(corrupt(8, "sequence number does not match the file name".into()));
+        return Err(corrupt(
+            8,
+            "sequence number does not match the file name".into(),
+        ));
     }
 
     let mut records = Vec::new();
@@ -161,7 +165,10 @@ pub fn scan_segment(dir: &Path, seq: u64, is_last: bool) -> Result<SegmentScan, 
 /// Parses and checks the record at `at`; returns it and the next offset.
 fn record_at(buf: &Bytes, at: usize) -> Result<(ScannedRecord, usize), String> {
     if buf.len() - at < HEADER_LEN {
-        return Err(format!("{} stray bytes where a record header should be", buf.len() - at));
+        return Err(format!(
+            "{} stray bytes where a record header should be",
+            buf.len() - at
+        ));
     }
     let h = parse_header(&buf[at..]).ok_or("invalid record header")?;
     let start = at + HEADER_LEN;

@@ -115,11 +115,19 @@ fn rotation_restates_groups_and_purge_frees_old_segments() -> Result<(), WalErro
             }
             wal.write(batch, true)?;
         }
-        assert!(wal.segment_count() <= 3, "old segments purged: {}", wal.segment_count());
+        assert!(
+            wal.segment_count() <= 3,
+            "old segments purged: {}",
+            wal.segment_count()
+        );
     }
     assert!(segment::list_segments(dir.path())?.first().copied() > Some(1));
     let wal = Wal::open(dir.path(), small())?;
-    assert_eq!(wal.state(99), Some(b("idle group state")), "restated at rotation");
+    assert_eq!(
+        wal.state(99),
+        Some(b("idle group state")),
+        "restated at rotation"
+    );
     assert_eq!(wal.state(1), Some(b("applied 40")));
     assert_eq!(wal.range(1), Some((39, 41)));
     assert_eq!(wal.entries(1, 39, 41, u64::MAX)?.len(), 2);
@@ -142,7 +150,11 @@ fn a_lagging_group_pins_its_segments() -> Result<(), WalError> {
     }
     assert!(wal.segment_count() > 5, "group 2 pins the first segment");
     wal.evict_cache(2, 2);
-    assert_eq!(datas(&wal, 2, 1, 2), ["old but live"], "read back from disk");
+    assert_eq!(
+        datas(&wal, 2, 1, 2),
+        ["old but live"],
+        "read back from disk"
+    );
     let mut batch = WalBatch::new();
     batch.compact(2, 2);
     wal.write(batch, true)?;
@@ -176,7 +188,11 @@ fn a_torn_tail_is_cut_and_earlier_records_kept() -> Result<(), WalError> {
         .expect("truncate");
     let wal = Wal::open(dir.path(), WalOptions::default())?;
     assert_eq!(wal.range(1), Some((1, 3)));
-    let (torn_path, _) = wal.recovery().torn_tail.clone().expect("torn tail reported");
+    let (torn_path, _) = wal
+        .recovery()
+        .torn_tail
+        .clone()
+        .expect("torn tail reported");
     assert_eq!(torn_path, path);
     // New writes go after the cut and survive.
     let mut batch = WalBatch::new();
@@ -193,7 +209,10 @@ fn a_torn_tail_is_cut_and_earlier_records_kept() -> Result<(), WalError> {
 fn a_torn_header_is_cut_too() -> Result<(), WalError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = three_records(dir.path())?;
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
     // The first bytes of a header that never finished.
     std::io::Write::write_all(&mut f, &record::RECORD_MAGIC.to_le_bytes()[..3]).expect("append");
     drop(f);
@@ -208,18 +227,32 @@ fn corruption_in_the_middle_is_refused_with_file_and_offset() -> Result<(), WalE
     let path = three_records(dir.path())?;
     // Flip a byte inside the first record's payload.
     let at = SEGMENT_HEADER_LEN + record::HEADER_LEN as u64 + 40;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
     let mut byte = [0u8; 1];
     f.read_exact_at(&mut byte, at).expect("read");
     byte[0] ^= 0xff;
     f.write_all_at(&byte, at).expect("write");
     drop(f);
     match Wal::open(dir.path(), WalOptions::default()) {
-        Err(WalError::Corrupt { path: p, offset, .. }) => {
+        Err(WalError::Corrupt {
+            path: p, offset, ..
+        }) => {
             assert_eq!(p, path);
             assert_eq!(offset, SEGMENT_HEADER_LEN);
-            let msg = WalError::Corrupt { path: p, offset, reason: "x".into() }.to_string();
-            assert!(msg.contains(&path.display().to_string()) && msg.contains("offset 16"), "{msg}");
+            let msg = WalError::Corrupt {
+                path: p,
+                offset,
+                reason: "x".into(),
+            }
+            .to_string();
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains("offset 16"),
+                "{msg}"
+            );
         }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a corrupt middle record was accepted"),
@@ -242,7 +275,11 @@ fn an_injected_write_error_keeps_the_log_consistent() -> Result<(), WalError> {
     batch.append(1, [(2, 1, b("two"))]);
     assert!(wal.write(batch, true).is_err());
     fail::remove("wal::write");
-    assert_eq!(wal.range(1), Some((1, 2)), "the failed record is not in the index");
+    assert_eq!(
+        wal.range(1),
+        Some((1, 2)),
+        "the failed record is not in the index"
+    );
     let mut batch = WalBatch::new();
     batch.append(1, [(2, 1, b("two again"))]);
     wal.write(batch, true)?;

@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -73,17 +73,18 @@ pub async fn serve<V: VolumeIo>(
                     format!("write payload of {} bytes exceeds 32 MiB", req.length),
                 ));
             }
-            let mut buf = BytesMut::zeroed(req.length as usize);
-            if let Err(e) = rd.read_exact(&mut buf).await {
-                break Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "write payload cut short ({} bytes announced): {e}",
-                        req.length
-                    ),
-                ));
+            match read_payload(&mut rd, req.length as usize).await {
+                Ok(buf) => buf,
+                Err(e) => {
+                    break Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "write payload cut short ({} bytes announced): {e}",
+                            req.length
+                        ),
+                    ))
+                }
             }
-            buf.freeze()
         } else {
             Bytes::new()
         };
@@ -106,6 +107,19 @@ pub async fn serve<V: VolumeIo>(
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Reads exactly `len` payload bytes into a fresh buffer without zeroing it
+/// first (at 1 MiB writes the memset alone was a tenth of the CPU).
+async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let mut limited = (&mut *rd).take((len - buf.len()) as u64);
+        if limited.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(buf.freeze())
 }
 
 async fn write_replies(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<Bytes>>) -> io::Result<()> {
