@@ -6,5 +6,7 @@
 //! on it.
 
 pub mod layout;
+pub mod peer_storage;
 
 pub use layout::{ShardId, ShardLayout};
+pub use peer_storage::PeerStorage;

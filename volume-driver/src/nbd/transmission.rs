@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -122,20 +122,57 @@ async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> io::Resul
     Ok(buf.freeze())
 }
 
-async fn write_replies(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<Bytes>>) -> io::Result<()> {
-    let mut w = BufWriter::with_capacity(256 << 10, wr);
+async fn write_replies(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+) -> io::Result<()> {
+    let mut pending: Vec<Bytes> = Vec::new();
     while let Some(parts) = rx.recv().await {
-        for p in parts {
-            w.write_all(&p).await?;
-        }
-        while let Ok(more) = rx.try_recv() {
-            for p in more {
-                w.write_all(&p).await?;
+        pending.extend(parts);
+        // Replies that are ready now go out with the same system call.
+        while pending.len() < MAX_IOVECS {
+            match rx.try_recv() {
+                Ok(more) => pending.extend(more),
+                Err(_) => break,
             }
         }
-        w.flush().await?;
+        write_all_vectored(&mut wr, &mut pending).await?;
     }
-    w.shutdown().await
+    wr.shutdown().await
+}
+
+/// Most iovecs handed to one `writev` (Linux's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 1024;
+
+/// Writes every part with gathering writes (a reply header and its data in
+/// one system call, no copy into a staging buffer), then empties `parts`.
+async fn write_all_vectored(w: &mut OwnedWriteHalf, parts: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut start = 0;
+    while start < parts.len() {
+        let mut n = {
+            let slices: Vec<io::IoSlice<'_>> = parts[start..]
+                .iter()
+                .take(MAX_IOVECS)
+                .map(|b| io::IoSlice::new(b))
+                .collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && start < parts.len() {
+            let len = parts[start].len();
+            if n >= len {
+                n -= len;
+                start += 1;
+            } else {
+                bytes::Buf::advance(&mut parts[start], n);
+                n = 0;
+            }
+        }
+    }
+    parts.clear();
+    Ok(())
 }
 
 /// A request refused before it reached the volume.

@@ -1,0 +1,360 @@
+//! Raft's `Storage` for one replica, kept in the node's shared WAL: the log
+//! entries are the WAL's entries of this group, and the replica's persistent
+//! state (hard state, conf state, where the log was truncated, how far it was
+//! applied) is the group's state blob, encoded with prost. Writes are staged
+//! into a [`WalBatch`] that the driver writes for many groups at once.
+
+use bytes::Bytes;
+use prost::Message as _;
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::sync::Arc;
+
+use raftblock_storage::{Wal, WalBatch, WalError};
+
+/// The persistent part of a replica, as stored in the WAL state blob.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredState {
+    #[prost(uint64, tag = "1")]
+    term: u64,
+    #[prost(uint64, tag = "2")]
+    vote: u64,
+    #[prost(uint64, tag = "3")]
+    commit: u64,
+    #[prost(uint64, repeated, tag = "4")]
+    voters: Vec<u64>,
+    #[prost(uint64, repeated, tag = "5")]
+    learners: Vec<u64>,
+    #[prost(uint64, repeated, tag = "6")]
+    voters_outgoing: Vec<u64>,
+    #[prost(uint64, repeated, tag = "7")]
+    learners_next: Vec<u64>,
+    #[prost(bool, tag = "8")]
+    auto_leave: bool,
+    /// Index of the last entry dropped from the log (a snapshot or compaction).
+    #[prost(uint64, tag = "9")]
+    truncated_index: u64,
+    /// Its term (Raft needs `term(first_index - 1)`).
+    #[prost(uint64, tag = "10")]
+    truncated_term: u64,
+    /// Entries up to here are applied and their effect is durable.
+    #[prost(uint64, tag = "11")]
+    applied: u64,
+}
+
+/// One log entry as stored in the WAL (index and term live in the WAL).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredEntry {
+    #[prost(int32, tag = "1")]
+    entry_type: i32,
+    #[prost(bytes = "bytes", tag = "2")]
+    data: Bytes,
+    #[prost(bytes = "bytes", tag = "3")]
+    context: Bytes,
+}
+
+fn entry_type_code(t: EntryType) -> i32 {
+    match t {
+        EntryType::EntryNormal => 0,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    }
+}
+
+fn entry_type_of(code: i32) -> Option<EntryType> {
+    match code {
+        0 => Some(EntryType::EntryNormal),
+        1 => Some(EntryType::EntryConfChange),
+        2 => Some(EntryType::EntryConfChangeV2),
+        _ => None,
+    }
+}
+
+/// Encodes a Raft entry for the WAL.
+pub fn encode_entry(e: &Entry) -> Bytes {
+    StoredEntry {
+        entry_type: entry_type_code(e.get_entry_type()),
+        data: e.data.clone(),
+        context: e.context.clone(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+fn decode_entry(index: u64, term: u64, bytes: &[u8]) -> Result<Entry, String> {
+    let s = StoredEntry::decode(bytes).map_err(|e| format!("entry {index}: {e}"))?;
+    let t = entry_type_of(s.entry_type)
+        .ok_or_else(|| format!("entry {index}: unknown type {}", s.entry_type))?;
+    let mut e = Entry::default();
+    e.set_entry_type(t);
+    e.index = index;
+    e.term = term;
+    e.data = s.data;
+    e.context = s.context;
+    Ok(e)
+}
+
+/// A replica's Raft storage over the shared WAL.
+pub struct PeerStorage {
+    group: u64,
+    wal: Arc<Wal>,
+    state: StoredState,
+    /// The latest snapshot this replica installed or built (metadata only;
+    /// the data is streamed separately).
+    snapshot: Option<Snapshot>,
+}
+
+fn other(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl PeerStorage {
+    /// Opens the replica of `group` from the WAL, if it has any state there.
+    pub fn open(wal: Arc<Wal>, group: u64) -> Result<Option<PeerStorage>, String> {
+        let Some(blob) = wal.state(group) else {
+            return Ok(None);
+        };
+        let state = StoredState::decode(&blob[..])
+            .map_err(|e| format!("group {group}: undecodable state in the WAL: {e}"))?;
+        Ok(Some(PeerStorage {
+            group,
+            wal,
+            state,
+            snapshot: None,
+        }))
+    }
+
+    /// Creates a new replica whose initial members are `voters` (every
+    /// initial member must be created with the same list) and stages its
+    /// state into `batch`.
+    pub fn create(wal: Arc<Wal>, group: u64, voters: &[u64], batch: &mut WalBatch) -> PeerStorage {
+        let state = StoredState {
+            voters: voters.to_vec(),
+            ..StoredState::default()
+        };
+        let s = PeerStorage {
+            group,
+            wal,
+            state,
+            snapshot: None,
+        };
+        s.stage_state(batch);
+        s
+    }
+
+    /// Creates an empty replica that waits to be filled by a snapshot from
+    /// the leader (a replica added to an existing group).
+    pub fn create_empty(wal: Arc<Wal>, group: u64, batch: &mut WalBatch) -> PeerStorage {
+        PeerStorage::create(wal, group, &[], batch)
+    }
+
+    /// The group id.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// Applied index whose effect is durable (Raft's `Config::applied` on restart).
+    pub fn applied(&self) -> u64 {
+        self.state.applied
+    }
+
+    /// The current conf state.
+    pub fn conf_state(&self) -> ConfState {
+        ConfState {
+            voters: self.state.voters.clone(),
+            learners: self.state.learners.clone(),
+            voters_outgoing: self.state.voters_outgoing.clone(),
+            learners_next: self.state.learners_next.clone(),
+            auto_leave: self.state.auto_leave,
+            ..ConfState::default()
+        }
+    }
+
+    fn stage_state(&self, batch: &mut WalBatch) {
+        batch.set_state(self.group, self.state.encode_to_vec().into());
+    }
+
+    /// Stages new entries (replacing any conflicting tail).
+    pub fn stage_entries(&mut self, entries: &[Entry], batch: &mut WalBatch) {
+        batch.append(
+            self.group,
+            entries.iter().map(|e| (e.index, e.term, encode_entry(e))),
+        );
+    }
+
+    /// Stages a new hard state.
+    pub fn stage_hard_state(&mut self, hs: &HardState, batch: &mut WalBatch) {
+        self.state.term = hs.term;
+        self.state.vote = hs.vote;
+        self.state.commit = hs.commit;
+        self.stage_state(batch);
+    }
+
+    /// Stages a commit index learnt from a `LightReady`.
+    pub fn stage_commit(&mut self, commit: u64, batch: &mut WalBatch) {
+        if commit > self.state.commit {
+            self.state.commit = commit;
+            self.stage_state(batch);
+        }
+    }
+
+    /// Stages the conf state that applying a conf change produced.
+    pub fn stage_conf_state(&mut self, cs: &ConfState, batch: &mut WalBatch) {
+        self.state.voters = cs.voters.clone();
+        self.state.learners = cs.learners.clone();
+        self.state.voters_outgoing = cs.voters_outgoing.clone();
+        self.state.learners_next = cs.learners_next.clone();
+        self.state.auto_leave = cs.auto_leave;
+        self.stage_state(batch);
+    }
+
+    /// Stages a new durable applied index.
+    pub fn stage_applied(&mut self, applied: u64, batch: &mut WalBatch) {
+        if applied > self.state.applied {
+            self.state.applied = applied;
+            self.stage_state(batch);
+        }
+    }
+
+    /// Stages dropping the log up to and including `index` (which must be
+    /// applied durably): the WAL can then free the space.
+    pub fn stage_compact(&mut self, index: u64, batch: &mut WalBatch) -> Result<(), String> {
+        if index <= self.state.truncated_index {
+            return Ok(());
+        }
+        if index > self.state.applied {
+            return Err(format!(
+                "group {}: compaction to {index} beyond the durable applied index {}",
+                self.group, self.state.applied
+            ));
+        }
+        let term = self
+            .wal
+            .term(self.group, index)
+            .ok_or_else(|| format!("group {}: no term for index {index}", self.group))?;
+        self.state.truncated_index = index;
+        self.state.truncated_term = term;
+        batch.compact(self.group, index + 1);
+        self.stage_state(batch);
+        Ok(())
+    }
+
+    /// Stages installing a snapshot received from the leader: the log is
+    /// dropped up to its index and the conf state replaced. The caller
+    /// installs the data before applying anything after it.
+    pub fn stage_snapshot(&mut self, snap: &Snapshot, batch: &mut WalBatch) {
+        let meta = snap.get_metadata();
+        self.state.truncated_index = meta.index;
+        self.state.truncated_term = meta.term;
+        self.state.commit = self.state.commit.max(meta.index);
+        self.state.applied = meta.index;
+        let cs = meta.get_conf_state();
+        self.state.voters = cs.voters.clone();
+        self.state.learners = cs.learners.clone();
+        self.state.voters_outgoing = cs.voters_outgoing.clone();
+        self.state.learners_next = cs.learners_next.clone();
+        self.state.auto_leave = cs.auto_leave;
+        // The whole log goes (MemStorage does the same): entries after the
+        // snapshot index come again from the leader.
+        batch.remove_group(self.group);
+        self.stage_state(batch);
+        self.snapshot = Some(snap.clone());
+    }
+
+    /// Sets the snapshot `snapshot()` hands to Raft (built by the owner at
+    /// its applied index).
+    pub fn set_snapshot(&mut self, snap: Snapshot) {
+        self.snapshot = Some(snap);
+    }
+
+    /// Stages deleting the replica and its log.
+    pub fn stage_destroy(&self, batch: &mut WalBatch) {
+        batch.remove_group(self.group);
+    }
+
+    fn wal_last(&self) -> Option<u64> {
+        match self.wal.range(self.group) {
+            Some((first, end)) if end > first => Some(end - 1),
+            _ => None,
+        }
+    }
+}
+
+impl raft::Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let hs = HardState {
+            term: self.state.term,
+            vote: self.state.vote,
+            commit: self.state.commit,
+            ..HardState::default()
+        };
+        Ok(RaftState {
+            hard_state: hs,
+            conf_state: self.conf_state(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.state.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let raw = self
+            .wal
+            .entries(self.group, low, high, max)
+            .map_err(|e| match e {
+                WalError::Missing { .. } => raft::Error::Store(StorageError::Unavailable),
+                e => other(e),
+            })?;
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (term, data))| decode_entry(low + i as u64, term, &data).map_err(other))
+            .collect()
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.state.truncated_index {
+            return Ok(self.state.truncated_term);
+        }
+        if idx < self.state.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        self.wal
+            .term(self.group, idx)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.state.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self
+            .wal_last()
+            .unwrap_or(self.state.truncated_index)
+            .max(self.state.truncated_index))
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.snapshot {
+            Some(s) if s.get_metadata().index >= request_index && s.get_metadata().index > 0 => {
+                Ok(s.clone())
+            }
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
