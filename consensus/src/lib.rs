@@ -7,6 +7,7 @@
 
 pub mod layout;
 pub mod peer_storage;
+pub mod transport;
 
 pub use layout::{ShardId, ShardLayout};
 pub use peer_storage::PeerStorage;

@@ -1,0 +1,405 @@
+//! Node-to-node transport for Raft traffic: tokio TCP, one outgoing
+//! connection per peer, length-prefixed prost frames that each carry many
+//! groups' messages (batched per peer, as TiKV's raft client does).
+//!
+//! Every peer has its own bounded queue and sender task, so a dead or slow
+//! peer never blocks the others: when its queue is full, messages are
+//! dropped (Raft retransmits) and the peer is reported unreachable. Senders
+//! reconnect with exponential backoff.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message as _;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+/// One Raft message for one group (the Raft message itself, protobuf-encoded).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Envelope {
+    /// Raft group (shard or meta) id.
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    /// The encoded `raft::prelude::Message`.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub message: Bytes,
+}
+
+/// What goes over the wire: a batch of envelopes from one node.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frame {
+    /// Sending node id.
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    /// The messages.
+    #[prost(message, repeated, tag = "2")]
+    pub envelopes: Vec<Envelope>,
+}
+
+/// Largest frame accepted from a peer (a snapshot chunk travels elsewhere).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Messages queued per peer before new ones are dropped.
+const QUEUE_LEN: usize = 16384;
+/// Bytes of envelopes put in one frame before it is sent.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Something that happened to the transport, for the Raft driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransportEvent {
+    /// Messages from `from`.
+    Received {
+        /// Sending node.
+        from: u64,
+        /// The messages.
+        envelopes: Vec<Envelope>,
+    },
+    /// Messages to `to` were lost (queue full or connection failed):
+    /// Raft should probe the peer (`report_unreachable`).
+    Unreachable {
+        /// The peer.
+        to: u64,
+        /// Groups whose messages were lost.
+        groups: Vec<u64>,
+    },
+}
+
+struct PeerQueue {
+    tx: mpsc::Sender<Envelope>,
+}
+
+/// The node's side of the transport.
+#[derive(Clone)]
+pub struct Transport {
+    node: u64,
+    peers: Arc<Mutex<HashMap<u64, PeerQueue>>>,
+    events: mpsc::UnboundedSender<TransportEvent>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Transport {
+    /// Starts accepting peers on `listener`; events go to the returned receiver.
+    pub fn start(
+        node: u64,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Transport, mpsc::UnboundedReceiver<TransportEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let t = Transport {
+            node,
+            peers: Arc::new(Mutex::new(HashMap::new())),
+            events,
+            shutdown,
+        };
+        tokio::spawn(accept_loop(listener, t.events.clone(), t.shutdown.clone()));
+        (t, rx)
+    }
+
+    /// Sets (or changes) where peer `node` listens.
+    pub fn add_peer(&self, node: u64, addr: SocketAddr) {
+        let (tx, rx) = mpsc::channel(QUEUE_LEN);
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.insert(node, PeerQueue { tx });
+        tokio::spawn(send_loop(
+            self.node,
+            node,
+            addr,
+            rx,
+            self.events.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Queues `env` for `to` without waiting; a full queue or an unknown peer
+    /// drops it and reports the peer unreachable.
+    pub fn send(&self, to: u64, env: Envelope) {
+        let group = env.group;
+        let sent = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            peers.get(&to).map(|p| p.tx.try_send(env).is_ok())
+        };
+        if sent != Some(true) {
+            let _ = self.events.send(TransportEvent::Unreachable {
+                to,
+                groups: vec![group],
+            });
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    events: mpsc::UnboundedSender<TransportEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let events = events.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = receive_loop(sock, events, shutdown).await {
+                            tracing::debug!(%peer, error = %e, "raft connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a raft connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn receive_loop(
+    sock: TcpStream,
+    events: mpsc::UnboundedSender<TransportEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut rd = tokio::io::BufReader::with_capacity(1 << 20, sock);
+    loop {
+        let len = tokio::select! {
+            r = rd.read_u32_le() => r? as usize,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        if len > MAX_FRAME {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes exceeds {MAX_FRAME}"),
+            ));
+        }
+        let mut buf = BytesMut::zeroed(len);
+        rd.read_exact(&mut buf).await?;
+        let frame = Frame::decode(buf.freeze())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if events
+            .send(TransportEvent::Received {
+                from: frame.from,
+                envelopes: frame.envelopes,
+            })
+            .is_err()
+        {
+            return Ok(()); // the driver is gone
+        }
+    }
+}
+
+async fn send_loop(
+    me: u64,
+    to: u64,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Envelope>,
+    events: mpsc::UnboundedSender<TransportEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut conn: Option<TcpStream> = None;
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return, // replaced or shut down
+            },
+            _ = shutdown.changed() => return,
+        };
+        let mut batch = vec![first];
+        let mut bytes = batch[0].encoded_len();
+        while bytes < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(m) => {
+                    bytes += m.encoded_len();
+                    batch.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    conn = Some(s);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = to, %addr, error = %e, "raft peer unreachable");
+                    report_lost(&events, to, &batch);
+                    // Drop what queued up meanwhile too: it is stale by the
+                    // time the peer is back, and Raft resends what matters.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    let mut stale = Vec::new();
+                    while let Ok(m) = rx.try_recv() {
+                        stale.push(m);
+                    }
+                    if !stale.is_empty() {
+                        report_lost(&events, to, &stale);
+                    }
+                    continue;
+                }
+            }
+        }
+        let frame = Frame {
+            from: me,
+            envelopes: batch,
+        };
+        let mut buf = BytesMut::with_capacity(frame.encoded_len() + 4);
+        buf.put_u32_le(frame.encoded_len() as u32);
+        if frame.encode(&mut buf).is_err() {
+            continue; // cannot happen: the buffer was sized for it
+        }
+        let Some(s) = conn.as_mut() else { continue };
+        let mut data = buf.freeze();
+        let r = async {
+            while data.has_remaining() {
+                let n = s.write(&data).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                data.advance(n);
+            }
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::debug!(peer = to, error = %e, "raft connection lost");
+            conn = None;
+            report_lost(&events, to, &frame.envelopes);
+        }
+    }
+}
+
+fn report_lost(events: &mpsc::UnboundedSender<TransportEvent>, to: u64, lost: &[Envelope]) {
+    let mut groups: Vec<u64> = lost.iter().map(|e| e.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let _ = events.send(TransportEvent::Unreachable { to, groups });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(group: u64, i: u32) -> Envelope {
+        Envelope {
+            group,
+            message: Bytes::from(i.to_le_bytes().to_vec()),
+        }
+    }
+
+    async fn recv_all(
+        rx: &mut mpsc::UnboundedReceiver<TransportEvent>,
+        want: usize,
+    ) -> Vec<Envelope> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+                Ok(Some(TransportEvent::Received { envelopes, .. })) => got.extend(envelopes),
+                Ok(Some(TransportEvent::Unreachable { .. })) => {}
+                _ => break,
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn delivers_in_order_and_survives_a_dead_peer() -> std::io::Result<()> {
+        let (_stop_tx, stop) = watch::channel(false);
+        let l1 = TcpListener::bind("127.0.0.1:0").await?;
+        let l2 = TcpListener::bind("127.0.0.1:0").await?;
+        let a2 = l2.local_addr()?;
+        // Node 3 is never started: its address refuses connections.
+        let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let (t1, mut ev1) = Transport::start(1, l1, stop.clone());
+        let (_t2, mut ev2) = Transport::start(2, l2, stop.clone());
+        t1.add_peer(2, a2);
+        t1.add_peer(3, dead);
+        for i in 0..2000u32 {
+            t1.send(3, env(7, i));
+            t1.send(2, env(u64::from(i % 4), i));
+        }
+        let got = recv_all(&mut ev2, 2000).await;
+        assert_eq!(got.len(), 2000, "every message to the live peer arrived");
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e, &env(i as u64 % 4, i as u32), "in order");
+        }
+        // The dead peer was reported, and sending to it never blocked.
+        let mut reported = false;
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), ev1.recv()).await {
+            if let TransportEvent::Unreachable { to: 3, groups } = ev {
+                assert_eq!(groups, vec![7]);
+                reported = true;
+                break;
+            }
+        }
+        assert!(reported, "unreachable peer reported");
+        // A node the transport does not know is reported at once.
+        t1.send(9, env(1, 1));
+        let mut unknown = false;
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), ev1.recv()).await {
+            if ev
+                == (TransportEvent::Unreachable {
+                    to: 9,
+                    groups: vec![1],
+                })
+            {
+                unknown = true;
+                break;
+            }
+        }
+        assert!(unknown, "unknown peer reported");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reconnects_when_the_peer_comes_back() -> std::io::Result<()> {
+        let (_stop_tx, stop) = watch::channel(false);
+        let l1 = TcpListener::bind("127.0.0.1:0").await?;
+        let probe = TcpListener::bind("127.0.0.1:0").await?;
+        let a2 = probe.local_addr()?;
+        drop(probe);
+        let (t1, _ev1) = Transport::start(1, l1, stop.clone());
+        t1.add_peer(2, a2);
+        t1.send(2, env(1, 0)); // lost: nobody listens yet
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let l2 = TcpListener::bind(a2).await?;
+        let (_t2, mut ev2) = Transport::start(2, l2, stop.clone());
+        // Keep sending until one arrives (the sender is in backoff).
+        let mut got = Vec::new();
+        for i in 1..100u32 {
+            t1.send(2, env(1, i));
+            if let Ok(Some(TransportEvent::Received { envelopes, .. })) =
+                tokio::time::timeout(Duration::from_millis(100), ev2.recv()).await
+            {
+                got = envelopes;
+                break;
+            }
+        }
+        assert!(!got.is_empty(), "delivered after the peer came back");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_closes_only_that_connection() -> std::io::Result<()> {
+        let (_stop_tx, stop) = watch::channel(false);
+        let l2 = TcpListener::bind("127.0.0.1:0").await?;
+        let a2 = l2.local_addr()?;
+        let (_t2, mut ev2) = Transport::start(2, l2, stop.clone());
+        let mut bad = TcpStream::connect(a2).await?;
+        bad.write_all(&(u32::MAX).to_le_bytes()).await?;
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), bad.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed");
+        let l1 = TcpListener::bind("127.0.0.1:0").await?;
+        let (t1, _ev1) = Transport::start(1, l1, stop.clone());
+        t1.add_peer(2, a2);
+        t1.send(2, env(5, 5));
+        assert_eq!(recv_all(&mut ev2, 1).await, vec![env(5, 5)]);
+        Ok(())
+    }
+}
