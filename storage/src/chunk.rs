@@ -1,9 +1,9 @@
 //! One chunk of a volume on disk: a sparse data file plus its checksum table
-//! (one 32-bit slot per 4 KiB block, see `checksum`). The table is kept in
-//! memory for reads and mirrored into `NNNNNNNN.crc` through a shared memory
-//! map, so updating a slot costs no system call yet lands in the page cache
-//! at once (it survives `kill -9`, and fdatasync of the file makes it
-//! durable). The file is preallocated so a page fault never needs space.
+//! (one 32-bit slot per 4 KiB block, see `checksum`). The table is the file
+//! `NNNNNNNN.crc` mapped shared: reading or updating a slot costs no system
+//! call, an update lands in the page cache at once (it survives `kill -9`,
+//! and fdatasync of the file makes it durable), and there is no second copy
+//! to keep in step. The file is preallocated so a page fault never needs space.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,8 +20,7 @@ pub struct Chunk {
     pub index: u64,
     pub(crate) data: Arc<File>,
     pub(crate) crc: Arc<File>,
-    slots: Box<[AtomicU32]>,
-    map: SlotMap,
+    slots: SlotMap,
     /// Written since the last fdatasync.
     pub(crate) dirty: AtomicBool,
 }
@@ -58,6 +57,10 @@ impl SlotMap {
             ptr: ptr.cast(),
             len,
         })
+    }
+
+    fn len(&self) -> usize {
+        self.len / 4
     }
 
     fn get(&self, i: usize) -> &AtomicU32 {
@@ -120,41 +123,35 @@ impl Chunk {
         if unsafe { libc::fallocate(crc.as_raw_fd(), 0, 0, table_len as i64) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let map = SlotMap::new(&crc, blocks)?;
-        let slots = (0..blocks)
-            .map(|i| AtomicU32::new(u32::from_le(map.get(i).load(Ordering::Relaxed))))
-            .collect();
+        let slots = SlotMap::new(&crc, blocks)?;
         Ok(Some(Chunk {
             index,
             data: Arc::new(data),
             crc: Arc::new(crc),
             slots,
-            map,
             dirty: AtomicBool::new(false),
         }))
     }
 
     /// The checksum slot of block `b` (block index within the chunk).
     pub fn slot(&self, b: u64) -> u32 {
-        self.slots[b as usize].load(Ordering::Acquire)
+        u32::from_le(self.slots.get(b as usize).load(Ordering::Acquire))
     }
 
-    /// Sets the slots of blocks starting at `first`, in memory and in the
-    /// mapped checksum file.
+    /// Sets the slots of blocks starting at `first` in the mapped table.
     pub(crate) fn set_slots(&self, first: u64, values: &[u32]) {
         for (i, v) in values.iter().enumerate() {
-            let at = first as usize + i;
-            self.map.get(at).store(v.to_le(), Ordering::Relaxed);
-            self.slots[at].store(*v, Ordering::Release);
+            self.slots
+                .get(first as usize + i)
+                .store(v.to_le(), Ordering::Release);
         }
         self.dirty.store(true, Ordering::Release);
     }
 
     /// Number of blocks holding data.
     pub fn allocated_blocks(&self) -> u64 {
-        self.slots
-            .iter()
-            .filter(|s| s.load(Ordering::Relaxed) != 0)
+        (0..self.slots.len())
+            .filter(|&i| self.slots.get(i).load(Ordering::Relaxed) != 0)
             .count() as u64
     }
 }

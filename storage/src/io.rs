@@ -7,6 +7,21 @@ use std::future::Future;
 
 use crate::Result;
 
+/// Length of the shared run of zeros [`zeros`] hands out without allocating.
+pub const ZERO_RUN: usize = 1 << 20;
+
+static ZERO_BYTES: [u8; ZERO_RUN] = [0; ZERO_RUN];
+
+/// `len` zero bytes: a slice of one static buffer when `len <= ZERO_RUN`
+/// (holes in read replies, zero fills), allocated only beyond that.
+pub fn zeros(len: usize) -> Bytes {
+    if len <= ZERO_RUN {
+        Bytes::from_static(&ZERO_BYTES[..len])
+    } else {
+        Bytes::from(vec![0u8; len])
+    }
+}
+
 /// One piece of a read reply, in volume order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadSegment {

@@ -18,7 +18,7 @@ pub mod wal;
 pub use catalog::{Catalog, VolumeMeta};
 pub use engine::{Engine, EngineKind};
 pub use error::{Result, StorageError};
-pub use io::{Extent, ReadSegment, VolumeIo, ZeroMode};
+pub use io::{zeros, Extent, ReadSegment, VolumeIo, ZeroMode, ZERO_RUN};
 pub use store::ChunkStore;
 pub use volume::{LocalVolume, VolumeStats};
 pub use wal::{Wal, WalBatch, WalError, WalOptions};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::checksum::{self, HOLE};
 use crate::chunk::Chunk;
-use crate::io::{Extent, ReadSegment, VolumeIo, ZeroMode};
+use crate::io::{zeros, Extent, ReadSegment, VolumeIo, ZeroMode, ZERO_RUN};
 use crate::locks::StripeLocks;
 use crate::{Engine, Result, StorageError, VolumeMeta, BLOCK_SIZE};
 
@@ -278,7 +278,6 @@ impl LocalVolume {
             "write",
             std::io::Error::other("injected failure")
         )));
-        c.dirty.store(true, Ordering::Release);
         self.engine
             .write_at(&c.data, buf, a0)
             .await
@@ -405,7 +404,7 @@ impl VolumeIo for LocalVolume {
     async fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode, fua: bool) -> Result<()> {
         self.check_range(offset, len)?;
         let pieces = self.pieces(offset, len);
-        const STEP: u64 = 1 << 20;
+        const STEP: u64 = ZERO_RUN as u64;
         for p in &pieces {
             match mode {
                 ZeroMode::Punch => {
@@ -415,15 +414,13 @@ impl VolumeIo for LocalVolume {
                     let b0 = p.off.div_ceil(BLOCK_SIZE);
                     let b1 = (p.off + p.len) / BLOCK_SIZE;
                     if b0 >= b1 {
-                        self.write_piece(*p, Bytes::from(vec![0u8; p.len as usize]))
-                            .await?;
+                        self.write_piece(*p, zeros(p.len as usize)).await?;
                         continue;
                     }
                     let head = b0 * BLOCK_SIZE - p.off;
                     if head > 0 {
                         let hp = Piece { len: head, ..*p };
-                        self.write_piece(hp, Bytes::from(vec![0u8; head as usize]))
-                            .await?;
+                        self.write_piece(hp, zeros(head as usize)).await?;
                     }
                     self.punch_blocks(p.chunk, b0, b1).await?;
                     let tail = p.off + p.len - b1 * BLOCK_SIZE;
@@ -433,12 +430,10 @@ impl VolumeIo for LocalVolume {
                             len: tail,
                             ..*p
                         };
-                        self.write_piece(tp, Bytes::from(vec![0u8; tail as usize]))
-                            .await?;
+                        self.write_piece(tp, zeros(tail as usize)).await?;
                     }
                 }
                 ZeroMode::Allocate => {
-                    let zeros = Bytes::from(vec![0u8; STEP as usize]);
                     let mut done = 0;
                     while done < p.len {
                         let n = STEP.min(p.len - done);
@@ -447,7 +442,7 @@ impl VolumeIo for LocalVolume {
                             len: n,
                             ..*p
                         };
-                        self.write_piece(sp, zeros.slice(..n as usize)).await?;
+                        self.write_piece(sp, zeros(n as usize)).await?;
                         done += n;
                     }
                 }

@@ -14,7 +14,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use raftblock_storage::{ReadSegment, StorageError, VolumeIo, ZeroMode};
+use raftblock_storage::{zeros, ReadSegment, StorageError, VolumeIo, ZeroMode, ZERO_RUN};
 
 use super::handshake::Negotiated;
 use super::proto::*;
@@ -261,10 +261,11 @@ impl<V: VolumeIo> Conn<V> {
         let len = req.length as u64;
         let result: Result<Vec<Bytes>, StorageError> = match req.kind {
             CMD_READ if len == 0 => Ok(self.empty_read_reply(&req)),
-            CMD_READ => match self.volume.read(req.offset, len).await {
-                Ok(segs) => Ok(self.read_reply(&req, segs)),
-                Err(e) => Err(e),
-            },
+            CMD_READ => self
+                .volume
+                .read(req.offset, len)
+                .await
+                .map(|segs| self.read_reply(&req, segs)),
             CMD_WRITE => self
                 .volume
                 .write(req.offset, payload, fua)
@@ -360,7 +361,14 @@ impl<V: VolumeIo> Conn<V> {
             for s in segs {
                 match s {
                     ReadSegment::Data(b) => parts.push(b),
-                    ReadSegment::Hole(n) => parts.push(Bytes::from(vec![0u8; n as usize])),
+                    ReadSegment::Hole(mut n) => {
+                        // Zeros from one shared buffer, not a fresh allocation.
+                        while n > 0 {
+                            let run = n.min(ZERO_RUN as u64);
+                            parts.push(zeros(run as usize));
+                            n -= run;
+                        }
+                    }
                 }
             }
             return parts;
