@@ -20,7 +20,7 @@ mod segment;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -191,48 +191,85 @@ struct GroupLog {
     entries: VecDeque<EntryMeta>,
 }
 
-impl GroupLog {
-    fn end(&self) -> u64 {
-        self.first_index + self.entries.len() as u64
-    }
+/// The indexes a group's log holds, `[first, end)`, and the rules every
+/// change follows: the index applies them to its entries, and a batch is
+/// checked against them before anything is written.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    first: u64,
+    end: u64,
+}
 
-    fn append(&mut self, group: u64, index: u64, meta: EntryMeta) -> Result<(), WalError> {
-        if self.entries.is_empty() {
-            self.first_index = index;
-        } else if index < self.first_index {
-            self.entries.clear();
-            self.first_index = index;
-        } else if index <= self.end() {
-            self.entries.truncate((index - self.first_index) as usize);
-        } else {
+impl Span {
+    /// The span after writing `count` entries from `index` on: they replace
+    /// everything at and after `index`; an empty log starts at `index`.
+    fn after_append(self, group: u64, index: u64, count: u64) -> Result<Span, WalError> {
+        let empty = self.first == self.end;
+        if !empty && index > self.end {
             return Err(WalError::Gap {
                 group,
                 index,
-                last: self.end() - 1,
+                last: self.end - 1,
             });
         }
+        let first = if empty || index < self.first {
+            index
+        } else {
+            self.first
+        };
+        Ok(Span {
+            first,
+            end: index + count,
+        })
+    }
+
+    /// The span after dropping everything below `to`.
+    fn after_compact(self, to: u64) -> Span {
+        if to >= self.end {
+            Span { first: to, end: to }
+        } else {
+            Span {
+                first: self.first.max(to),
+                end: self.end,
+            }
+        }
+    }
+}
+
+impl GroupLog {
+    fn span(&self) -> Span {
+        Span {
+            first: self.first_index,
+            end: self.first_index + self.entries.len() as u64,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.span().end
+    }
+
+    fn append(&mut self, group: u64, index: u64, meta: EntryMeta) -> Result<(), WalError> {
+        let next = self.span().after_append(group, index, 1)?;
+        self.entries.truncate((index - next.first) as usize);
+        self.first_index = next.first;
         self.entries.push_back(meta);
         Ok(())
     }
 
-    fn compact(&mut self, first_index: u64) {
-        if first_index >= self.end() {
-            self.entries.clear();
-            self.first_index = first_index;
-        } else if first_index > self.first_index {
-            let n = (first_index - self.first_index) as usize;
-            self.entries.drain(..n);
-            self.first_index = first_index;
-        }
+    fn compact(&mut self, to: u64) {
+        let next = self.span().after_compact(to);
+        let dropped = ((next.first - self.first_index) as usize).min(self.entries.len());
+        self.entries.drain(..dropped);
+        self.first_index = next.first;
     }
 }
 
 struct Inner {
     groups: HashMap<u64, GroupLog>,
-    /// Open read handles of every segment, by sequence number.
+    /// Open handles of every segment, by sequence number (the active one,
+    /// the last, is also written through its handle).
     segments: BTreeMap<u64, Arc<File>>,
     active_seq: u64,
-    active: File,
     active_len: u64,
     poisoned: Option<String>,
 }
@@ -284,26 +321,21 @@ impl Wal {
                 }
             }
             let path = segment_path(dir, seq);
-            let f = File::open(&path).map_err(|e| WalError::io(&path, "open", e))?;
+            // Writable: the last intact segment becomes the active one.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| WalError::io(&path, "open", e))?;
             segments.insert(seq, Arc::new(f));
             last_valid = Some((seq, scan.valid_len));
         }
-        let (active_seq, active, active_len) = match last_valid {
-            Some((seq, len)) => {
-                let path = segment_path(dir, seq);
-                let f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| WalError::io(&path, "open", e))?;
-                (seq, f, len)
-            }
+        let (active_seq, active_len) = match last_valid {
+            Some(last) => last,
             None => {
                 let seq = seqs.last().map_or(1, |s| s + 1);
-                let f = create_segment(dir, seq)?;
-                let path = segment_path(dir, seq);
-                let r = File::open(&path).map_err(|e| WalError::io(&path, "open", e))?;
-                segments.insert(seq, Arc::new(r));
-                (seq, f, SEGMENT_HEADER_LEN)
+                segments.insert(seq, Arc::new(create_segment(dir, seq)?));
+                (seq, SEGMENT_HEADER_LEN)
             }
         };
         Ok(Wal {
@@ -313,7 +345,6 @@ impl Wal {
                 groups,
                 segments,
                 active_seq,
-                active,
                 active_len,
                 poisoned: None,
             }),
@@ -343,24 +374,32 @@ impl Wal {
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let WalBatch { record, ops } = batch;
         let bytes = record.finish();
-        let (file, seq) = {
-            let mut inner = self.lock();
+        // Check and place the record under the lock, write it without: Raft
+        // reads entries from other threads meanwhile. Only writers (held
+        // apart by `writer`) change the active segment and the groups.
+        let (file, seq, offset) = {
+            let inner = self.lock();
             if let Some(why) = &inner.poisoned {
                 return Err(WalError::Poisoned(why.clone()));
             }
             check_ops(&inner.groups, &ops)?;
-            let offset = inner.active_len;
-            let path = segment_path(&self.dir, inner.active_seq);
-            if let Err(e) = fail_point_write().and_then(|_| inner.active.write_all(&bytes)) {
-                // Cut whatever part of the record reached the file, so the
-                // next record starts where the index expects it.
-                if inner.active.set_len(offset).is_err() {
-                    inner.poisoned = Some(format!("write to {} failed: {e}", path.display()));
-                }
-                return Err(WalError::io(&path, "write", e));
+            let file = inner.segments.get(&inner.active_seq).cloned();
+            (file, inner.active_seq, inner.active_len)
+        };
+        let path = segment_path(&self.dir, seq);
+        let file =
+            file.ok_or_else(|| WalError::io(&path, "write", std::io::ErrorKind::NotFound.into()))?;
+        if let Err(e) = fail_point_write().and_then(|_| file.write_all_at(&bytes, offset)) {
+            // Cut whatever part of the record reached the file; the next
+            // record goes to the same offset.
+            if file.set_len(offset).is_err() {
+                self.lock().poisoned = Some(format!("write to {} failed: {e}", path.display()));
             }
+            return Err(WalError::io(&path, "write", e));
+        }
+        let full = {
+            let mut inner = self.lock();
             inner.active_len += bytes.len() as u64;
-            let seq = inner.active_seq;
             let payload_offset = offset + record::HEADER_LEN as u64;
             for op in ops {
                 if let Err(e) = apply_op(&mut inner.groups, seq, payload_offset, op) {
@@ -368,23 +407,17 @@ impl Wal {
                     return Err(e);
                 }
             }
-            let file = inner
-                .active
-                .try_clone()
-                .map_err(|e| WalError::io(&path, "dup", e))?;
-            (file, seq)
+            inner.active_len > self.opts.segment_size
         };
         if sync {
             if let Err(e) = file.sync_data() {
                 // After a failed fsync the page state is unknown (fsyncgate):
                 // never claim durability again from this log.
-                let path = segment_path(&self.dir, seq);
                 self.lock().poisoned = Some(format!("fdatasync of {} failed: {e}", path.display()));
                 return Err(WalError::io(&path, "fdatasync", e));
             }
         }
-        let rotate = self.lock().active_len > self.opts.segment_size;
-        if rotate {
+        if full {
             self.rotate()?;
         }
         Ok(())
@@ -395,7 +428,7 @@ impl Wal {
     fn rotate(&self) -> Result<(), WalError> {
         let mut inner = self.lock();
         let seq = inner.active_seq + 1;
-        let mut file = create_segment(&self.dir, seq)?;
+        let file = create_segment(&self.dir, seq)?;
         let mut rec = RecordBuilder::new();
         for (&g, log) in &inner.groups {
             rec.compact(g, log.first_index);
@@ -403,18 +436,15 @@ impl Wal {
                 rec.state(g, s);
             }
         }
-        let path = segment_path(&self.dir, seq);
         let mut len = SEGMENT_HEADER_LEN;
         if !rec.is_empty() {
             let bytes = rec.finish();
-            file.write_all(&bytes)
+            file.write_all_at(&bytes, len)
                 .and_then(|_| file.sync_data())
-                .map_err(|e| WalError::io(&path, "write checkpoint", e))?;
+                .map_err(|e| WalError::io(&segment_path(&self.dir, seq), "write checkpoint", e))?;
             len += bytes.len() as u64;
         }
-        let reader = File::open(&path).map_err(|e| WalError::io(&path, "open", e))?;
-        inner.segments.insert(seq, Arc::new(reader));
-        inner.active = file;
+        inner.segments.insert(seq, Arc::new(file));
         inner.active_seq = seq;
         inner.active_len = len;
         drop(inner);
@@ -491,22 +521,19 @@ impl Wal {
         let mut wanted = Vec::new();
         {
             let inner = self.lock();
-            let (first, end) = inner
-                .groups
-                .get(&group)
-                .map(|g| (g.first_index, g.end()))
-                .unwrap_or((0, 0));
-            if low < first || high > end || low > high {
-                return Err(WalError::Missing {
-                    group,
-                    low,
-                    high,
-                    first,
-                    end,
-                });
-            }
-            let Some(g) = inner.groups.get(&group) else {
-                return Ok(Vec::new());
+            let g = inner.groups.get(&group);
+            let Span { first, end } = g.map(GroupLog::span).unwrap_or_default();
+            let g = match g {
+                Some(g) if low >= first && high <= end && low <= high => g,
+                _ => {
+                    return Err(WalError::Missing {
+                        group,
+                        low,
+                        high,
+                        first,
+                        end,
+                    })
+                }
             };
             let mut total = 0u64;
             for idx in low..high {
@@ -566,52 +593,26 @@ fn fail_point_write() -> std::io::Result<()> {
 /// Refuses a batch whose appends would leave a gap, before anything is
 /// written (replaying such a record would fail the same way).
 fn check_ops(groups: &HashMap<u64, GroupLog>, ops: &[Op]) -> Result<(), WalError> {
-    // (first, end) per touched group as the batch would leave it.
-    let mut sim: HashMap<u64, (u64, u64)> = HashMap::new();
+    // The span of every touched group as the batch would leave it.
+    let mut sim: HashMap<u64, Span> = HashMap::new();
     for op in ops {
-        match op {
-            Op::Entries(group, entries) => {
-                let (first, end) = *sim.entry(*group).or_insert_with(|| {
-                    groups
-                        .get(group)
-                        .map_or((0, 0), |g| (g.first_index, g.end()))
-                });
-                let Some((index, ..)) = entries.first() else {
-                    continue;
-                };
-                let index = *index;
-                if first != end && index > end {
-                    return Err(WalError::Gap {
-                        group: *group,
-                        index,
-                        last: end - 1,
-                    });
-                }
-                let first = if first == end || index < first {
-                    index
-                } else {
-                    first
-                };
-                sim.insert(*group, (first, index + entries.len() as u64));
-            }
-            Op::Compact(group, to) => {
-                let (first, end) = *sim.entry(*group).or_insert_with(|| {
-                    groups
-                        .get(group)
-                        .map_or((0, 0), |g| (g.first_index, g.end()))
-                });
-                let next = if *to >= end {
-                    (*to, *to)
-                } else {
-                    (first.max(*to), end)
-                };
-                sim.insert(*group, next);
-            }
-            Op::Remove(group) => {
-                sim.insert(*group, (0, 0));
-            }
-            Op::State(..) => {}
-        }
+        let group = match op {
+            Op::Entries(g, _) | Op::State(g, _) | Op::Compact(g, _) | Op::Remove(g) => *g,
+        };
+        let current = sim
+            .get(&group)
+            .copied()
+            .unwrap_or_else(|| groups.get(&group).map(GroupLog::span).unwrap_or_default());
+        let next = match op {
+            Op::Entries(_, entries) => match entries.first() {
+                Some(&(index, ..)) => current.after_append(group, index, entries.len() as u64)?,
+                None => continue,
+            },
+            Op::Compact(_, to) => current.after_compact(*to),
+            Op::Remove(_) => Span::default(),
+            Op::State(..) => continue,
+        };
+        sim.insert(group, next);
     }
     Ok(())
 }

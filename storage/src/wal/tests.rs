@@ -289,3 +289,23 @@ fn an_injected_write_error_keeps_the_log_consistent() -> Result<(), WalError> {
     scenario.teardown();
     Ok(())
 }
+
+#[test]
+fn a_segment_cut_while_being_created_is_dropped_and_the_previous_one_goes_on(
+) -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = three_records(dir.path())?;
+    let seq = segment::list_segments(dir.path())?[0];
+    // A crash right after creating the next segment, before its header.
+    std::fs::write(segment_path(dir.path(), seq + 1), b"RBW").expect("write stub");
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(segment::list_segments(dir.path())?, vec![seq]);
+    let mut batch = WalBatch::new();
+    batch.append(1, [(4, 1, b("four"))]);
+    wal.write(batch, true)?;
+    drop(wal);
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(datas(&wal, 1, 4, 5), ["four"]);
+    assert!(std::fs::metadata(&path).expect("stat").len() > 0);
+    Ok(())
+}
