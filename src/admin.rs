@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use raftblock_storage::{ChunkStore, StorageError, VolumeMeta, DEFAULT_CHUNK_SIZE};
-use raftblock_volume_driver::metrics::header as metric_header;
+use raftblock_volume_driver::metrics::{header as metric_header, per_volume};
 use raftblock_volume_driver::NbdMetrics;
 
 /// What the admin handlers share.
@@ -152,48 +152,34 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         "Volumes on this node.",
     );
     let _ = writeln!(out, "raftblock_volumes {}", metas.len());
-    metric_header(
+    per_volume(
         &mut out,
         "raftblock_volume_size_bytes",
         "gauge",
         "Volume size.",
+        metas.iter().map(|m| (m.name.as_str(), m.size)),
     );
-    for m in &metas {
-        let _ = writeln!(
-            out,
-            "raftblock_volume_size_bytes{{volume=\"{}\"}} {}",
-            m.name, m.size
-        );
-    }
     let open = s.store.open_volumes();
-    metric_header(
+    per_volume(
         &mut out,
         "raftblock_checksum_errors_total",
         "counter",
         "Blocks that failed checksum verification on read.",
+        open.iter().map(|v| {
+            let n = v.stats().checksum_errors.load(Ordering::Relaxed);
+            (v.meta().name.as_str(), n)
+        }),
     );
-    for v in &open {
-        let _ = writeln!(
-            out,
-            "raftblock_checksum_errors_total{{volume=\"{}\"}} {}",
-            v.meta().name,
-            v.stats().checksum_errors.load(Ordering::Relaxed)
-        );
-    }
-    metric_header(
+    per_volume(
         &mut out,
         "raftblock_io_errors_total",
         "counter",
         "Device I/O errors.",
+        open.iter().map(|v| {
+            let n = v.stats().io_errors.load(Ordering::Relaxed);
+            (v.meta().name.as_str(), n)
+        }),
     );
-    for v in &open {
-        let _ = writeln!(
-            out,
-            "raftblock_io_errors_total{{volume=\"{}\"}} {}",
-            v.meta().name,
-            v.stats().io_errors.load(Ordering::Relaxed)
-        );
-    }
     s.metrics.render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

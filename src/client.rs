@@ -60,6 +60,25 @@ impl AdminClient {
         }
     }
 
+    /// Whether the daemon answers `GET /health`.
+    pub fn healthy(&self) -> bool {
+        self.text("/health").is_ok()
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub fn metrics(&self) -> Result<String> {
+        self.text("/metrics")
+    }
+
+    fn text(&self, path: &str) -> Result<String> {
+        self.agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .map_err(|e| anyhow!("GET {path} on {}: {e}", self.server))?
+            .into_string()
+            .map_err(|e| anyhow!("unreadable reply from {}: {e}", self.server))
+    }
+
     /// Creates a volume.
     pub fn create_volume(&self, name: &str, size: u64, chunk_size: Option<u64>) -> Result<Value> {
         let mut body = json!({ "name": name, "size": size });

@@ -1,14 +1,15 @@
 //! The `raftblock` program as a library: the command line (`serve`, the
 //! volume commands that talk to a daemon's admin API, the demo) behind one
 //! entry point, so the binary and the integration-test build of it share
-//! every line.
+//! every line. The admin API client and size parsing are public for the
+//! bench and the test harness.
 
 mod admin;
 mod cli;
-mod client;
+pub mod client;
 mod daemon;
 mod demo;
-mod size;
+pub mod size;
 
 use clap::Parser;
 

@@ -61,6 +61,9 @@ mod tests {
         assert_eq!(parse_size("1g").ok(), Some(1 << 30));
         assert_eq!(parse_size("2GiB").ok(), Some(2 << 30));
         assert_eq!(parse_size("10MB").ok(), Some(10 << 20));
+        assert_eq!(parse_size("512M").ok(), Some(512 << 20));
+        assert_eq!(parse_size("256MiB").ok(), Some(256 << 20));
+        assert!(parse_size("1X").is_err());
         for bad in ["", "G", "12Q", "-1", "1.5G", "99999999999999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad} accepted");
         }

@@ -13,6 +13,7 @@ mod targets;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use raftblock::size::parse_size;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -71,31 +72,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Nbd(args) => run_nbd(args),
     }
-}
-
-/// Parses a size such as `512M` or `1G` (binary units) into bytes.
-fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, mult) = match t.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            let mult: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => bail!("invalid size `{s}`: unknown unit `{c}`"),
-            };
-            (&t[..t.len() - 1], mult)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num.parse().with_context(|| format!("invalid size `{s}`"))?;
-    n.checked_mul(mult)
-        .with_context(|| format!("invalid size `{s}`: too large"))
 }
 
 /// The workspace root (parent of this crate's manifest directory).
@@ -318,19 +294,4 @@ fn drop_page_cache() {
 fn flush_stderr() {
     // Progress output only; a failed flush is not worth aborting the run.
     let _ = std::io::stderr().flush();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn parses_sizes() -> anyhow::Result<()> {
-        assert_eq!(parse_size("1G")?, 1 << 30);
-        assert_eq!(parse_size("512M")?, 512 << 20);
-        assert_eq!(parse_size("256MiB")?, 256 << 20);
-        assert_eq!(parse_size("4096")?, 4096);
-        assert!(parse_size("1X").is_err());
-        Ok(())
-    }
 }

@@ -7,8 +7,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
+use raftblock::client::AdminClient;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -252,35 +253,6 @@ fn nbd_greets(addr: SocketAddr) -> bool {
     s.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
 }
 
-/// Sends a bodiless HTTP/1.0 request and returns the status code and body.
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .context("setting a read timeout")?;
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .context("sending HTTP request")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .context("reading HTTP response")?;
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .with_context(|| format!("malformed HTTP response from {addr}"))?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// Creates a sparse file of `size` bytes for a baseline server.
 fn backing_file(dir: &Path, name: &str, size: u64) -> Result<PathBuf> {
     let path = dir.join(name);
@@ -317,16 +289,11 @@ pub fn start_raftblock(
     }
     let uri = format!("nbd://{nbd}/{EXPORT}");
     let mut server = spawn(TargetKind::Raftblock, cmd, dir.join("raftblock.log"), uri)?;
-    wait_ready(&mut server, "GET /health", || {
-        matches!(http(admin, "GET", "/health", None), Ok((200, _)))
-    })?;
-
-    let body = serde_json::json!({ "name": EXPORT, "size": size }).to_string();
-    let (status, resp) =
-        http(admin, "POST", "/v1/volumes", Some(&body)).context("creating the benchmark volume")?;
-    if !(200..300).contains(&status) {
-        bail!("POST /v1/volumes returned {status}: {}", resp.trim());
-    }
+    let client = AdminClient::new(&admin.to_string());
+    wait_ready(&mut server, "GET /health", || client.healthy())?;
+    client
+        .create_volume(EXPORT, size, None)
+        .context("creating the benchmark volume")?;
     wait_ready(&mut server, "NBD listener", || nbd_greets(nbd))?;
     Ok(server)
 }

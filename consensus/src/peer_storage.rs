@@ -200,12 +200,16 @@ impl PeerStorage {
 
     /// Stages the conf state that applying a conf change produced.
     pub fn stage_conf_state(&mut self, cs: &ConfState, batch: &mut WalBatch) {
+        self.set_conf_state(cs);
+        self.stage_state(batch);
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) {
         self.state.voters = cs.voters.clone();
         self.state.learners = cs.learners.clone();
         self.state.voters_outgoing = cs.voters_outgoing.clone();
         self.state.learners_next = cs.learners_next.clone();
         self.state.auto_leave = cs.auto_leave;
-        self.stage_state(batch);
     }
 
     /// Stages a new durable applied index.
@@ -248,12 +252,7 @@ impl PeerStorage {
         self.state.truncated_term = meta.term;
         self.state.commit = self.state.commit.max(meta.index);
         self.state.applied = meta.index;
-        let cs = meta.get_conf_state();
-        self.state.voters = cs.voters.clone();
-        self.state.learners = cs.learners.clone();
-        self.state.voters_outgoing = cs.voters_outgoing.clone();
-        self.state.learners_next = cs.learners_next.clone();
-        self.state.auto_leave = cs.auto_leave;
+        self.set_conf_state(meta.get_conf_state());
         // The whole log goes (MemStorage does the same): entries after the
         // snapshot index come again from the leader.
         batch.remove_group(self.group);

@@ -8,7 +8,6 @@
 pub mod nbd;
 
 use anyhow::{bail, Context, Result};
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -143,11 +142,10 @@ impl Daemon {
             .context("spawn raftblock serve")?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
+        let admin = self.admin_client();
         loop {
-            if let Ok((200, _)) = http(self.admin, "GET", "/health", None) {
-                if TcpStream::connect(self.nbd).is_ok() {
-                    return Ok(());
-                }
+            if admin.healthy() && TcpStream::connect(self.nbd).is_ok() {
+                return Ok(());
             }
             if let Some(c) = self.child.as_mut() {
                 if let Some(status) = c.try_wait()? {
@@ -243,10 +241,15 @@ impl Daemon {
 
     /// The Prometheus text of `GET /metrics`.
     pub fn metrics(&self) -> String {
-        match http(self.admin, "GET", "/metrics", None) {
-            Ok((200, body)) => body,
-            other => panic!("GET /metrics: {other:?}"),
+        match self.admin_client().metrics() {
+            Ok(body) => body,
+            Err(e) => panic!("GET /metrics: {e:#}"),
         }
+    }
+
+    /// The daemon's admin API client (the one the CLI uses).
+    pub fn admin_client(&self) -> raftblock::client::AdminClient {
+        raftblock::client::AdminClient::new(&self.admin.to_string())
     }
 
     /// The value of one metric sample (`name{labels}`), if present.
@@ -265,36 +268,6 @@ impl Drop for Daemon {
             eprintln!("--- daemon log ---\n{}", self.log_text());
         }
     }
-}
-
-/// A minimal HTTP/1.1 request; returns status and body.
-pub fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed HTTP status line")?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Runs a command and returns its output, panicking with stderr if it fails.

@@ -147,25 +147,14 @@ impl NbdMetrics {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let esc = |s: &str| {
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        };
-        header(
+        per_volume(
             out,
             "raftblock_nbd_connections",
             "gauge",
             "Open NBD connections.",
+            vols.iter()
+                .map(|(name, c)| (name.as_str(), c.connections.load(Ordering::Relaxed))),
         );
-        for (name, c) in &vols {
-            let _ = writeln!(
-                out,
-                "raftblock_nbd_connections{{volume=\"{}\"}} {}",
-                esc(name),
-                c.connections.load(Ordering::Relaxed)
-            );
-        }
         let series: [CounterSeries; 3] = [
             (
                 "raftblock_nbd_requests_total",
@@ -190,7 +179,7 @@ impl NbdMetrics {
                     let _ = writeln!(
                         out,
                         "{metric}{{volume=\"{}\",op=\"{op_name}\"}} {}",
-                        esc(name),
+                        label_value(name),
                         get(&c.ops[op as usize])
                     );
                 }
@@ -210,7 +199,7 @@ impl NbdMetrics {
                 if count == 0 {
                     continue;
                 }
-                let labels = format!("volume=\"{}\",op=\"{op_name}\"", esc(name));
+                let labels = format!("volume=\"{}\",op=\"{op_name}\"", label_value(name));
                 let mut cum = 0;
                 for (i, b) in BUCKETS.iter().enumerate() {
                     cum += s.buckets[i].load(Ordering::Relaxed);
@@ -222,6 +211,27 @@ impl NbdMetrics {
                 let _ = writeln!(out, "{metric}_count{{{labels}}} {count}");
             }
         }
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Writes a metric family with one `{volume="..."}` sample per volume.
+pub fn per_volume<'a, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (&'a str, V)>,
+) {
+    header(out, name, kind, help);
+    for (volume, value) in samples {
+        let _ = writeln!(out, "{name}{{volume=\"{}\"}} {value}", label_value(volume));
     }
 }
 
