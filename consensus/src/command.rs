@@ -16,7 +16,7 @@ pub struct ShardCommand {
     #[prost(uint64, tag = "2")]
     pub epoch: u64,
     /// What to do.
-    #[prost(oneof = "BlockOp", tags = "3, 4, 5")]
+    #[prost(oneof = "BlockOp", tags = "3, 4, 5, 6")]
     pub op: Option<BlockOp>,
 }
 
@@ -32,6 +32,9 @@ pub enum BlockOp {
     /// Zero `[offset, offset + len)`, keeping it allocated.
     #[prost(message, tag = "5")]
     ZeroAllocated(RangeOp),
+    /// Zero `[offset, offset + len)`, punching holes where whole blocks are covered.
+    #[prost(message, tag = "6")]
+    Zero(RangeOp),
 }
 
 /// A write.
@@ -84,6 +87,15 @@ impl ShardCommand {
         }
     }
 
+    /// A zero command that may punch holes.
+    pub fn zero(volume: u64, epoch: u64, offset: u64, len: u64) -> ShardCommand {
+        ShardCommand {
+            volume,
+            epoch,
+            op: Some(BlockOp::Zero(RangeOp { offset, len })),
+        }
+    }
+
     /// Encodes for a Raft proposal.
     pub fn encode_bytes(&self) -> Bytes {
         self.encode_to_vec().into()
@@ -98,7 +110,9 @@ impl ShardCommand {
     pub fn range(&self) -> Option<(u64, u64)> {
         match &self.op {
             Some(BlockOp::Write(w)) => Some((w.offset, w.data.len() as u64)),
-            Some(BlockOp::Trim(r)) | Some(BlockOp::ZeroAllocated(r)) => Some((r.offset, r.len)),
+            Some(BlockOp::Trim(r)) | Some(BlockOp::ZeroAllocated(r)) | Some(BlockOp::Zero(r)) => {
+                Some((r.offset, r.len))
+            }
             None => None,
         }
     }

@@ -1,14 +1,30 @@
 //! Replication layer of raftblock. A volume's chunks are grouped into shards
-//! and every shard becomes a Raft group (raft-rs `RawNode`), driven by one
-//! multi-raft loop per node. Built so far: where chunks live (`layout`), what
-//! a shard log carries (`command`), Raft's storage over the node's shared WAL
-//! (`peer_storage`) and the node-to-node transport (`transport`). The driver,
-//! the meta group and the router build on these.
+//! (`layout`) and every shard is a Raft group (raft-rs `RawNode`). One
+//! driver thread per node runs all of the node's groups with one WAL write
+//! per round (`driver`); shard logs carry block commands (`command`) that
+//! apply tasks write to the local chunk store (`apply`); Raft's storage is
+//! the node's shared WAL (`peer_storage`); nodes talk over one transport
+//! (`transport`) carrying Raft messages and forwarded requests (`rpc`). The
+//! meta group (`meta`) holds members, volumes and placement. `cluster`
+//! routes requests to shard leaders and `router` presents a replicated
+//! volume as a `VolumeIo` for the NBD server.
 
+pub mod apply;
+pub mod cluster;
 pub mod command;
+pub mod driver;
 pub mod layout;
+pub mod meta;
 pub mod peer_storage;
+pub mod router;
+pub mod rpc;
 pub mod transport;
 
+pub use cluster::{Cluster, ShardOp};
+pub use driver::{ClusterView, Driver, DriverConfig, DriverHandle, GroupStatus, ReplicaError};
 pub use layout::{ShardId, ShardLayout};
+pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, VolumeRecord, META_GROUP};
 pub use peer_storage::PeerStorage;
+pub use router::ClusterVolume;
+pub use rpc::RouteError;
+pub use transport::{Transport, TransportEvent};

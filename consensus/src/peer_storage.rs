@@ -128,8 +128,28 @@ impl PeerStorage {
     /// initial member must be created with the same list) and stages its
     /// state into `batch`.
     pub fn create(wal: Arc<Wal>, group: u64, voters: &[u64], batch: &mut WalBatch) -> PeerStorage {
+        PeerStorage::create_at(wal, group, voters, 0, 0, batch)
+    }
+
+    /// Like [`PeerStorage::create`], but as if a snapshot at `index`/`term`
+    /// had been installed: the log starts at `index + 1`, so a replica added
+    /// later has to be sent a snapshot (it cannot rebuild the initial
+    /// members from the log).
+    pub fn create_at(
+        wal: Arc<Wal>,
+        group: u64,
+        voters: &[u64],
+        index: u64,
+        term: u64,
+        batch: &mut WalBatch,
+    ) -> PeerStorage {
         let state = StoredState {
             voters: voters.to_vec(),
+            term,
+            commit: index,
+            applied: index,
+            truncated_index: index,
+            truncated_term: term,
             ..StoredState::default()
         };
         let s = PeerStorage {
@@ -216,6 +236,9 @@ impl PeerStorage {
     pub fn stage_applied(&mut self, applied: u64, batch: &mut WalBatch) {
         if applied > self.state.applied {
             self.state.applied = applied;
+            // Applied entries are committed: keep the stored commit at least
+            // as high, or a restart would find applied beyond commit.
+            self.state.commit = self.state.commit.max(applied);
             self.stage_state(batch);
         }
     }

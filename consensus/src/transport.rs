@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::rpc::{RpcRequest, RpcResponse};
+
 /// One Raft message for one group (the Raft message itself, protobuf-encoded).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
@@ -37,6 +39,30 @@ pub struct Frame {
     /// The messages.
     #[prost(message, repeated, tag = "2")]
     pub envelopes: Vec<Envelope>,
+    /// Forwarded requests.
+    #[prost(message, repeated, tag = "3")]
+    pub requests: Vec<RpcRequest>,
+    /// Answers to requests this node received.
+    #[prost(message, repeated, tag = "4")]
+    pub responses: Vec<RpcResponse>,
+}
+
+/// Something queued for a peer.
+#[derive(Debug, Clone)]
+enum Outbound {
+    Raft(Envelope),
+    Request(RpcRequest),
+    Response(RpcResponse),
+}
+
+impl Outbound {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Outbound::Raft(e) => e.encoded_len(),
+            Outbound::Request(r) => r.encoded_len(),
+            Outbound::Response(r) => r.encoded_len(),
+        }
+    }
 }
 
 /// Largest frame accepted from a peer (a snapshot chunk travels elsewhere).
@@ -56,18 +82,35 @@ pub enum TransportEvent {
         /// The messages.
         envelopes: Vec<Envelope>,
     },
+    /// Requests from `from`.
+    Requests {
+        /// Sending node.
+        from: u64,
+        /// The requests.
+        requests: Vec<RpcRequest>,
+    },
+    /// Answers from `from` to this node's requests.
+    Responses {
+        /// Answering node.
+        from: u64,
+        /// The answers.
+        responses: Vec<RpcResponse>,
+    },
     /// Messages to `to` were lost (queue full or connection failed):
-    /// Raft should probe the peer (`report_unreachable`).
+    /// Raft should probe the peer (`report_unreachable`), and the requests
+    /// with these ids will get no answer.
     Unreachable {
         /// The peer.
         to: u64,
         /// Groups whose messages were lost.
         groups: Vec<u64>,
+        /// Ids of lost requests.
+        requests: Vec<u64>,
     },
 }
 
 struct PeerQueue {
-    tx: mpsc::Sender<Envelope>,
+    tx: mpsc::Sender<Outbound>,
 }
 
 /// The node's side of the transport.
@@ -115,17 +158,34 @@ impl Transport {
     /// Queues `env` for `to` without waiting; a full queue or an unknown peer
     /// drops it and reports the peer unreachable.
     pub fn send(&self, to: u64, env: Envelope) {
-        let group = env.group;
-        let sent = {
+        self.queue(to, Outbound::Raft(env));
+    }
+
+    /// Queues a request for `to`; if it cannot be queued, its loss is
+    /// reported as [`TransportEvent::Unreachable`].
+    pub fn send_request(&self, to: u64, req: RpcRequest) {
+        self.queue(to, Outbound::Request(req));
+    }
+
+    /// Queues the answer to a request from `to` (lost answers make the
+    /// caller time out and retry).
+    pub fn send_response(&self, to: u64, resp: RpcResponse) {
+        self.queue(to, Outbound::Response(resp));
+    }
+
+    fn queue(&self, to: u64, m: Outbound) {
+        let tx = {
             let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            peers.get(&to).map(|p| p.tx.try_send(env).is_ok())
+            peers.get(&to).map(|p| p.tx.clone())
         };
-        if sent != Some(true) {
-            let _ = self.events.send(TransportEvent::Unreachable {
-                to,
-                groups: vec![group],
-            });
-        }
+        let failed = match tx {
+            Some(tx) => match tx.try_send(m) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => m,
+            },
+            None => m,
+        };
+        report_lost(&self.events, to, &[failed]);
     }
 }
 
@@ -178,14 +238,34 @@ async fn receive_loop(
         rd.read_exact(&mut buf).await?;
         let frame = Frame::decode(buf.freeze())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        if events
-            .send(TransportEvent::Received {
-                from: frame.from,
-                envelopes: frame.envelopes,
-            })
-            .is_err()
-        {
-            return Ok(()); // the driver is gone
+        let from = frame.from;
+        let mut sent = true;
+        if !frame.envelopes.is_empty() {
+            sent &= events
+                .send(TransportEvent::Received {
+                    from,
+                    envelopes: frame.envelopes,
+                })
+                .is_ok();
+        }
+        if !frame.requests.is_empty() {
+            sent &= events
+                .send(TransportEvent::Requests {
+                    from,
+                    requests: frame.requests,
+                })
+                .is_ok();
+        }
+        if !frame.responses.is_empty() {
+            sent &= events
+                .send(TransportEvent::Responses {
+                    from,
+                    responses: frame.responses,
+                })
+                .is_ok();
+        }
+        if !sent {
+            return Ok(()); // the node is gone
         }
     }
 }
@@ -194,7 +274,7 @@ async fn send_loop(
     me: u64,
     to: u64,
     addr: SocketAddr,
-    mut rx: mpsc::Receiver<Envelope>,
+    mut rx: mpsc::Receiver<Outbound>,
     events: mpsc::UnboundedSender<TransportEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -244,10 +324,17 @@ async fn send_loop(
                 }
             }
         }
-        let frame = Frame {
+        let mut frame = Frame {
             from: me,
-            envelopes: batch,
+            ..Frame::default()
         };
+        for m in batch {
+            match m {
+                Outbound::Raft(e) => frame.envelopes.push(e),
+                Outbound::Request(r) => frame.requests.push(r),
+                Outbound::Response(r) => frame.responses.push(r),
+            }
+        }
         let mut buf = BytesMut::with_capacity(frame.encoded_len() + 4);
         buf.put_u32_le(frame.encoded_len() as u32);
         if frame.encode(&mut buf).is_err() {
@@ -269,16 +356,34 @@ async fn send_loop(
         if let Err(e) = r {
             tracing::debug!(peer = to, error = %e, "raft connection lost");
             conn = None;
-            report_lost(&events, to, &frame.envelopes);
+            let lost: Vec<Outbound> = frame
+                .envelopes
+                .into_iter()
+                .map(Outbound::Raft)
+                .chain(frame.requests.into_iter().map(Outbound::Request))
+                .collect();
+            report_lost(&events, to, &lost);
         }
     }
 }
 
-fn report_lost(events: &mpsc::UnboundedSender<TransportEvent>, to: u64, lost: &[Envelope]) {
-    let mut groups: Vec<u64> = lost.iter().map(|e| e.group).collect();
+fn report_lost(events: &mpsc::UnboundedSender<TransportEvent>, to: u64, lost: &[Outbound]) {
+    let mut groups = Vec::new();
+    let mut requests = Vec::new();
+    for m in lost {
+        match m {
+            Outbound::Raft(e) => groups.push(e.group),
+            Outbound::Request(r) => requests.push(r.id),
+            Outbound::Response(_) => {}
+        }
+    }
     groups.sort_unstable();
     groups.dedup();
-    let _ = events.send(TransportEvent::Unreachable { to, groups });
+    let _ = events.send(TransportEvent::Unreachable {
+        to,
+        groups,
+        requests,
+    });
 }
 
 #[cfg(test)]
@@ -331,7 +436,7 @@ mod tests {
         // The dead peer was reported, and sending to it never blocked.
         let mut reported = false;
         while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), ev1.recv()).await {
-            if let TransportEvent::Unreachable { to: 3, groups } = ev {
+            if let TransportEvent::Unreachable { to: 3, groups, .. } = ev {
                 assert_eq!(groups, vec![7]);
                 reported = true;
                 break;
@@ -346,6 +451,7 @@ mod tests {
                 == (TransportEvent::Unreachable {
                     to: 9,
                     groups: vec![1],
+                    requests: vec![],
                 })
             {
                 unknown = true;
@@ -353,6 +459,24 @@ mod tests {
             }
         }
         assert!(unknown, "unknown peer reported");
+        // A request that cannot be sent is reported by id, so the caller
+        // does not wait for an answer that will never come.
+        t1.send_request(
+            9,
+            RpcRequest {
+                id: 42,
+                ..RpcRequest::default()
+            },
+        );
+        let mut lost = false;
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), ev1.recv()).await {
+            if let TransportEvent::Unreachable { to: 9, requests, .. } = ev {
+                assert_eq!(requests, vec![42]);
+                lost = true;
+                break;
+            }
+        }
+        assert!(lost, "lost request reported");
         Ok(())
     }
 

@@ -53,6 +53,14 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    /// a replicated request failed (no shard leader in time, or a replica's error)
+    #[error("volume `{volume}` at offset {offset}: {reason}")]
+    Replication {
+        volume: String,
+        offset: u64,
+        errno: i32,
+        reason: String,
+    },
     /// the I/O engine has stopped
     #[error("the I/O engine has stopped")]
     EngineStopped,
@@ -91,6 +99,7 @@ impl StorageError {
                 }
             }
             StorageError::EngineStopped => errno::ESHUTDOWN,
+            StorageError::Replication { errno, .. } => *errno,
             _ => errno::EIO,
         }
     }

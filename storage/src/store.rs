@@ -87,22 +87,41 @@ impl ChunkStore {
             created_unix: catalog::unix_now(),
             checksum: CHECKSUM_SCHEME.to_string(),
         };
+        self.install(&meta)?;
+        Ok(meta)
+    }
+
+    /// Makes `meta` (decided elsewhere: the cluster's metadata group) a local
+    /// volume, keeping it if it is already here with the same id. A stale
+    /// local volume of the same name and another id is deleted first.
+    pub fn adopt_volume(&self, meta: &VolumeMeta) -> Result<()> {
+        if let Some(cur) = self.catalog.get(&meta.name)? {
+            if cur.id == meta.id {
+                return Ok(());
+            }
+            self.delete_volume(&meta.name)?;
+        }
+        let _map = self.open.write().unwrap_or_else(|p| p.into_inner());
+        self.install(meta)
+    }
+
+    fn install(&self, meta: &VolumeMeta) -> Result<()> {
         let dir = catalog::volume_dir(&self.volumes_dir, meta.id);
         std::fs::create_dir_all(&dir).map_err(path_err(&dir))?;
         let json =
-            serde_json::to_vec_pretty(&meta).map_err(|e| StorageError::Catalog(e.to_string()))?;
+            serde_json::to_vec_pretty(meta).map_err(|e| StorageError::Catalog(e.to_string()))?;
         let mpath = dir.join("volume.json");
         write_synced(&mpath, &json).map_err(path_err(&mpath))?;
         sync_dir(&self.volumes_dir).map_err(path_err(&self.volumes_dir))?;
-        self.catalog.put(&meta)?;
+        self.catalog.put(meta)?;
         tracing::info!(
-            volume = name,
-            size,
-            chunk_size,
+            volume = %meta.name,
+            size = meta.size,
+            chunk_size = meta.chunk_size,
             id = meta.id,
             "volume created"
         );
-        Ok(meta)
+        Ok(())
     }
 
     /// All volumes.

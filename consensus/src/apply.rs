@@ -1,0 +1,192 @@
+//! Applying a shard's committed entries to this node's copy of the volume.
+//! Each shard replica has one apply task, so entries of a shard are applied
+//! in log order while shards apply in parallel and the Raft driver never
+//! waits for the disk. Block commands are idempotent byte ranges, so after a
+//! crash the entries since the last durable applied index are simply applied
+//! again; the task makes its chunks durable (fdatasync) now and then and
+//! only then tells the driver it may record the applied index and drop the
+//! log before it.
+
+use bytes::Bytes;
+use prost::Message as _;
+use raft::prelude::Entry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use raftblock_storage::{LocalVolume, VolumeIo, ZeroMode};
+
+use crate::command::{BlockOp, ShardCommand};
+use crate::driver::{DriverHandle, Reply, ReplicaError};
+
+/// How long applied data may stay only in the page cache (the log still has it).
+const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+/// Bytes applied between two syncs at most.
+const SYNC_BYTES: u64 = 512 << 20;
+
+/// Committed entries of one shard, with the replies of the proposals among them.
+pub struct ApplyBatch {
+    /// Entries in log order.
+    pub entries: Vec<Entry>,
+    /// `(index, reply)` of local proposals in these entries.
+    pub replies: Vec<(u64, Reply)>,
+}
+
+/// Starts the apply task of shard `group` over `volume`.
+pub fn spawn(
+    group: u64,
+    volume: Arc<LocalVolume>,
+    driver: DriverHandle,
+) -> mpsc::UnboundedSender<ApplyBatch> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(group, volume, driver, rx));
+    tx
+}
+
+async fn run(
+    group: u64,
+    volume: Arc<LocalVolume>,
+    driver: DriverHandle,
+    mut rx: mpsc::UnboundedReceiver<ApplyBatch>,
+) {
+    let mut applied = 0u64;
+    let mut durable = 0u64;
+    let mut unsynced = 0u64;
+    let mut last_sync = Instant::now();
+    loop {
+        let batch = if applied > durable {
+            match tokio::time::timeout(SYNC_INTERVAL, rx.recv()).await {
+                Ok(b) => b,
+                Err(_) => {
+                    sync(group, &volume, &driver, applied, &mut durable).await;
+                    unsynced = 0;
+                    last_sync = Instant::now();
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(batch) = batch else {
+            // The replica is gone (volume deleted or node stopping): make
+            // what was applied durable so the recorded index stays honest.
+            if applied > durable {
+                sync(group, &volume, &driver, applied, &mut durable).await;
+            }
+            return;
+        };
+        let mut replies = batch.replies.into_iter().peekable();
+        for e in batch.entries {
+            let result = if e.data.is_empty() {
+                Ok(0) // a new leader's empty entry, or a conf change
+            } else {
+                apply_entry(group, &volume, e.index, e.data.clone()).await
+            };
+            let failed = match result {
+                Ok(n) => {
+                    unsynced += n;
+                    None
+                }
+                Err(msg) => Some(msg),
+            };
+            while let Some((index, _)) = replies.peek() {
+                if *index > e.index {
+                    break;
+                }
+                let Some((index, reply)) = replies.next() else {
+                    break;
+                };
+                let r = match (&failed, index == e.index) {
+                    (None, true) => Ok(()),
+                    (Some(msg), true) => Err(ReplicaError::Apply(msg.clone())),
+                    (_, false) => Err(ReplicaError::Retry(group)),
+                };
+                let _ = reply.send(r);
+            }
+            applied = e.index;
+        }
+        driver.applied(group, applied);
+        if unsynced >= SYNC_BYTES || last_sync.elapsed() >= SYNC_INTERVAL {
+            sync(group, &volume, &driver, applied, &mut durable).await;
+            unsynced = 0;
+            last_sync = Instant::now();
+        }
+    }
+}
+
+/// Applies one entry; returns the bytes it wrote. A command that cannot be
+/// decoded or is outside the volume is logged and skipped on every replica
+/// alike (it can only come from a bug, and stopping the shard would be
+/// worse); a device error is retried, since skipping it would let this
+/// replica silently differ from the others.
+async fn apply_entry(
+    group: u64,
+    volume: &LocalVolume,
+    index: u64,
+    data: Bytes,
+) -> Result<u64, String> {
+    let cmd = match ShardCommand::decode(data) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(group, index, error = %e, "skipping an undecodable shard entry");
+            return Err(format!("undecodable entry {index}: {e}"));
+        }
+    };
+    let mut delay = Duration::from_millis(10);
+    let mut reported = false;
+    loop {
+        let r = match &cmd.op {
+            Some(BlockOp::Write(w)) => volume
+                .write(w.offset, w.data.clone(), false)
+                .await
+                .map(|_| w.data.len() as u64),
+            Some(BlockOp::Trim(t)) => volume.trim(t.offset, t.len, false).await.map(|_| 0),
+            Some(BlockOp::ZeroAllocated(z)) => volume
+                .write_zeroes(z.offset, z.len, ZeroMode::Allocate, false)
+                .await
+                .map(|_| z.len),
+            Some(BlockOp::Zero(z)) => volume
+                .write_zeroes(z.offset, z.len, ZeroMode::Punch, false)
+                .await
+                .map(|_| 0),
+            None => Ok(0),
+        };
+        match r {
+            Ok(n) => return Ok(n),
+            Err(e @ raftblock_storage::StorageError::OutOfRange { .. }) => {
+                tracing::error!(group, index, error = %e, "skipping a shard entry outside the volume");
+                return Err(e.to_string());
+            }
+            Err(e) => {
+                if !reported {
+                    tracing::error!(
+                        group,
+                        index,
+                        volume = volume.name(),
+                        error = %e,
+                        "applying a committed entry failed; retrying until the device recovers"
+                    );
+                    reported = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn sync(
+    group: u64,
+    volume: &LocalVolume,
+    driver: &DriverHandle,
+    applied: u64,
+    durable: &mut u64,
+) {
+    match volume.flush().await {
+        Ok(()) => {
+            *durable = applied;
+            driver.durable(group, applied);
+        }
+        Err(e) => tracing::error!(group, error = %e, "syncing applied data failed; keeping the log"),
+    }
+}

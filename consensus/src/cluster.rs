@@ -1,0 +1,493 @@
+//! The node's side of the cluster: routes a request for a shard to the
+//! shard's leader (this node, or another one in one hop over the transport),
+//! serves requests other nodes forward here, and retries while a shard has
+//! no leader, for a bounded time, so an ordinary failover is a stall and not
+//! an I/O error. Also the metadata operations the admin API needs.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+use raftblock_storage::{ChunkStore, LocalVolume, StorageError, VolumeIo};
+
+use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
+use crate::meta::{
+    shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP,
+};
+use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
+use crate::transport::{Transport, TransportEvent};
+
+/// How long a forwarded request may go unanswered before it is retried.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// A node counts as up while it was heard from this recently.
+const LIVE_WINDOW: Duration = Duration::from_secs(5);
+
+/// What to do on a shard's leader.
+#[derive(Debug, Clone)]
+pub enum ShardOp {
+    /// Propose an encoded command; done once it is applied on the leader.
+    Propose(Bytes),
+    /// Read a range of the volume (linearizable).
+    Read {
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Allocation extents of a range.
+    BlockStatus {
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Add a node to the meta group.
+    AddMember {
+        /// Node id.
+        node: u64,
+        /// As a learner.
+        learner: bool,
+    },
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The replication service of one node.
+pub struct Cluster {
+    node: u64,
+    driver: DriverHandle,
+    view: Arc<ClusterView>,
+    transport: Transport,
+    store: Arc<ChunkStore>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<RpcResponse>>>,
+    next_id: AtomicU64,
+    last_seen: Mutex<HashMap<u64, Instant>>,
+    hints: RwLock<HashMap<u64, u64>>,
+    leader_wait: Duration,
+}
+
+impl Cluster {
+    /// Starts the service and the task that routes transport events.
+    pub fn start(
+        node: u64,
+        driver: DriverHandle,
+        view: Arc<ClusterView>,
+        transport: Transport,
+        store: Arc<ChunkStore>,
+        events: mpsc::UnboundedReceiver<TransportEvent>,
+        leader_wait: Duration,
+    ) -> Arc<Cluster> {
+        let c = Arc::new(Cluster {
+            node,
+            driver,
+            view,
+            transport,
+            store,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            last_seen: Mutex::new(HashMap::new()),
+            hints: RwLock::new(HashMap::new()),
+            leader_wait,
+        });
+        tokio::spawn(route_events(c.clone(), events));
+        c
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &DriverHandle {
+        &self.driver
+    }
+
+    /// The shared view (metadata, leaders).
+    pub fn view(&self) -> &Arc<ClusterView> {
+        &self.view
+    }
+
+    /// Nodes heard from lately, and this one.
+    pub fn live_nodes(&self) -> Vec<u64> {
+        let now = Instant::now();
+        let mut live: Vec<u64> = lock(&self.last_seen)
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) < LIVE_WINDOW)
+            .map(|(n, _)| *n)
+            .collect();
+        live.push(self.node);
+        live.sort_unstable();
+        live.dedup();
+        live
+    }
+
+    fn seen(&self, node: u64) {
+        lock(&self.last_seen).insert(node, Instant::now());
+    }
+
+    fn on_event(self: &Arc<Self>, ev: TransportEvent) {
+        match ev {
+            TransportEvent::Received { from, envelopes } => {
+                self.seen(from);
+                self.driver.send(DriverMsg::Raft { from, envelopes });
+            }
+            TransportEvent::Requests { from, requests } => {
+                self.seen(from);
+                for req in requests {
+                    let c = self.clone();
+                    tokio::spawn(async move {
+                        let id = req.id;
+                        let result = c.serve(req).await;
+                        c.transport
+                            .send_response(from, RpcResponse::from_result(id, result));
+                    });
+                }
+            }
+            TransportEvent::Responses { from, responses } => {
+                self.seen(from);
+                let mut pending = lock(&self.pending);
+                for r in responses {
+                    if let Some(tx) = pending.remove(&r.id) {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+            TransportEvent::Unreachable {
+                to,
+                groups,
+                requests,
+            } => {
+                if !groups.is_empty() {
+                    self.driver.send(DriverMsg::Unreachable { to, groups });
+                }
+                let mut pending = lock(&self.pending);
+                for id in requests {
+                    if let Some(tx) = pending.remove(&id) {
+                        let _ = tx.send(RpcResponse {
+                            id,
+                            status: rpc::status::RETRY,
+                            ..RpcResponse::default()
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve(&self, req: RpcRequest) -> Result<Vec<RpcSegment>, RouteError> {
+        let op = match req.kind {
+            kind::PROPOSE => ShardOp::Propose(req.data),
+            kind::READ => ShardOp::Read {
+                offset: req.offset,
+                len: req.len,
+            },
+            kind::BLOCK_STATUS => ShardOp::BlockStatus {
+                offset: req.offset,
+                len: req.len,
+            },
+            kind::ADD_MEMBER => ShardOp::AddMember {
+                node: req.offset,
+                learner: req.len != 0,
+            },
+            k => {
+                return Err(RouteError::Io {
+                    errno: raftblock_storage::error::errno::EINVAL,
+                    message: format!("unknown request kind {k}"),
+                })
+            }
+        };
+        self.local(req.group, &op).await
+    }
+
+    /// Runs `op` on this node's replica of `group`.
+    async fn local(&self, group: u64, op: &ShardOp) -> Result<Vec<RpcSegment>, RouteError> {
+        match op {
+            ShardOp::Propose(data) => {
+                self.driver.propose(group, data.clone()).await?;
+                Ok(Vec::new())
+            }
+            ShardOp::AddMember { node, learner } => {
+                let (reply, rx) = oneshot::channel();
+                self.driver.send(DriverMsg::AddMember {
+                    node: *node,
+                    learner: *learner,
+                    reply,
+                });
+                rx.await.unwrap_or(Err(ReplicaError::Stopped))?;
+                Ok(Vec::new())
+            }
+            ShardOp::Read { offset, len } => {
+                self.driver.read_barrier(group).await?;
+                let v = self.local_volume(group)?;
+                let segs = v.read(*offset, *len).await.map_err(io_error)?;
+                Ok(rpc::segments_of_read(segs))
+            }
+            ShardOp::BlockStatus { offset, len } => {
+                self.driver.read_barrier(group).await?;
+                let v = self.local_volume(group)?;
+                let ext = v.block_status(*offset, *len).await.map_err(io_error)?;
+                Ok(rpc::segments_of_extents(ext))
+            }
+        }
+    }
+
+    fn local_volume(&self, group: u64) -> Result<Arc<LocalVolume>, RouteError> {
+        let (vol, _) = shard_of_group(group);
+        let meta = self.view.meta();
+        let rec = meta
+            .volumes
+            .values()
+            .find(|v| v.meta.id == vol)
+            .ok_or(ReplicaError::NoReplica(group))?;
+        self.store.volume(&rec.meta.name).map_err(io_error)
+    }
+
+    async fn call(&self, to: u64, group: u64, op: &ShardOp) -> Result<Vec<RpcSegment>, RouteError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut req = RpcRequest {
+            id,
+            group,
+            ..RpcRequest::default()
+        };
+        match op {
+            ShardOp::Propose(data) => {
+                req.kind = kind::PROPOSE;
+                req.data = data.clone();
+            }
+            ShardOp::Read { offset, len } => {
+                req.kind = kind::READ;
+                (req.offset, req.len) = (*offset, *len);
+            }
+            ShardOp::BlockStatus { offset, len } => {
+                req.kind = kind::BLOCK_STATUS;
+                (req.offset, req.len) = (*offset, *len);
+            }
+            ShardOp::AddMember { node, learner } => {
+                req.kind = kind::ADD_MEMBER;
+                (req.offset, req.len) = (*node, u64::from(*learner));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        self.transport.send_request(to, req);
+        match tokio::time::timeout(RPC_TIMEOUT, rx).await {
+            Ok(Ok(resp)) => resp.into_result(group),
+            _ => {
+                lock(&self.pending).remove(&id);
+                Err(ReplicaError::Retry(group).into())
+            }
+        }
+    }
+
+    fn guess_leader(&self, group: u64, replicas: &[u64], attempt: usize) -> u64 {
+        if attempt == 0 {
+            if let Some(l) = self.view.leader(group) {
+                return l;
+            }
+            if let Some(l) = self
+                .hints
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&group)
+            {
+                return *l;
+            }
+        }
+        if replicas.is_empty() {
+            return self.node;
+        }
+        replicas[attempt % replicas.len()]
+    }
+
+    /// Runs `op` on the leader of `group` (whose replicas are on
+    /// `replicas`), following leader hints and retrying while there is no
+    /// leader, for up to the configured wait.
+    pub async fn execute(
+        &self,
+        group: u64,
+        replicas: &[u64],
+        op: ShardOp,
+    ) -> Result<Vec<RpcSegment>, RouteError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let mut attempt = 0usize;
+        let mut target = self.guess_leader(group, replicas, 0);
+        let mut hops = 0;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let r = if target == self.node {
+                self.local(group, &op).await
+            } else {
+                self.call(target, group, &op).await
+            };
+            let e = match r {
+                Ok(v) => {
+                    if target != self.node {
+                        self.hints
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(group, target);
+                    }
+                    return Ok(v);
+                }
+                Err(RouteError::Replica(e)) => e,
+                Err(e) => return Err(e),
+            };
+            match e {
+                ReplicaError::NotLeader {
+                    leader: Some(l), ..
+                } if l != target && hops < 3 => {
+                    hops += 1;
+                    target = l;
+                    continue;
+                }
+                ReplicaError::NotLeader { .. }
+                | ReplicaError::NoReplica(_)
+                | ReplicaError::Retry(_) => {}
+                e => return Err(e.into()),
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(e.into());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(250));
+            hops = 0;
+            attempt += 1;
+            target = self.guess_leader(group, replicas, attempt);
+        }
+    }
+
+    fn meta_voters(&self) -> Vec<u64> {
+        let meta = self.view.meta();
+        let mut v: Vec<u64> = meta.nodes.keys().copied().collect();
+        if v.is_empty() {
+            v.push(self.node);
+        }
+        v
+    }
+
+    /// Proposes a metadata command and waits until this node applied it.
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<(), RouteError> {
+        let voters = self.meta_voters();
+        self.execute(META_GROUP, &voters, ShardOp::Propose(cmd.encode().into()))
+            .await?;
+        // The leader answered after applying; catch up locally so the
+        // caller's next look at the metadata here sees the change.
+        let _ = self.meta_barrier(Duration::from_secs(5)).await;
+        Ok(())
+    }
+
+    /// Waits until this node's metadata includes everything committed
+    /// before the call (false if the meta group could not confirm in time).
+    pub async fn meta_barrier(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(within, self.driver.read_barrier(META_GROUP)).await {
+                Ok(Ok(())) => return true,
+                Ok(Err(ReplicaError::Stopped)) | Err(_) => return false,
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        false
+    }
+
+    /// Creates a volume: placement over the live nodes, then the meta command.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        chunk_size: u64,
+        replicas: u32,
+        shards: u32,
+    ) -> Result<VolumeRecord, RouteError> {
+        let meta = self.view.meta();
+        if meta.volumes.contains_key(name) {
+            return Err(ReplicaError::Meta(MetaError::VolumeExists(name.into())).into());
+        }
+        let shards = meta
+            .place(replicas, shards, &self.live_nodes())
+            .map_err(ReplicaError::Meta)?;
+        self.propose_meta(MetaCommand::CreateVolume {
+            name: name.to_string(),
+            size,
+            chunk_size,
+            replicas,
+            shards,
+            created_unix: raftblock_storage::catalog::unix_now(),
+        })
+        .await?;
+        self.view
+            .meta()
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ReplicaError::Meta(MetaError::VolumeNotFound(name.into())).into())
+    }
+
+    /// Deletes a volume everywhere.
+    pub async fn delete_volume(&self, name: &str) -> Result<(), RouteError> {
+        self.propose_meta(MetaCommand::DeleteVolume {
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    /// Records this node's addresses in the metadata (retrying until the
+    /// meta group has a leader).
+    pub async fn register(&self, info: NodeInfo) {
+        loop {
+            if self.view.meta().nodes.get(&info.id) == Some(&info) {
+                return;
+            }
+            match self.propose_meta(MetaCommand::PutNode(info.clone())).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "registering this node; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Adds node `info` to the cluster: its addresses, then its meta replica
+    /// (a voter while the meta group has fewer than five).
+    pub async fn add_node(&self, info: NodeInfo) -> Result<(), RouteError> {
+        self.propose_meta(MetaCommand::PutNode(info.clone())).await?;
+        let voters = self.meta_voters();
+        let learner = voters.len() > 5;
+        self.execute(
+            META_GROUP,
+            &voters,
+            ShardOp::AddMember {
+                node: info.id,
+                learner,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Where node `id` listens for transport traffic, per the metadata.
+    pub fn raft_addr(&self, id: u64) -> Option<SocketAddr> {
+        self.view.meta().nodes.get(&id).map(|n| n.raft_addr)
+    }
+}
+
+async fn route_events(c: Arc<Cluster>, mut events: mpsc::UnboundedReceiver<TransportEvent>) {
+    while let Some(ev) = events.recv().await {
+        c.on_event(ev);
+    }
+}
+
+fn io_error(e: StorageError) -> RouteError {
+    RouteError::Io {
+        errno: e.errno(),
+        message: e.to_string(),
+    }
+}

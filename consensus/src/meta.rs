@@ -1,0 +1,380 @@
+//! Cluster metadata, the state machine of the meta group (Raft group 0):
+//! the member nodes and their addresses, and every volume with its shards
+//! and the nodes holding each shard's replicas. Commands are decided by the
+//! proposer (placement needs to know which nodes are alive) and checked again
+//! when applied, so every node's copy stays identical.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use raftblock_storage::VolumeMeta;
+
+use crate::layout::ShardLayout;
+
+/// Raft group id of the meta group.
+pub const META_GROUP: u64 = 0;
+/// Shards per volume are numbered below this (it splits the group id space).
+pub const MAX_SHARDS: u32 = 1 << 20;
+
+/// Raft group id of shard `index` of volume `volume`.
+pub fn shard_group(volume: u64, index: u32) -> u64 {
+    (volume << 20) | index as u64
+}
+
+/// The volume and shard index of a shard group id.
+pub fn shard_of_group(group: u64) -> (u64, u32) {
+    (group >> 20, (group & (MAX_SHARDS as u64 - 1)) as u32)
+}
+
+/// A member node and where it can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id (also its Raft peer id in every group).
+    pub id: u64,
+    /// Address of the node-to-node transport.
+    pub raft_addr: SocketAddr,
+    /// Address of its NBD server.
+    pub nbd_addr: Option<SocketAddr>,
+    /// Address of its admin HTTP API.
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// A volume of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Name, size, chunk size, id.
+    pub meta: VolumeMeta,
+    /// Replicas per shard.
+    pub replicas: u32,
+    /// For every shard, the nodes holding its replicas (the first one is
+    /// the preferred leader).
+    pub shards: Vec<Vec<u64>>,
+}
+
+impl VolumeRecord {
+    /// Which shard holds which chunk.
+    pub fn layout(&self) -> ShardLayout {
+        ShardLayout::new(&self.meta, self.shards.len() as u32)
+    }
+
+    /// Raft group ids of the shards, with their replica nodes.
+    pub fn groups(&self) -> impl Iterator<Item = (u64, &Vec<u64>)> + '_ {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, nodes)| (shard_group(self.meta.id, i as u32), nodes))
+    }
+
+    /// Whether `node` holds a replica of any shard.
+    pub fn is_on(&self, node: u64) -> bool {
+        self.shards.iter().any(|s| s.contains(&node))
+    }
+}
+
+/// A change to the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Adds a node or updates its addresses.
+    PutNode(NodeInfo),
+    /// Creates a volume with the given shard placement.
+    CreateVolume {
+        /// Name.
+        name: String,
+        /// Size in bytes.
+        size: u64,
+        /// Chunk size in bytes.
+        chunk_size: u64,
+        /// Replicas per shard.
+        replicas: u32,
+        /// Replica nodes per shard.
+        shards: Vec<Vec<u64>>,
+        /// Creation time (seconds since the epoch, from the proposer).
+        created_unix: u64,
+    },
+    /// Deletes a volume.
+    DeleteVolume {
+        /// Name.
+        name: String,
+    },
+}
+
+impl MetaCommand {
+    /// Encodes the command for the log.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes a logged command.
+    pub fn decode(data: &[u8]) -> Result<MetaCommand, MetaError> {
+        serde_json::from_slice(data).map_err(|e| MetaError::Undecodable(e.to_string()))
+    }
+}
+
+/// Why a metadata command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MetaError {
+    /// volume {0} already exists
+    #[error("volume {0} already exists")]
+    VolumeExists(String),
+    /// volume {0} not found
+    #[error("volume {0} not found")]
+    VolumeNotFound(String),
+    /// The placement does not fit the cluster.
+    #[error("{0}")]
+    Placement(String),
+    /// A log entry that is not a metadata command.
+    #[error("undecodable metadata command: {0}")]
+    Undecodable(String),
+}
+
+/// What applying a command changed, for the node to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaEffect {
+    /// Nothing beyond the state.
+    None,
+    /// A node joined or moved.
+    NodePut(NodeInfo),
+    /// A volume was created: its shard groups start.
+    VolumeCreated(VolumeRecord),
+    /// A volume was deleted: its shard groups stop and its data goes.
+    VolumeDeleted(VolumeRecord),
+}
+
+/// The cluster metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    /// Index of the last applied meta log entry.
+    pub applied: u64,
+    /// Member nodes by id.
+    pub nodes: BTreeMap<u64, NodeInfo>,
+    /// Volumes by name.
+    pub volumes: BTreeMap<String, VolumeRecord>,
+    /// Id the next volume gets.
+    pub next_volume_id: u64,
+}
+
+impl MetaState {
+    /// Applies the command at log `index`. Entries at or below `applied`
+    /// were applied before a restart and are skipped.
+    pub fn apply(&mut self, index: u64, cmd: MetaCommand) -> Result<MetaEffect, MetaError> {
+        if index <= self.applied {
+            return Ok(MetaEffect::None);
+        }
+        self.applied = index;
+        match cmd {
+            MetaCommand::PutNode(n) => {
+                if self.nodes.get(&n.id) == Some(&n) {
+                    return Ok(MetaEffect::None);
+                }
+                self.nodes.insert(n.id, n.clone());
+                Ok(MetaEffect::NodePut(n))
+            }
+            MetaCommand::CreateVolume {
+                name,
+                size,
+                chunk_size,
+                replicas,
+                shards,
+                created_unix,
+            } => {
+                if self.volumes.contains_key(&name) {
+                    return Err(MetaError::VolumeExists(name));
+                }
+                self.check_placement(replicas, &shards)?;
+                let id = self.next_volume_id.max(1);
+                self.next_volume_id = id + 1;
+                let rec = VolumeRecord {
+                    meta: VolumeMeta {
+                        id,
+                        name: name.clone(),
+                        size,
+                        chunk_size,
+                        created_unix,
+                        checksum: raftblock_storage::catalog::CHECKSUM_SCHEME.to_string(),
+                    },
+                    replicas,
+                    shards,
+                };
+                self.volumes.insert(name, rec.clone());
+                Ok(MetaEffect::VolumeCreated(rec))
+            }
+            MetaCommand::DeleteVolume { name } => match self.volumes.remove(&name) {
+                Some(rec) => Ok(MetaEffect::VolumeDeleted(rec)),
+                None => Err(MetaError::VolumeNotFound(name)),
+            },
+        }
+    }
+
+    fn check_placement(&self, replicas: u32, shards: &[Vec<u64>]) -> Result<(), MetaError> {
+        if shards.is_empty() || shards.len() > MAX_SHARDS as usize {
+            return Err(MetaError::Placement(format!(
+                "a volume needs 1 to {MAX_SHARDS} shards, not {}",
+                shards.len()
+            )));
+        }
+        for (i, nodes) in shards.iter().enumerate() {
+            let mut distinct = nodes.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() != nodes.len() || nodes.len() != replicas as usize {
+                return Err(MetaError::Placement(format!(
+                    "shard {i} needs {replicas} replicas on distinct nodes, got {nodes:?}"
+                )));
+            }
+            if let Some(n) = nodes.iter().find(|n| !self.nodes.contains_key(n)) {
+                return Err(MetaError::Placement(format!(
+                    "shard {i} placed on node {n}, which is not a member"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Places `shards` shards of `replicas` replicas each on the `live`
+    /// nodes: distinct nodes per shard, and the first replica (the preferred
+    /// leader) rotating so leaders spread over the nodes.
+    pub fn place(
+        &self,
+        replicas: u32,
+        shards: u32,
+        live: &[u64],
+    ) -> Result<Vec<Vec<u64>>, MetaError> {
+        let mut live: Vec<u64> = live
+            .iter()
+            .copied()
+            .filter(|n| self.nodes.contains_key(n))
+            .collect();
+        live.sort_unstable();
+        live.dedup();
+        if replicas == 0 {
+            return Err(MetaError::Placement("replicas must be at least 1".into()));
+        }
+        if replicas as usize > live.len() {
+            return Err(MetaError::Placement(format!(
+                "{replicas} replicas asked for but only {} node(s) are up ({live:?}); \
+                 replicas of a shard must be on distinct nodes",
+                live.len()
+            )));
+        }
+        // Start where the previous volume's shards ended, so small volumes
+        // do not all put their leader on the lowest node id.
+        let start = self.next_volume_id as usize;
+        Ok((0..shards as usize)
+            .map(|s| {
+                (0..replicas as usize)
+                    .map(|r| live[(start + s + r) % live.len()])
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Loads the state saved by [`MetaState::save`], or an empty one.
+    pub fn load(path: &Path) -> Result<MetaState, String> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MetaState::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Saves the state atomically (write, fsync, rename, fsync the directory).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_atomic(path, &data)
+    }
+}
+
+/// Writes `data` to `path` so a crash leaves the old or the new file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64) -> MetaCommand {
+        MetaCommand::PutNode(NodeInfo {
+            id,
+            raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
+            nbd_addr: None,
+            admin_addr: None,
+        })
+    }
+
+    fn create(name: &str, replicas: u32, shards: Vec<Vec<u64>>) -> MetaCommand {
+        MetaCommand::CreateVolume {
+            name: name.into(),
+            size: 1 << 30,
+            chunk_size: 64 << 20,
+            replicas,
+            shards,
+            created_unix: 0,
+        }
+    }
+
+    #[test]
+    fn placement_is_distinct_and_spreads_leaders() {
+        let mut m = MetaState::default();
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            m.apply(i as u64 + 1, node(id)).expect("node");
+        }
+        let p = m.place(3, 6, &[1, 2, 3]).expect("place");
+        let leaders: std::collections::BTreeSet<u64> = p.iter().map(|s| s[0]).collect();
+        assert_eq!(leaders.len(), 3);
+        for s in &p {
+            let mut d = s.clone();
+            d.sort_unstable();
+            d.dedup();
+            assert_eq!(d.len(), 3);
+        }
+        let err = m.place(3, 1, &[1, 2]).expect_err("two live nodes");
+        assert!(err.to_string().contains("only 2 node(s) are up"), "{err}");
+    }
+
+    #[test]
+    fn apply_checks_again_and_skips_replayed_entries() {
+        let mut m = MetaState::default();
+        m.apply(1, node(1)).expect("node");
+        m.apply(2, node(2)).expect("node");
+        let e = m.apply(3, create("a", 2, vec![vec![1, 1]]));
+        assert!(matches!(e, Err(MetaError::Placement(_))));
+        let e = m.apply(4, create("a", 2, vec![vec![1, 9]]));
+        assert!(matches!(e, Err(MetaError::Placement(_))));
+        let e = m.apply(5, create("a", 2, vec![vec![1, 2]])).expect("create");
+        let MetaEffect::VolumeCreated(rec) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(rec.meta.id, 1);
+        // A replayed entry changes nothing.
+        assert_eq!(
+            m.apply(5, create("b", 2, vec![vec![1, 2]])),
+            Ok(MetaEffect::None)
+        );
+        assert_eq!(
+            m.apply(6, create("a", 2, vec![vec![1, 2]])),
+            Err(MetaError::VolumeExists("a".into()))
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("meta.json");
+        m.save(&path).expect("save");
+        assert_eq!(MetaState::load(&path).expect("load"), m);
+    }
+
+    #[test]
+    fn group_ids_round_trip() {
+        assert_eq!(shard_of_group(shard_group(7, 3)), (7, 3));
+        assert_ne!(shard_group(1, 0), META_GROUP);
+    }
+}

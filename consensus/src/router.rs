@@ -1,0 +1,230 @@
+//! A replicated volume as [`VolumeIo`]: requests are cut at chunk
+//! boundaries (and writes into log-sized pieces), each piece goes to the
+//! leader of the shard holding its chunk, and the pieces run concurrently.
+//! The NBD server serves this exactly like a local volume.
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use std::sync::Arc;
+
+use raftblock_storage::{
+    error::errno, Extent, ReadSegment, Result, StorageError, VolumeIo, ZeroMode,
+};
+
+use crate::cluster::{Cluster, ShardOp};
+use crate::command::ShardCommand;
+use crate::layout::ShardLayout;
+use crate::meta::{shard_group, VolumeRecord};
+use crate::rpc::{self, RouteError};
+
+/// Largest write payload in one log entry.
+pub const MAX_ENTRY_DATA: u64 = 1 << 20;
+
+/// A volume of the cluster, reached through its shard leaders.
+pub struct ClusterVolume {
+    cluster: Arc<Cluster>,
+    rec: VolumeRecord,
+    layout: ShardLayout,
+    epoch: u64,
+}
+
+/// A piece of a request inside one chunk.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    offset: u64,
+    len: u64,
+    /// Offset of the piece within the request.
+    at: u64,
+}
+
+impl ClusterVolume {
+    /// The volume `rec` served through `cluster`.
+    pub fn new(cluster: Arc<Cluster>, rec: VolumeRecord) -> ClusterVolume {
+        ClusterVolume {
+            layout: rec.layout(),
+            cluster,
+            rec,
+            epoch: 0,
+        }
+    }
+
+    /// The volume's record.
+    pub fn record(&self) -> &VolumeRecord {
+        &self.rec
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.rec.meta.size => Ok(()),
+            _ => Err(StorageError::OutOfRange {
+                volume: self.rec.meta.name.clone(),
+                offset,
+                len,
+                size: self.rec.meta.size,
+            }),
+        }
+    }
+
+    /// Cuts `[offset, offset+len)` at chunk boundaries and every `max` bytes.
+    fn pieces(&self, offset: u64, len: u64, max: u64) -> Vec<Piece> {
+        let cs = self.rec.meta.chunk_size;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let chunk_end = (pos / cs + 1) * cs;
+            let n = (end.min(chunk_end) - pos).min(max);
+            out.push(Piece {
+                offset: pos,
+                len: n,
+                at: pos - offset,
+            });
+            pos += n;
+        }
+        out
+    }
+
+    async fn run(&self, offset: u64, op: ShardOp) -> Result<Vec<rpc::RpcSegment>> {
+        let shard = self.layout.shard_of_offset(offset);
+        let group = shard_group(self.rec.meta.id, shard.index);
+        let replicas = self
+            .rec
+            .shards
+            .get(shard.index as usize)
+            .cloned()
+            .unwrap_or_default();
+        self.cluster
+            .execute(group, &replicas, op)
+            .await
+            .map_err(|e| self.error(offset, group, e))
+    }
+
+    fn error(&self, offset: u64, group: u64, e: RouteError) -> StorageError {
+        let (errno, reason) = match e {
+            RouteError::Io { errno, message } => (errno, message),
+            RouteError::Replica(e) => (
+                errno::EIO,
+                format!("shard group {group}: {e} (no leader could serve it in time)"),
+            ),
+        };
+        StorageError::Replication {
+            volume: self.rec.meta.name.clone(),
+            offset,
+            errno,
+            reason,
+        }
+    }
+
+    async fn propose_all(
+        &self,
+        pieces: Vec<Piece>,
+        cmd: impl Fn(Piece) -> ShardCommand,
+    ) -> Result<()> {
+        try_join_all(pieces.into_iter().map(|p| {
+            let data = cmd(p).encode_bytes();
+            async move { self.run(p.offset, ShardOp::Propose(data)).await }
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
+impl VolumeIo for ClusterVolume {
+    fn name(&self) -> &str {
+        &self.rec.meta.name
+    }
+
+    fn size(&self) -> u64 {
+        self.rec.meta.size
+    }
+
+    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>> {
+        self.check(offset, len)?;
+        let parts = try_join_all(self.pieces(offset, len, u64::MAX).into_iter().map(|p| {
+            self.run(
+                p.offset,
+                ShardOp::Read {
+                    offset: p.offset,
+                    len: p.len,
+                },
+            )
+        }))
+        .await?;
+        Ok(parts.into_iter().flat_map(rpc::read_of_segments).collect())
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, _fua: bool) -> Result<()> {
+        // A write is acknowledged once committed: it is in the fsync'd log
+        // of a majority, so FUA needs nothing more.
+        self.check(offset, data.len() as u64)?;
+        let (id, epoch) = (self.rec.meta.id, self.epoch);
+        let pieces = self.pieces(offset, data.len() as u64, MAX_ENTRY_DATA);
+        self.propose_all(pieces, |p| {
+            let d = data.slice(p.at as usize..(p.at + p.len) as usize);
+            ShardCommand::write(id, epoch, p.offset, d)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Every acknowledged write is already durable on a majority.
+        Ok(())
+    }
+
+    async fn trim(&self, offset: u64, len: u64, _fua: bool) -> Result<()> {
+        self.check(offset, len)?;
+        let (id, epoch) = (self.rec.meta.id, self.epoch);
+        let pieces = self.pieces(offset, len, u64::MAX);
+        self.propose_all(pieces, |p| ShardCommand::trim(id, epoch, p.offset, p.len))
+            .await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode, _fua: bool) -> Result<()> {
+        self.check(offset, len)?;
+        let (id, epoch) = (self.rec.meta.id, self.epoch);
+        let pieces = self.pieces(offset, len, u64::MAX);
+        self.propose_all(pieces, |p| match mode {
+            ZeroMode::Punch => ShardCommand::zero(id, epoch, p.offset, p.len),
+            ZeroMode::Allocate => ShardCommand::zero_allocated(id, epoch, p.offset, p.len),
+        })
+        .await
+    }
+
+    async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.check(offset, len)?;
+        let pieces = self.pieces(offset, len, u64::MAX);
+        let parts = try_join_all(pieces.iter().map(|p| {
+            self.run(
+                p.offset,
+                ShardOp::BlockStatus {
+                    offset: p.offset,
+                    len: p.len,
+                },
+            )
+        }))
+        .await?;
+        let mut out: Vec<Extent> = Vec::new();
+        for (p, segs) in pieces.iter().zip(parts) {
+            // Each piece's extents are cut to the piece, so they line up.
+            let mut left = p.len;
+            for e in rpc::extents_of_segments(segs) {
+                if left == 0 {
+                    break;
+                }
+                let len = e.len.min(left);
+                left -= len;
+                match out.last_mut() {
+                    Some(last) if last.hole == e.hole => last.len += len,
+                    _ => out.push(Extent { len, hole: e.hole }),
+                }
+            }
+            if left > 0 {
+                out.push(Extent {
+                    len: left,
+                    hole: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

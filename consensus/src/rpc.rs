@@ -1,0 +1,237 @@
+//! Requests one node forwards to another over the transport: a proposal to
+//! a shard's leader, a linearizable read or a block-status query served by
+//! the leader. The answer says who the leader is when the callee is not it,
+//! so the caller retries in one hop. Encoded with prost like raft traffic.
+
+use bytes::Bytes;
+
+use raftblock_storage::{Extent, ReadSegment};
+
+use crate::driver::ReplicaError;
+use crate::meta::MetaError;
+
+/// Request kinds.
+pub mod kind {
+    /// Propose `data` (a shard or meta command); answered after apply.
+    pub const PROPOSE: i32 = 1;
+    /// Read `[offset, offset + len)` of the shard's volume.
+    pub const READ: i32 = 2;
+    /// Allocation extents of `[offset, offset + len)`.
+    pub const BLOCK_STATUS: i32 = 3;
+    /// Add node `offset` to the meta group (`len` != 0: as a learner).
+    pub const ADD_MEMBER: i32 = 4;
+}
+
+/// Response statuses.
+pub mod status {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// The callee is not the leader; see `leader`.
+    pub const NOT_LEADER: i32 = 1;
+    /// The callee holds no replica.
+    pub const NO_REPLICA: i32 = 2;
+    /// Try again.
+    pub const RETRY: i32 = 3;
+    /// A metadata command was refused; `message` holds the JSON MetaError.
+    pub const META: i32 = 4;
+    /// Applying or the local I/O failed; `errno` and `message` say how.
+    pub const FAILED: i32 = 5;
+    /// The callee is stopping.
+    pub const STOPPED: i32 = 6;
+}
+
+/// A forwarded request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcRequest {
+    /// Caller-chosen id, echoed in the response.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Raft group.
+    #[prost(uint64, tag = "2")]
+    pub group: u64,
+    /// One of [`kind`].
+    #[prost(int32, tag = "3")]
+    pub kind: i32,
+    /// Command for a proposal.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub data: Bytes,
+    /// Volume offset of a read or block-status query.
+    #[prost(uint64, tag = "5")]
+    pub offset: u64,
+    /// Its length.
+    #[prost(uint64, tag = "6")]
+    pub len: u64,
+}
+
+/// A piece of a read reply or a block-status extent.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcSegment {
+    /// A hole (no data follows).
+    #[prost(bool, tag = "1")]
+    pub hole: bool,
+    /// Length in bytes.
+    #[prost(uint64, tag = "2")]
+    pub len: u64,
+    /// The bytes of a data segment of a read.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: Bytes,
+}
+
+/// The answer to an [`RpcRequest`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcResponse {
+    /// The request's id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// One of [`status`].
+    #[prost(int32, tag = "2")]
+    pub status: i32,
+    /// The leader the callee knows of (0: none).
+    #[prost(uint64, tag = "3")]
+    pub leader: u64,
+    /// Errno of a failure.
+    #[prost(int32, tag = "4")]
+    pub errno: i32,
+    /// Error text.
+    #[prost(string, tag = "5")]
+    pub message: String,
+    /// Read data or extents.
+    #[prost(message, repeated, tag = "6")]
+    pub segments: Vec<RpcSegment>,
+}
+
+/// Why a routed request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The replica refused (leadership, retry, metadata).
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// The I/O failed on the serving node.
+    #[error("{message}")]
+    Io {
+        /// Errno for the client.
+        errno: i32,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl RpcResponse {
+    /// A response carrying `result`.
+    pub fn from_result(id: u64, result: Result<Vec<RpcSegment>, RouteError>) -> RpcResponse {
+        let mut r = RpcResponse {
+            id,
+            ..RpcResponse::default()
+        };
+        match result {
+            Ok(segments) => r.segments = segments,
+            Err(RouteError::Io { errno, message }) => {
+                r.status = status::FAILED;
+                r.errno = errno;
+                r.message = message;
+            }
+            Err(RouteError::Replica(e)) => {
+                r.message = e.to_string();
+                r.status = match e {
+                    ReplicaError::NotLeader { leader, .. } => {
+                        r.leader = leader.unwrap_or(0);
+                        status::NOT_LEADER
+                    }
+                    ReplicaError::NoReplica(_) => status::NO_REPLICA,
+                    ReplicaError::Retry(_) => status::RETRY,
+                    ReplicaError::Meta(m) => {
+                        r.message = serde_json::to_string(&m).unwrap_or_default();
+                        status::META
+                    }
+                    ReplicaError::Apply(_) => {
+                        r.errno = raftblock_storage::error::errno::EIO;
+                        status::FAILED
+                    }
+                    ReplicaError::Stopped => status::STOPPED,
+                };
+            }
+        }
+        r
+    }
+
+    /// The result this response carries, for a request to `group`.
+    pub fn into_result(self, group: u64) -> Result<Vec<RpcSegment>, RouteError> {
+        let e = match self.status {
+            status::OK => return Ok(self.segments),
+            status::NOT_LEADER => ReplicaError::NotLeader {
+                group,
+                leader: Some(self.leader).filter(|l| *l != 0),
+            },
+            status::NO_REPLICA => ReplicaError::NoReplica(group),
+            status::META => match serde_json::from_str::<MetaError>(&self.message) {
+                Ok(m) => ReplicaError::Meta(m),
+                Err(_) => ReplicaError::Apply(self.message),
+            },
+            status::STOPPED => ReplicaError::Stopped,
+            status::FAILED => {
+                return Err(RouteError::Io {
+                    errno: if self.errno == 0 {
+                        raftblock_storage::error::errno::EIO
+                    } else {
+                        self.errno
+                    },
+                    message: self.message,
+                })
+            }
+            _ => ReplicaError::Retry(group),
+        };
+        Err(RouteError::Replica(e))
+    }
+}
+
+/// Read segments as RPC segments.
+pub fn segments_of_read(segs: Vec<ReadSegment>) -> Vec<RpcSegment> {
+    segs.into_iter()
+        .map(|s| match s {
+            ReadSegment::Data(b) => RpcSegment {
+                hole: false,
+                len: b.len() as u64,
+                data: b,
+            },
+            ReadSegment::Hole(n) => RpcSegment {
+                hole: true,
+                len: n,
+                data: Bytes::new(),
+            },
+        })
+        .collect()
+}
+
+/// RPC segments as read segments.
+pub fn read_of_segments(segs: Vec<RpcSegment>) -> Vec<ReadSegment> {
+    segs.into_iter()
+        .map(|s| {
+            if s.hole {
+                ReadSegment::Hole(s.len)
+            } else {
+                ReadSegment::Data(s.data)
+            }
+        })
+        .collect()
+}
+
+/// Extents as RPC segments.
+pub fn segments_of_extents(ext: Vec<Extent>) -> Vec<RpcSegment> {
+    ext.into_iter()
+        .map(|e| RpcSegment {
+            hole: e.hole,
+            len: e.len,
+            data: Bytes::new(),
+        })
+        .collect()
+}
+
+/// RPC segments as extents.
+pub fn extents_of_segments(segs: Vec<RpcSegment>) -> Vec<Extent> {
+    segs.into_iter()
+        .map(|s| Extent {
+            len: s.len,
+            hole: s.hole,
+        })
+        .collect()
+}
