@@ -24,8 +24,36 @@ enum Command {
     Serve(ServeArgs),
     /// Create, list, inspect and delete volumes on a running daemon.
     Volume(VolumeArgs),
-    /// Start a throwaway node with a volume, export it over NBD and self-check it.
+    /// Start a throwaway local 3-node cluster with a replicated volume,
+    /// export it over NBD on every node and self-check it.
     Demo(DemoArgs),
+    /// Show the cluster: nodes, and every volume's shards with their leaders.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// Admin address of any node.
+    #[arg(
+        long,
+        env = "RAFTBLOCK_SERVER",
+        default_value = "127.0.0.1:7480",
+        global = true
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Nodes (up/down, addresses) and per volume its shards with leader,
+    /// replicas, applied index and lag.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `raftblock serve`.
@@ -55,6 +83,90 @@ pub struct ServeArgs {
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// This node's id in the cluster (a positive number, unique per node).
+    /// Any cluster flag turns on cluster mode; without them the node serves
+    /// its local volumes alone.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Address for node-to-node traffic (Raft and forwarded requests).
+    #[arg(long, default_value = "127.0.0.1:7470")]
+    pub listen: SocketAddr,
+    /// Initial members, `ID=ADDR` of every node's --listen, comma-separated
+    /// (the same list on every node; this node must be in it).
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<(u64, SocketAddr)>,
+    /// Join a running cluster through the admin address of one member.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// How long an NBD request waits for a shard leader (failover) before
+    /// it fails, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub leader_wait: std::time::Duration,
+    /// Raft tick (elections take 20 ticks, heartbeats 3), e.g. 100ms.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub raft_tick: std::time::Duration,
+}
+
+impl ServeArgs {
+    /// Default options for a node in `data_dir` (used by the demo).
+    pub fn new(data_dir: PathBuf) -> ServeArgs {
+        ServeArgs {
+            data_dir,
+            nbd_listen: ([127, 0, 0, 1], 10809).into(),
+            admin_listen: ([127, 0, 0, 1], 7480).into(),
+            io_engine: None,
+            inline_write_max: "32M".into(),
+            io_threads: 4,
+            worker_threads: None,
+            node_id: None,
+            listen: ([127, 0, 0, 1], 7470).into(),
+            peers: Vec::new(),
+            join: None,
+            leader_wait: std::time::Duration::from_secs(30),
+            raft_tick: std::time::Duration::from_millis(100),
+        }
+    }
+}
+
+/// Parses `ID=HOST:PORT`.
+fn parse_peer(s: &str) -> Result<(u64, SocketAddr), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected ID=ADDR, e.g. 1=10.0.0.1:7470"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: node id `{id}` is not a number"))?;
+    if id == 0 {
+        return Err(format!("`{s}`: node ids start at 1"));
+    }
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}`: address `{addr}`: {e}"))?;
+    Ok((id, addr))
+}
+
+/// Parses `30s`, `500ms`, `2m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (like 30s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 86400.0) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +195,10 @@ enum VolumeCommand {
         /// Chunk size, a power of two from 1M to 1G (default 64M).
         #[arg(long)]
         chunk_size: Option<String>,
+        /// Replicas per shard, on distinct nodes (cluster mode; default 3,
+        /// or the number of nodes when there are fewer).
+        #[arg(long)]
+        replicas: Option<u32>,
     },
     /// List volumes.
     List {
@@ -136,7 +252,23 @@ pub fn run(cli: Cli) -> Result<()> {
             rt.block_on(crate::demo::run(args))
         }
         Command::Volume(v) => volume(v),
+        Command::Cluster(c) => cluster(c),
     }
+}
+
+fn cluster(c: ClusterArgs) -> Result<()> {
+    let client = AdminClient::new(&c.server);
+    match c.command {
+        ClusterCommand::Status { json } => {
+            let st = client.cluster_status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", crate::status::render(&st));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn volume(v: VolumeArgs) -> Result<()> {
@@ -146,12 +278,16 @@ fn volume(v: VolumeArgs) -> Result<()> {
             name,
             size,
             chunk_size,
+            replicas,
         } => {
             let size = parse_size(&size).context("--size")?;
             let chunk_size = chunk_size
                 .map(|c| parse_size(&c).context("--chunk-size"))
                 .transpose()?;
-            let vol = client.create_volume(&name, size, chunk_size)?;
+            if replicas == Some(0) {
+                anyhow::bail!("--replicas must be at least 1");
+            }
+            let vol = client.create_volume_with(&name, size, chunk_size, replicas)?;
             println!(
                 "created volume {} ({}, chunk size {})",
                 vol["name"].as_str().unwrap_or(&name),

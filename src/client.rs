@@ -15,14 +15,19 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client for the daemon at `server` (host:port, or a full http:// URL).
     pub fn new(server: &str) -> AdminClient {
+        AdminClient::with_timeout(server, Duration::from_secs(60))
+    }
+
+    /// Like [`AdminClient::new`] with a shorter or longer request timeout.
+    pub fn with_timeout(server: &str, timeout: Duration) -> AdminClient {
         let base = if server.starts_with("http://") {
             server.trim_end_matches('/').to_string()
         } else {
             format!("http://{server}")
         };
         let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
+            .timeout_connect(Duration::from_secs(5).min(timeout))
+            .timeout(timeout)
             .build();
         AdminClient {
             base,
@@ -81,11 +86,40 @@ impl AdminClient {
 
     /// Creates a volume.
     pub fn create_volume(&self, name: &str, size: u64, chunk_size: Option<u64>) -> Result<Value> {
+        self.create_volume_with(name, size, chunk_size, None)
+    }
+
+    /// Creates a volume with `replicas` replicas per shard (cluster mode).
+    pub fn create_volume_with(
+        &self,
+        name: &str,
+        size: u64,
+        chunk_size: Option<u64>,
+        replicas: Option<u32>,
+    ) -> Result<Value> {
         let mut body = json!({ "name": name, "size": size });
         if let Some(c) = chunk_size {
             body["chunk_size"] = json!(c);
         }
+        if let Some(r) = replicas {
+            body["replicas"] = json!(r);
+        }
         self.call("POST", "/v1/volumes", Some(body))
+    }
+
+    /// `GET /v1/cluster`: nodes and shards.
+    pub fn cluster_status(&self) -> Result<Value> {
+        self.call("GET", "/v1/cluster", None)
+    }
+
+    /// `GET /v1/cluster/local`: this node's Raft replicas.
+    pub fn local_replicas(&self) -> Result<Value> {
+        self.call("GET", "/v1/cluster/local", None)
+    }
+
+    /// Asks a member to add a node (`--join`).
+    pub fn join(&self, node: &Value) -> Result<Value> {
+        self.call("POST", "/v1/cluster/nodes", Some(node.clone()))
     }
 
     /// Lists volumes.

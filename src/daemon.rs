@@ -14,6 +14,7 @@ use raftblock_volume_driver::{ExportCatalog, ExportInfo, NbdMetrics, NbdServer, 
 
 use crate::admin::{self, AdminState};
 use crate::cli::ServeArgs;
+use crate::replication::{self, ClusterExports, ClusterNode};
 
 /// How long in-flight NBD requests may take to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -90,6 +91,7 @@ impl ExportCatalog for LocalExports {
 /// A node with its listeners bound, ready to run.
 pub struct Node {
     store: Arc<ChunkStore>,
+    cluster: Option<ClusterNode>,
     metrics: Arc<NbdMetrics>,
     nbd: TcpListener,
     admin: TcpListener,
@@ -119,10 +121,18 @@ impl Node {
         let admin = TcpListener::bind(args.admin_listen)
             .await
             .with_context(|| format!("binding the admin listener on {}", args.admin_listen))?;
+        let nbd_addr = nbd.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+        let cluster = if replication::wanted(args) {
+            Some(ClusterNode::start(args, store.clone(), nbd_addr, admin_addr).await?)
+        } else {
+            None
+        };
         Ok(Node {
-            nbd_addr: nbd.local_addr()?,
-            admin_addr: admin.local_addr()?,
+            nbd_addr,
+            admin_addr,
             store,
+            cluster,
             metrics: Arc::new(NbdMetrics::default()),
             nbd,
             admin,
@@ -136,20 +146,34 @@ impl Node {
             admin = %self.admin_addr,
             io_engine = %self.store.engine().kind(),
             data_dir = %self.store.root().display(),
-            volumes = self.store.list().map(|v| v.len()).unwrap_or(0),
+            node = self.cluster.as_ref().map(|c| c.info.id),
+            listen = self.cluster.as_ref().map(|c| c.info.raft_addr.to_string()),
             "raftblock serving"
         );
-        let exports = Arc::new(LocalExports {
-            store: self.store.clone(),
-        });
-        let server = NbdServer::new(exports, self.metrics.clone());
         let nbd_listener = self.nbd;
         let nbd_sd = shutdown.clone();
-        let nbd_task = tokio::spawn(async move { server.run(nbd_listener, nbd_sd, DRAIN).await });
+        let nbd_task = match &self.cluster {
+            Some(c) => {
+                c.spawn_membership();
+                let exports = Arc::new(ClusterExports {
+                    cluster: c.cluster.clone(),
+                });
+                let server = NbdServer::new(exports, self.metrics.clone());
+                tokio::spawn(async move { server.run(nbd_listener, nbd_sd, DRAIN).await })
+            }
+            None => {
+                let exports = Arc::new(LocalExports {
+                    store: self.store.clone(),
+                });
+                let server = NbdServer::new(exports, self.metrics.clone());
+                tokio::spawn(async move { server.run(nbd_listener, nbd_sd, DRAIN).await })
+            }
+        };
         let state = Arc::new(AdminState {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             nbd_addr: self.nbd_addr,
+            cluster: self.cluster.as_ref().map(|c| c.cluster.clone()),
         });
         let mut admin_sd = shutdown.clone();
         let admin_task = tokio::spawn(
@@ -164,6 +188,9 @@ impl Node {
             Err(e) => tracing::error!(error = %e, "NBD server task failed"),
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
+        if let Some(c) = self.cluster {
+            c.stop().await;
+        }
         self.store
             .sync_all()
             .await

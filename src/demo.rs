@@ -1,6 +1,8 @@
-//! `raftblock demo`: a throwaway node in a temporary directory with a volume
-//! `demo` exported over NBD, and a self-check that writes random data through
-//! a real NBD connection, flushes, reads it back and verifies every byte.
+//! `raftblock demo`: a throwaway local 3-node cluster (one process, each
+//! node with its own data directory and loopback ports) with a 3-replica
+//! volume `demo` exported over NBD on every node, and a self-check that
+//! writes random data through one node's NBD server, flushes, and reads it
+//! back and verifies every byte through the other two.
 
 use anyhow::{bail, Context, Result};
 use rand::{RngCore, SeedableRng};
@@ -25,6 +27,9 @@ async fn free_or(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Nodes in the demo cluster.
+const NODES: u64 = 3;
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let size = parse_size(&args.size).context("--size")?;
@@ -35,18 +40,27 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .prefix("raftblock-demo-")
         .tempdir()
         .context("creating a temporary data directory")?;
-    let serve = ServeArgs {
-        data_dir: dir.path().to_path_buf(),
-        nbd_listen: free_or(args.nbd_listen).await,
-        admin_listen: free_or(args.admin_listen).await,
-        io_engine: None,
-        io_threads: 4,
-        inline_write_max: "32M".into(),
-        worker_threads: None,
-    };
-    let node = Node::bind(&serve).await?;
-    let (nbd, admin) = (node.nbd_addr, node.admin_addr);
-    // The node stops when Ctrl-C/SIGTERM arrives or when the demo is done.
+    // Addresses first: every node needs the whole member list.
+    let mut listen = Vec::new();
+    for i in 0..NODES {
+        let want = SocketAddr::new(args.admin_listen.ip(), 7470 + i as u16);
+        listen.push((i + 1, free_port(want).await?));
+    }
+    let mut nodes = Vec::new();
+    for (id, raft) in &listen {
+        let i = (*id - 1) as u16;
+        let mut serve = ServeArgs::new(dir.path().join(format!("node{id}")));
+        serve.node_id = Some(*id);
+        serve.listen = *raft;
+        serve.peers = listen.clone();
+        serve.nbd_listen = free_or(port_plus(args.nbd_listen, i)).await;
+        serve.admin_listen = free_or(port_plus(args.admin_listen, i)).await;
+        serve.worker_threads = Some(2);
+        nodes.push(Node::bind(&serve).await?);
+    }
+    let nbd: Vec<SocketAddr> = nodes.iter().map(|n| n.nbd_addr).collect();
+    let admin: Vec<SocketAddr> = nodes.iter().map(|n| n.admin_addr).collect();
+    // The nodes stop when Ctrl-C/SIGTERM arrives or when the demo is done.
     let mut signalled = shutdown_on_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_on_signal = stop_tx.clone();
@@ -56,41 +70,85 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     });
     let mut stopped = stop_rx.clone();
-    let node_task = tokio::spawn(node.run(stop_rx));
+    let tasks: Vec<_> = nodes
+        .into_iter()
+        .map(|n| tokio::spawn(n.run(stop_rx.clone())))
+        .collect();
 
-    println!("raftblock demo: one node in {}", dir.path().display());
-    let admin_s = admin.to_string();
-    let vol = tokio::task::spawn_blocking(move || {
-        AdminClient::new(&admin_s).create_volume("demo", size, None)
+    println!(
+        "raftblock demo: a {NODES}-node cluster on loopback in {}",
+        dir.path().display()
+    );
+    let t = Instant::now();
+    let admin0 = admin[0].to_string();
+    let vol = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+        // The cluster elects its metadata leader first: retry until it can
+        // take the volume.
+        let client = AdminClient::new(&admin0);
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match client.create_volume_with("demo", size, None, Some(NODES as u32)) {
+                Ok(v) => return Ok(v),
+                Err(e) if Instant::now() < deadline && e.to_string().contains("HTTP 503") => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     })
     .await??;
-    let uri = vol["nbd_uri"].as_str().unwrap_or("?").to_string();
-    println!("volume `demo`: {} at {uri}", human(size));
-    println!("admin API:     http://{admin}  (metrics at /metrics)");
+    println!(
+        "volume `demo`: {}, {} replicas, {} shards (created {:.1} s after start)",
+        human(size),
+        vol["replicas"],
+        vol["shards"].as_array().map(|a| a.len()).unwrap_or(0),
+        t.elapsed().as_secs_f64()
+    );
+    for (i, (n, a)) in nbd.iter().zip(&admin).enumerate() {
+        println!("node {}: nbd://{n}/demo   admin http://{a}", i + 1);
+    }
 
-    let check = self_check(nbd).await;
+    let check = self_check(nbd[0], &nbd[1..]).await;
     match &check {
         Ok(()) => println!("self-check:    PASSED"),
         Err(e) => println!("self-check:    FAILED: {e:#}"),
     }
     if check.is_ok() && !args.exit {
+        let (uri, a) = (format!("nbd://{}/demo", nbd[1]), admin[0]);
         println!();
-        println!("Try it (the node stays up until Ctrl-C):");
+        println!("Try it (the cluster stays up until Ctrl-C):");
         println!("  nbdinfo {uri}");
         println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' {uri}");
         println!("  fio --name=t --ioengine=nbd --uri={uri} --rw=randwrite --bs=4k --iodepth=32 --size=256M --verify=crc32c");
-        println!("  raftblock volume list --server {admin}");
+        println!("  raftblock cluster status --server {a}");
+        println!("  raftblock volume list --server {a}");
         let _ = stopped.wait_for(|s| *s).await;
     }
     let _ = stop_tx.send(true);
-    node_task.await??;
+    for t in tasks {
+        t.await??;
+    }
     check
 }
 
-async fn self_check(nbd: SocketAddr) -> Result<()> {
+fn port_plus(a: SocketAddr, i: u16) -> SocketAddr {
+    SocketAddr::new(a.ip(), a.port().saturating_add(i))
+}
+
+async fn free_port(want: SocketAddr) -> Result<SocketAddr> {
+    if tokio::net::TcpListener::bind(want).await.is_ok() {
+        return Ok(want);
+    }
+    let l = tokio::net::TcpListener::bind(SocketAddr::new(want.ip(), 0)).await?;
+    Ok(l.local_addr()?)
+}
+
+/// Writes through `write_to`, then reads everything back through each of
+/// `read_from` (other nodes, so reads are forwarded to the shard leaders).
+async fn self_check(write_to: SocketAddr, read_from: &[SocketAddr]) -> Result<()> {
     let mut data = vec![0u8; CHECK_BYTES as usize];
     rand::rngs::StdRng::seed_from_u64(0x5eed).fill_bytes(&mut data);
-    let mut c = NbdClient::connect(nbd, "demo")
+    let mut c = NbdClient::connect(write_to, "demo")
         .await
         .context("connecting over NBD")?;
 
@@ -112,7 +170,23 @@ async fn self_check(nbd: SocketAddr) -> Result<()> {
         bail!("flush failed with NBD error {}", f.error);
     }
     let wsecs = t.elapsed().as_secs_f64();
+    c.disconnect().await?;
+    let mib = CHECK_BYTES as f64 / (1 << 20) as f64;
+    println!(
+        "self-check:    wrote {} through {write_to} in 1 MiB requests (depth {DEPTH}) at {:.0} MiB/s, flushed",
+        human(CHECK_BYTES),
+        mib / wsecs
+    );
+    for addr in read_from {
+        read_back(*addr, &data).await?;
+    }
+    Ok(())
+}
 
+async fn read_back(addr: SocketAddr, data: &[u8]) -> Result<()> {
+    let mut c = NbdClient::connect(addr, "demo")
+        .await
+        .context("connecting over NBD")?;
     let t = Instant::now();
     let mut offsets = std::collections::HashMap::new();
     let mut next = 0usize;
@@ -145,12 +219,7 @@ async fn self_check(nbd: SocketAddr) -> Result<()> {
     c.disconnect().await?;
     let mib = CHECK_BYTES as f64 / (1 << 20) as f64;
     println!(
-        "self-check:    wrote {} in 1 MiB requests (depth {DEPTH}) at {:.0} MiB/s, flushed",
-        human(CHECK_BYTES),
-        mib / wsecs
-    );
-    println!(
-        "self-check:    read back and verified {} at {:.0} MiB/s; unwritten range reads as zeros",
+        "self-check:    read back and verified {} through {addr} at {:.0} MiB/s; unwritten range reads as zeros",
         human(verified),
         mib / rsecs
     );

@@ -9,7 +9,9 @@ mod cli;
 pub mod client;
 mod daemon;
 mod demo;
+mod replication;
 pub mod size;
+mod status;
 
 use clap::Parser;
 

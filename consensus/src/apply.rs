@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use raftblock_storage::{LocalVolume, VolumeIo, ZeroMode};
 
 use crate::command::{BlockOp, ShardCommand};
-use crate::driver::{DriverHandle, Reply, ReplicaError};
+use crate::driver::{DriverHandle, ReplicaError, Reply};
 
 /// How long applied data may stay only in the page cache (the log still has it).
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);
@@ -187,6 +187,8 @@ async fn sync(
             *durable = applied;
             driver.durable(group, applied);
         }
-        Err(e) => tracing::error!(group, error = %e, "syncing applied data failed; keeping the log"),
+        Err(e) => {
+            tracing::error!(group, error = %e, "syncing applied data failed; keeping the log")
+        }
     }
 }

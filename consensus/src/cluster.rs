@@ -15,9 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use raftblock_storage::{ChunkStore, LocalVolume, StorageError, VolumeIo};
 
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
-use crate::meta::{
-    shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP,
-};
+use crate::meta::{shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP};
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
 use crate::transport::{Transport, TransportEvent};
 
@@ -406,13 +404,20 @@ impl Cluster {
         replicas: u32,
         shards: u32,
     ) -> Result<VolumeRecord, RouteError> {
-        let meta = self.view.meta();
-        if meta.volumes.contains_key(name) {
-            return Err(ReplicaError::Meta(MetaError::VolumeExists(name.into())).into());
-        }
-        let shards = meta
-            .place(replicas, shards, &self.live_nodes())
-            .map_err(ReplicaError::Meta)?;
+        // Right after start-up, members may not have registered or been
+        // heard from yet: give placement a few seconds before refusing.
+        let deadline = Instant::now() + Duration::from_secs(6);
+        let shards = loop {
+            let meta = self.view.meta();
+            if meta.volumes.contains_key(name) {
+                return Err(ReplicaError::Meta(MetaError::VolumeExists(name.into())).into());
+            }
+            match meta.place(replicas, shards, &self.live_nodes()) {
+                Ok(p) => break p,
+                Err(e) if Instant::now() > deadline => return Err(ReplicaError::Meta(e).into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
         self.propose_meta(MetaCommand::CreateVolume {
             name: name.to_string(),
             size,
@@ -458,7 +463,8 @@ impl Cluster {
     /// Adds node `info` to the cluster: its addresses, then its meta replica
     /// (a voter while the meta group has fewer than five).
     pub async fn add_node(&self, info: NodeInfo) -> Result<(), RouteError> {
-        self.propose_meta(MetaCommand::PutNode(info.clone())).await?;
+        self.propose_meta(MetaCommand::PutNode(info.clone()))
+            .await?;
         let voters = self.meta_voters();
         let learner = voters.len() > 5;
         self.execute(

@@ -15,11 +15,11 @@
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Config, Entry, EntryType, Message, MessageType, Snapshot,
-    SnapshotMetadata, SnapshotStatus,
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Config, Entry, EntryType, Message,
+    MessageType, Snapshot, SnapshotMetadata, SnapshotStatus,
 };
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -185,7 +185,7 @@ impl DriverHandle {
 }
 
 /// One replica's state, for `cluster status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupStatus {
     /// Group id.
     pub group: u64,
@@ -684,11 +684,19 @@ impl Driver {
             }
         };
         let Some(r) = self.replicas.get_mut(&env.group) else {
-            tracing::trace!(from, group = env.group, "message for a group this node does not hold");
+            tracing::trace!(
+                from,
+                group = env.group,
+                "message for a group this node does not hold"
+            );
             return;
         };
         if raft::raw_node::is_local_msg(msg.get_msg_type()) {
-            tracing::warn!(from, group = env.group, "peer sent a local-only raft message");
+            tracing::warn!(
+                from,
+                group = env.group,
+                "peer sent a local-only raft message"
+            );
             return;
         }
         if let Err(e) = r.node.step(msg) {
@@ -815,7 +823,11 @@ impl Driver {
                     .get(r.preferred)
                     .is_some_and(|p| p.matched == last && p.recent_active);
                 if ready {
-                    tracing::info!(group = g, to = r.preferred, "moving leadership to the preferred replica");
+                    tracing::info!(
+                        group = g,
+                        to = r.preferred,
+                        "moving leadership to the preferred replica"
+                    );
                     r.node.transfer_leader(r.preferred);
                 }
             }
@@ -961,7 +973,12 @@ impl Driver {
             let Some(r) = self.replicas.get_mut(&g) else {
                 continue;
             };
-            send_messages(&self.transport, g, rd.persisted_messages().to_vec(), &mut snap_sent);
+            send_messages(
+                &self.transport,
+                g,
+                rd.persisted_messages().to_vec(),
+                &mut snap_sent,
+            );
             let mut light = r.node.advance_append(rd);
             if let Some(c) = light.commit_index() {
                 r.node.mut_store().stage_commit(c, &mut self.carry);
@@ -1311,7 +1328,9 @@ fn install_snapshot(
                 *meta_changed = true;
             }
             Err(e) => {
-                fatal(&format!("the meta snapshot at index {index} is undecodable: {e}"));
+                fatal(&format!(
+                    "the meta snapshot at index {index} is undecodable: {e}"
+                ));
             }
         }
     } else {

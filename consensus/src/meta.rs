@@ -352,7 +352,9 @@ mod tests {
         assert!(matches!(e, Err(MetaError::Placement(_))));
         let e = m.apply(4, create("a", 2, vec![vec![1, 9]]));
         assert!(matches!(e, Err(MetaError::Placement(_))));
-        let e = m.apply(5, create("a", 2, vec![vec![1, 2]])).expect("create");
+        let e = m
+            .apply(5, create("a", 2, vec![vec![1, 2]]))
+            .expect("create");
         let MetaEffect::VolumeCreated(rec) = e else {
             panic!("{e:?}")
         };

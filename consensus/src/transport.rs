@@ -470,7 +470,10 @@ mod tests {
         );
         let mut lost = false;
         while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), ev1.recv()).await {
-            if let TransportEvent::Unreachable { to: 9, requests, .. } = ev {
+            if let TransportEvent::Unreachable {
+                to: 9, requests, ..
+            } = ev
+            {
                 assert_eq!(requests, vec![42]);
                 lost = true;
                 break;

@@ -1,12 +1,15 @@
 //! The admin HTTP/JSON API: volume create/list/info/delete, `/metrics` in
-//! Prometheus text format, and `/health`. Storage errors map to HTTP status
-//! codes here (400 bad input, 404 unknown, 409 exists or busy, 500 otherwise).
+//! Prometheus text format, and `/health`; in cluster mode also the cluster
+//! status and joining (`cluster`). Errors map to HTTP status codes here (400
+//! bad input, 404 unknown, 409 exists or busy, 503 no quorum, 500 otherwise).
+
+mod cluster;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use raftblock_consensus::{Cluster, NodeInfo};
 use raftblock_storage::{ChunkStore, StorageError, VolumeMeta, DEFAULT_CHUNK_SIZE};
 use raftblock_volume_driver::metrics::{header as metric_header, per_volume};
 use raftblock_volume_driver::NbdMetrics;
@@ -27,6 +31,8 @@ pub struct AdminState {
     pub metrics: Arc<NbdMetrics>,
     /// Where NBD clients connect (for the URIs we hand out).
     pub nbd_addr: SocketAddr,
+    /// The cluster service, in cluster mode.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// An error reply: status plus `{"error": message}`.
@@ -58,6 +64,8 @@ struct CreateVolume {
     name: String,
     size: u64,
     chunk_size: Option<u64>,
+    replicas: Option<u32>,
+    shards: Option<u32>,
 }
 
 /// The admin router.
@@ -67,6 +75,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/volumes", get(list).post(create))
         .route("/v1/volumes/{name}", get(info).delete(delete))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/local", get(cluster_local))
+        .route("/v1/cluster/nodes", post(cluster_join))
         .with_state(state)
 }
 
@@ -88,7 +99,45 @@ fn view(state: &AdminState, meta: &VolumeMeta) -> Value {
     })
 }
 
+fn need_cluster(s: &AdminState) -> Result<&Arc<Cluster>, ApiError> {
+    s.cluster.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "this node runs alone (start it with --node-id/--peers for cluster mode)".into(),
+        )
+    })
+}
+
+async fn cluster_status(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    Ok(Json(cluster::status(&s, c).await))
+}
+
+async fn cluster_local(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    Ok(Json(cluster::local(c).await))
+}
+
+async fn cluster_join(
+    State(s): State<Arc<AdminState>>,
+    body: Result<Json<NodeInfo>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    let Json(info) = body.map_err(bad_body)?;
+    Ok(Json(cluster::join(c, info).await?))
+}
+
+fn bad_body(e: JsonRejection) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        format!("bad request body: {}", e.body_text()),
+    )
+}
+
 async fn list(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
+    if let Some(c) = &s.cluster {
+        return Ok(Json(cluster::list(&s, c).await));
+    }
     let vols = s.store.list()?;
     Ok(Json(Value::Array(
         vols.iter().map(|m| view(&s, m)).collect(),
@@ -99,6 +148,9 @@ async fn info(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(c) = &s.cluster {
+        return Ok(Json(cluster::info(&s, c, &name).await?));
+    }
     let meta = s.store.meta(&name)?;
     Ok(Json(view(&s, &meta)))
 }
@@ -107,12 +159,26 @@ async fn create(
     State(s): State<Arc<AdminState>>,
     body: Result<Json<CreateVolume>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("bad request body: {}", e.body_text()),
+    let Json(req) = body.map_err(bad_body)?;
+    if let Some(c) = &s.cluster {
+        let v = cluster::create(
+            &s,
+            c,
+            &req.name,
+            req.size,
+            req.chunk_size,
+            req.replicas,
+            req.shards,
         )
-    })?;
+        .await?;
+        return Ok((StatusCode::CREATED, Json(v)));
+    }
+    if req.replicas.is_some_and(|r| r != 1) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "this node runs alone: replicas other than 1 need cluster mode (serve --node-id/--peers)".into(),
+        ));
+    }
     let meta = s.store.create_volume(
         &req.name,
         req.size,
@@ -125,6 +191,11 @@ async fn delete(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(c) = &s.cluster {
+        cluster::delete(c, &name).await?;
+        s.metrics.remove(&name);
+        return Ok(StatusCode::NO_CONTENT);
+    }
     s.store.delete_volume(&name)?;
     s.metrics.remove(&name);
     Ok(StatusCode::NO_CONTENT)

@@ -1,0 +1,266 @@
+//! The admin API in cluster mode: volumes come from the cluster metadata
+//! (created and deleted through the meta group, read after a meta read
+//! barrier so any node answers with the latest state), `GET /v1/cluster`
+//! gathers every node's replica state into one picture, and
+//! `POST /v1/cluster/nodes` adds a node (`serve --join`).
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftblock_consensus::{
+    Cluster, GroupStatus, MetaError, NodeInfo, ReplicaError, RouteError, VolumeRecord,
+};
+use raftblock_storage::catalog::{validate_name, validate_sizes};
+use raftblock_storage::DEFAULT_CHUNK_SIZE;
+
+use super::{AdminState, ApiError};
+use crate::client::AdminClient;
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        let status = match &e {
+            RouteError::Replica(ReplicaError::Meta(m)) => match m {
+                MetaError::VolumeExists(_) => StatusCode::CONFLICT,
+                MetaError::VolumeNotFound(_) => StatusCode::NOT_FOUND,
+                MetaError::Placement(_) => StatusCode::BAD_REQUEST,
+                MetaError::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            RouteError::Replica(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let msg = match &e {
+            RouteError::Replica(
+                ReplicaError::NotLeader { .. } | ReplicaError::Retry(_) | ReplicaError::NoReplica(_),
+            ) => format!("the cluster metadata group has no reachable leader ({e}); is a majority of nodes up?"),
+            _ => e.to_string(),
+        };
+        ApiError(status, msg)
+    }
+}
+
+/// A volume as the API shows it.
+pub fn volume_view(s: &AdminState, c: &Cluster, rec: &VolumeRecord) -> Value {
+    let meta = c.view().meta();
+    let allocated = s
+        .store
+        .volume(&rec.meta.name)
+        .ok()
+        .filter(|v| v.meta().id == rec.meta.id)
+        .and_then(|v| v.allocated_bytes().ok());
+    let uris: Vec<String> = meta
+        .nodes
+        .values()
+        .filter_map(|n| n.nbd_addr)
+        .map(|a| format!("nbd://{a}/{}", rec.meta.name))
+        .collect();
+    let shards: Vec<Value> = rec
+        .groups()
+        .enumerate()
+        .map(|(i, (group, nodes))| {
+            json!({
+                "index": i,
+                "group": group,
+                "replicas": nodes,
+                "leader": c.view().leader(group),
+            })
+        })
+        .collect();
+    json!({
+        "id": rec.meta.id,
+        "name": rec.meta.name,
+        "size": rec.meta.size,
+        "chunk_size": rec.meta.chunk_size,
+        "checksum": rec.meta.checksum,
+        "created_unix": rec.meta.created_unix,
+        "replicas": rec.replicas,
+        "shards": shards,
+        "allocated_bytes": allocated.unwrap_or(0),
+        "connections": 0,
+        "nbd_uri": format!("nbd://{}/{}", s.nbd_addr, rec.meta.name),
+        "nbd_uris": uris,
+    })
+}
+
+/// `GET /v1/volumes`.
+pub async fn list(s: &AdminState, c: &Cluster) -> Value {
+    c.meta_barrier(Duration::from_secs(3)).await;
+    let meta = c.view().meta();
+    Value::Array(
+        meta.volumes
+            .values()
+            .map(|r| volume_view(s, c, r))
+            .collect(),
+    )
+}
+
+/// `GET /v1/volumes/{name}`.
+pub async fn info(s: &AdminState, c: &Cluster, name: &str) -> Result<Value, ApiError> {
+    c.meta_barrier(Duration::from_secs(3)).await;
+    let meta = c.view().meta();
+    let rec = meta.volumes.get(name).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("volume `{name}` does not exist"),
+        )
+    })?;
+    Ok(volume_view(s, c, rec))
+}
+
+/// `POST /v1/volumes`.
+pub async fn create(
+    s: &AdminState,
+    c: &Cluster,
+    name: &str,
+    size: u64,
+    chunk_size: Option<u64>,
+    replicas: Option<u32>,
+    shards: Option<u32>,
+) -> Result<Value, ApiError> {
+    validate_name(name)?;
+    let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    validate_sizes(size, chunk_size)?;
+    let members = c.view().meta().nodes.len().max(1) as u32;
+    let replicas = replicas.unwrap_or(3.min(members));
+    let shards = shards
+        .unwrap_or_else(|| raftblock_consensus::layout::default_shards(size, chunk_size).max(3));
+    let rec = c
+        .create_volume(name, size, chunk_size, replicas, shards)
+        .await?;
+    Ok(volume_view(s, c, &rec))
+}
+
+/// `DELETE /v1/volumes/{name}`.
+pub async fn delete(c: &Cluster, name: &str) -> Result<(), ApiError> {
+    c.delete_volume(name).await?;
+    Ok(())
+}
+
+/// `POST /v1/cluster/nodes`.
+pub async fn join(c: &Cluster, info: NodeInfo) -> Result<Value, ApiError> {
+    if info.id == 0 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "node ids start at 1".into(),
+        ));
+    }
+    c.add_node(info.clone()).await?;
+    Ok(json!({ "joined": info.id }))
+}
+
+/// `GET /v1/cluster/local`.
+pub async fn local(c: &Cluster) -> Value {
+    json!({ "node": c.node(), "groups": c.driver().status().await })
+}
+
+/// `GET /v1/cluster`: every node's replicas gathered into nodes and shards.
+pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
+    c.meta_barrier(Duration::from_secs(3)).await;
+    let meta = c.view().meta();
+    // node -> its replicas' state (None: unreachable)
+    let mut per_node: BTreeMap<u64, Option<Vec<GroupStatus>>> = BTreeMap::new();
+    let mut asks = Vec::new();
+    for n in meta.nodes.values() {
+        if n.id == c.node() {
+            per_node.insert(n.id, Some(c.driver().status().await));
+            continue;
+        }
+        let Some(addr) = n.admin_addr else {
+            per_node.insert(n.id, None);
+            continue;
+        };
+        let id = n.id;
+        asks.push(tokio::task::spawn_blocking(move || {
+            let r = AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(2))
+                .local_replicas()
+                .ok()
+                .and_then(|v| serde_json::from_value::<Vec<GroupStatus>>(v["groups"].clone()).ok());
+            (id, r)
+        }));
+    }
+    for a in asks {
+        if let Ok((id, r)) = a.await {
+            per_node.insert(id, r);
+        }
+    }
+    let live = c.live_nodes();
+    let nodes: Vec<Value> = meta
+        .nodes
+        .values()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "up": per_node.get(&n.id).is_some_and(|r| r.is_some()) || n.id == c.node(),
+                "heard_from": live.contains(&n.id),
+                "raft_addr": n.raft_addr,
+                "nbd_addr": n.nbd_addr,
+                "admin_addr": n.admin_addr,
+            })
+        })
+        .collect();
+    let find = |node: u64, group: u64| -> Option<&GroupStatus> {
+        per_node
+            .get(&node)?
+            .as_ref()?
+            .iter()
+            .find(|g| g.group == group)
+    };
+    let volumes: Vec<Value> = meta
+        .volumes
+        .values()
+        .map(|rec| {
+            let shards: Vec<Value> = rec
+                .groups()
+                .enumerate()
+                .map(|(i, (group, replicas))| {
+                    // The leader as the replicas see it (highest term wins).
+                    let leader = replicas
+                        .iter()
+                        .filter_map(|n| find(*n, group))
+                        .max_by_key(|g| g.term)
+                        .map(|g| g.leader)
+                        .unwrap_or(0);
+                    let leader_last = find(leader, group).map(|g| g.last_index);
+                    let reps: Vec<Value> = replicas
+                        .iter()
+                        .map(|n| match find(*n, group) {
+                            Some(g) => json!({
+                                "node": n,
+                                "role": g.role,
+                                "term": g.term,
+                                "commit": g.commit,
+                                "applied": g.applied,
+                                "durable": g.durable,
+                                "last_index": g.last_index,
+                                "lag": leader_last.map(|l| l.saturating_sub(g.applied)),
+                            }),
+                            None => json!({ "node": n, "role": "unreachable" }),
+                        })
+                        .collect();
+                    json!({
+                        "index": i,
+                        "group": group,
+                        "leader": leader,
+                        "replicas": reps,
+                    })
+                })
+                .collect();
+            json!({
+                "name": rec.meta.name,
+                "size": rec.meta.size,
+                "replicas": rec.replicas,
+                "shards": shards,
+            })
+        })
+        .collect();
+    let meta_group = find(c.node(), raftblock_consensus::META_GROUP);
+    json!({
+        "node": c.node(),
+        "meta_leader": meta_group.map(|g| g.leader),
+        "nodes": nodes,
+        "volumes": volumes,
+        "nbd_addr": s.nbd_addr,
+    })
+}

@@ -1,0 +1,79 @@
+//! Text rendering of `raftblock cluster status` from the JSON the admin API
+//! returns: a node table, then one line per shard replica.
+
+use serde_json::Value;
+use std::fmt::Write;
+
+use crate::size::human;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// Renders the status JSON as text.
+pub fn render(st: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster seen from node {} (meta leader: {})",
+        s(&st["node"]),
+        s(&st["meta_leader"])
+    );
+    let _ = writeln!(out, "\nNODES");
+    let _ = writeln!(
+        out,
+        "{:<6} {:<6} {:<22} {:<22} {:<22}",
+        "ID", "STATE", "RAFT", "NBD", "ADMIN"
+    );
+    for n in st["nodes"].as_array().into_iter().flatten() {
+        let up = if n["up"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "down"
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<6} {:<22} {:<22} {:<22}",
+            s(&n["id"]),
+            up,
+            s(&n["raft_addr"]),
+            s(&n["nbd_addr"]),
+            s(&n["admin_addr"])
+        );
+    }
+    for v in st["volumes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "\nVOLUME {} ({}, {} replica(s))",
+            s(&v["name"]),
+            human(v["size"].as_u64().unwrap_or(0)),
+            s(&v["replicas"])
+        );
+        let _ = writeln!(
+            out,
+            "{:<6} {:<8} {:<7} {:<6} {:<11} {:<10} {:<10} {:<8}",
+            "SHARD", "GROUP", "LEADER", "NODE", "ROLE", "APPLIED", "COMMIT", "LAG"
+        );
+        for sh in v["shards"].as_array().into_iter().flatten() {
+            for r in sh["replicas"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:<6} {:<8} {:<7} {:<6} {:<11} {:<10} {:<10} {:<8}",
+                    s(&sh["index"]),
+                    s(&sh["group"]),
+                    s(&sh["leader"]),
+                    s(&r["node"]),
+                    s(&r["role"]),
+                    s(&r["applied"]),
+                    s(&r["commit"]),
+                    s(&r["lag"])
+                );
+            }
+        }
+    }
+    out
+}
