@@ -107,6 +107,11 @@ impl AdminClient {
         self.call("POST", "/v1/volumes", Some(body))
     }
 
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call("POST", path, Some(body.clone()))
+    }
+
     /// `GET /v1/cluster`: nodes and shards.
     pub fn cluster_status(&self) -> Result<Value> {
         self.call("GET", "/v1/cluster", None)

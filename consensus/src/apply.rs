@@ -53,25 +53,49 @@ async fn run(
     let mut durable = 0u64;
     let mut unsynced = 0u64;
     let mut last_sync = Instant::now();
+    // One fdatasync of the volume's chunks at a time runs beside applying,
+    // so a sync never holds up acknowledgements.
+    let mut syncing: Option<tokio::task::JoinHandle<Option<u64>>> = None;
     loop {
-        let batch = if applied > durable {
-            match tokio::time::timeout(SYNC_INTERVAL, rx.recv()).await {
-                Ok(b) => b,
-                Err(_) => {
-                    sync(group, &volume, &driver, applied, &mut durable).await;
-                    unsynced = 0;
-                    last_sync = Instant::now();
-                    continue;
+        let want_sync = syncing.is_none()
+            && applied > durable
+            && (unsynced >= SYNC_BYTES || last_sync.elapsed() >= SYNC_INTERVAL);
+        if want_sync {
+            let v = volume.clone();
+            let at = applied;
+            syncing = Some(tokio::spawn(async move {
+                match v.flush().await {
+                    Ok(()) => Some(at),
+                    Err(e) => {
+                        tracing::error!(group, error = %e, "syncing applied data failed; keeping the log");
+                        None
+                    }
                 }
+            }));
+            unsynced = 0;
+            last_sync = Instant::now();
+        }
+        let idle = applied > durable && syncing.is_none();
+        let batch = tokio::select! {
+            b = rx.recv() => b,
+            done = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
+                syncing = None;
+                if let Ok(Some(at)) = done {
+                    durable = durable.max(at);
+                    driver.durable(group, durable);
+                }
+                continue;
             }
-        } else {
-            rx.recv().await
+            _ = tokio::time::sleep(SYNC_INTERVAL), if idle => continue,
         };
         let Some(batch) = batch else {
             // The replica is gone (volume deleted or node stopping): make
             // what was applied durable so the recorded index stays honest.
-            if applied > durable {
-                sync(group, &volume, &driver, applied, &mut durable).await;
+            if let Some(s) = syncing.take() {
+                let _ = s.await;
+            }
+            if applied > durable && volume.flush().await.is_ok() {
+                driver.durable(group, applied);
             }
             return;
         };
@@ -80,7 +104,7 @@ async fn run(
             let result = if e.data.is_empty() {
                 Ok(0) // a new leader's empty entry, or a conf change
             } else {
-                apply_entry(group, &volume, e.index, e.data.clone()).await
+                apply_entry(group, &volume, e.index, e.data.clone(), &rx).await
             };
             let failed = match result {
                 Ok(n) => {
@@ -106,11 +130,6 @@ async fn run(
             applied = e.index;
         }
         driver.applied(group, applied);
-        if unsynced >= SYNC_BYTES || last_sync.elapsed() >= SYNC_INTERVAL {
-            sync(group, &volume, &driver, applied, &mut durable).await;
-            unsynced = 0;
-            last_sync = Instant::now();
-        }
     }
 }
 
@@ -124,6 +143,7 @@ async fn apply_entry(
     volume: &LocalVolume,
     index: u64,
     data: Bytes,
+    rx: &mpsc::UnboundedReceiver<ApplyBatch>,
 ) -> Result<u64, String> {
     let cmd = match ShardCommand::decode(data) {
         Ok(c) => c,
@@ -158,6 +178,9 @@ async fn apply_entry(
                 return Err(e.to_string());
             }
             Err(e) => {
+                if rx.is_closed() {
+                    return Err(format!("replica removed while applying entry {index}: {e}"));
+                }
                 if !reported {
                     tracing::error!(
                         group,
@@ -171,24 +194,6 @@ async fn apply_entry(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-        }
-    }
-}
-
-async fn sync(
-    group: u64,
-    volume: &LocalVolume,
-    driver: &DriverHandle,
-    applied: u64,
-    durable: &mut u64,
-) {
-    match volume.flush().await {
-        Ok(()) => {
-            *durable = applied;
-            driver.durable(group, applied);
-        }
-        Err(e) => {
-            tracing::error!(group, error = %e, "syncing applied data failed; keeping the log")
         }
     }
 }

@@ -94,6 +94,17 @@ impl Cluster {
             leader_wait,
         });
         tokio::spawn(route_events(c.clone(), events));
+        let pinger = c.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                if Arc::strong_count(&pinger) == 1 {
+                    return; // the node stopped
+                }
+                pinger.transport.ping_all();
+            }
+        });
         c
     }
 
@@ -134,7 +145,9 @@ impl Cluster {
         match ev {
             TransportEvent::Received { from, envelopes } => {
                 self.seen(from);
-                self.driver.send(DriverMsg::Raft { from, envelopes });
+                if !envelopes.is_empty() {
+                    self.driver.send(DriverMsg::Raft { from, envelopes });
+                }
             }
             TransportEvent::Requests { from, requests } => {
                 self.seen(from);

@@ -53,6 +53,8 @@ enum Outbound {
     Raft(Envelope),
     Request(RpcRequest),
     Response(RpcResponse),
+    /// An empty frame: tells the peer this node is alive.
+    Ping,
 }
 
 impl Outbound {
@@ -61,6 +63,7 @@ impl Outbound {
             Outbound::Raft(e) => e.encoded_len(),
             Outbound::Request(r) => r.encoded_len(),
             Outbound::Response(r) => r.encoded_len(),
+            Outbound::Ping => 0,
         }
     }
 }
@@ -173,6 +176,15 @@ impl Transport {
         self.queue(to, Outbound::Response(resp));
     }
 
+    /// Sends every known peer an empty frame, so nodes that share no Raft
+    /// group still hear from each other (liveness for placement and status).
+    pub fn ping_all(&self) {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        for p in peers.values() {
+            let _ = p.tx.try_send(Outbound::Ping);
+        }
+    }
+
     fn queue(&self, to: u64, m: Outbound) {
         let tx = {
             let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,7 +252,9 @@ async fn receive_loop(
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let from = frame.from;
         let mut sent = true;
-        if !frame.envelopes.is_empty() {
+        let empty =
+            frame.envelopes.is_empty() && frame.requests.is_empty() && frame.responses.is_empty();
+        if !frame.envelopes.is_empty() || empty {
             sent &= events
                 .send(TransportEvent::Received {
                     from,
@@ -333,6 +347,7 @@ async fn send_loop(
                 Outbound::Raft(e) => frame.envelopes.push(e),
                 Outbound::Request(r) => frame.requests.push(r),
                 Outbound::Response(r) => frame.responses.push(r),
+                Outbound::Ping => {}
             }
         }
         let mut buf = BytesMut::with_capacity(frame.encoded_len() + 4);
@@ -374,7 +389,7 @@ fn report_lost(events: &mpsc::UnboundedSender<TransportEvent>, to: u64, lost: &[
         match m {
             Outbound::Raft(e) => groups.push(e.group),
             Outbound::Request(r) => requests.push(r.id),
-            Outbound::Response(_) => {}
+            Outbound::Response(_) | Outbound::Ping => {}
         }
     }
     groups.sort_unstable();

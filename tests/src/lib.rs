@@ -5,6 +5,7 @@
 //! rule for external tools: a missing tool skips the test with a message, or
 //! fails it when `RAFTBLOCK_REQUIRE_TOOLS=1` (as in CI).
 
+pub mod cluster;
 pub mod nbd;
 
 use anyhow::{bail, Context, Result};
@@ -292,4 +293,26 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rng.fill_bytes(&mut v);
     v
+}
+
+/// Runs `qemu-io -f raw -c CMD... URI` and fails the test if any command
+/// failed or a read did not match its pattern; returns qemu-io's output.
+pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    c.arg(uri);
+    let out = run_ok(&mut c);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("failed") && !text.contains("Pattern verification"),
+        "qemu-io {cmds:?} on {uri}: {text}"
+    );
+    text
 }

@@ -90,21 +90,7 @@ fn qemu_io_patterns_discard_and_write_zeroes() {
     let d = Daemon::start();
     d.create_volume("q", "128M");
     let uri = d.uri("q");
-    let qemu_io = |cmds: &[&str]| {
-        let mut c = Command::new("qemu-io");
-        c.args(["-f", "raw"]);
-        for cmd in cmds {
-            c.arg("-c").arg(cmd);
-        }
-        c.arg(&uri);
-        let out = run_ok(&mut c);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            !text.contains("failed") && !text.contains("Pattern verification"),
-            "{cmds:?}: {text}"
-        );
-        text
-    };
+    let qemu_io = |cmds: &[&str]| raftblock_tests::qemu_io(&uri, cmds);
     qemu_io(&[
         "write -P 0x11 0 4k",
         "write -P 0x22 4k 60k",

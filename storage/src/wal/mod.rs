@@ -116,10 +116,15 @@ enum Op {
 }
 
 /// Writes for many groups that go to disk as one record.
-#[derive(Default)]
 pub struct WalBatch {
     record: RecordBuilder,
     ops: Vec<Op>,
+}
+
+impl Default for WalBatch {
+    fn default() -> Self {
+        WalBatch::new()
+    }
 }
 
 impl WalBatch {

@@ -67,9 +67,15 @@ pub enum Item {
 }
 
 /// Builds one record's payload.
-#[derive(Default)]
 pub struct RecordBuilder {
     buf: Vec<u8>,
+}
+
+impl Default for RecordBuilder {
+    // Not derived: the buffer must start with room for the header.
+    fn default() -> Self {
+        RecordBuilder::new()
+    }
 }
 
 impl RecordBuilder {

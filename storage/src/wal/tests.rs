@@ -309,3 +309,23 @@ fn a_segment_cut_while_being_created_is_dropped_and_the_previous_one_goes_on(
     assert!(std::fs::metadata(&path).expect("stat").len() > 0);
     Ok(())
 }
+
+#[test]
+fn a_default_batch_is_a_valid_record() -> Result<(), WalError> {
+    // Regression: a derived Default left no room for the record header, so
+    // batches made with `mem::take` were written unreadable.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let mut first = WalBatch::default();
+        first.set_state(1, b("s"));
+        wal.write(first, true)?;
+        let mut batch = std::mem::take(&mut WalBatch::new());
+        batch.append(1, [(1, 1, b("a")), (2, 1, b("b"))]);
+        wal.write(batch, true)?;
+    }
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert!(wal.recovery().torn_tail.is_none());
+    assert_eq!(datas(&wal, 1, 1, 3), ["a", "b"]);
+    Ok(())
+}

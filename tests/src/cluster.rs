@@ -1,0 +1,122 @@
+//! A local cluster of real `raftblock serve` processes for the failure
+//! tests: each node with its own data directory and loopback ports, all
+//! given the same `--peers` list, plus helpers to find shard leaders and to
+//! wait until every replica has caught up.
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+use crate::{free_addr, Daemon};
+
+/// Nodes of one test cluster, `nodes[i]` being node id `i + 1`.
+pub struct TestCluster {
+    /// The daemons.
+    pub nodes: Vec<Daemon>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes that form one cluster.
+    pub fn start(n: usize) -> TestCluster {
+        let raft: Vec<_> = (0..n).map(|_| free_addr()).collect();
+        let peers = raft
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = raft
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let id = (i + 1).to_string();
+                let listen = a.to_string();
+                Daemon::start_with(&["--node-id", &id, "--listen", &listen, "--peers", &peers])
+            })
+            .collect();
+        TestCluster { nodes }
+    }
+
+    /// Node `id` (1-based).
+    pub fn node(&mut self, id: u64) -> &mut Daemon {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// Creates a volume through node 1's admin API, retrying while the
+    /// cluster is still electing its metadata leader.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        replicas: u32,
+        shards: Option<u32>,
+    ) -> Value {
+        let mut body = json!({ "name": name, "size": size, "replicas": replicas });
+        if let Some(s) = shards {
+            body["shards"] = json!(s);
+        }
+        let client = self.nodes[0].admin_client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.post("/v1/volumes", &body) {
+                Ok(v) => return v,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("HTTP 503") => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!("creating volume {name}: {e}"),
+            }
+        }
+    }
+
+    /// `GET /v1/cluster` from the first running node.
+    pub fn status(&mut self) -> Value {
+        for d in self.nodes.iter_mut() {
+            if !d.is_running() {
+                continue;
+            }
+            if let Ok(v) = d.admin_client().cluster_status() {
+                return v;
+            }
+        }
+        panic!("no node answered GET /v1/cluster");
+    }
+
+    /// The leader node of shard `index` of `volume` (None while there is none).
+    pub fn leader(&mut self, volume: &str, index: usize) -> Option<u64> {
+        let st = self.status();
+        st["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == volume)?["shards"][index]["leader"]
+            .as_u64()
+            .filter(|l| *l != 0)
+    }
+
+    /// Waits until every shard of `volume` has a leader and every replica
+    /// has applied everything the leader has (panics after `within`).
+    pub fn wait_converged(&mut self, volume: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status();
+            let done = st["volumes"].as_array().is_some_and(|vols| {
+                vols.iter().filter(|v| v["name"] == volume).all(|v| {
+                    v["shards"].as_array().is_some_and(|shards| {
+                        shards.iter().all(|s| {
+                            s["leader"].as_u64().unwrap_or(0) != 0
+                                && s["replicas"]
+                                    .as_array()
+                                    .is_some_and(|r| r.iter().all(|r| r["lag"].as_u64() == Some(0)))
+                        })
+                    })
+                })
+            });
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "volume {volume} did not converge within {within:?}: {st:#}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
