@@ -63,7 +63,8 @@ pub struct Cluster {
     view: Arc<ClusterView>,
     transport: Transport,
     store: Arc<ChunkStore>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<RpcResponse>>>,
+    /// Forwarded requests awaiting an answer: id -> (callee, reply).
+    pending: Mutex<HashMap<u64, (u64, oneshot::Sender<RpcResponse>)>>,
     next_id: AtomicU64,
     last_seen: Mutex<HashMap<u64, Instant>>,
     hints: RwLock<HashMap<u64, u64>>,
@@ -165,7 +166,7 @@ impl Cluster {
                 self.seen(from);
                 let mut pending = lock(&self.pending);
                 for r in responses {
-                    if let Some(tx) = pending.remove(&r.id) {
+                    if let Some((_, tx)) = pending.remove(&r.id) {
                         let _ = tx.send(r);
                     }
                 }
@@ -178,9 +179,19 @@ impl Cluster {
                 if !groups.is_empty() {
                     self.driver.send(DriverMsg::Unreachable { to, groups });
                 }
+                // The connection to `to` failed: requests it already took
+                // will get no answer either (it may have died), so every
+                // request waiting on it is retried now rather than after
+                // the RPC timeout.
+                let _ = requests;
                 let mut pending = lock(&self.pending);
-                for id in requests {
-                    if let Some(tx) = pending.remove(&id) {
+                let lost: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, (callee, _))| *callee == to)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in lost {
+                    if let Some((_, tx)) = pending.remove(&id) {
                         let _ = tx.send(RpcResponse {
                             id,
                             status: rpc::status::RETRY,
@@ -286,7 +297,7 @@ impl Cluster {
             }
         }
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        lock(&self.pending).insert(id, (to, tx));
         self.transport.send_request(to, req);
         match tokio::time::timeout(RPC_TIMEOUT, rx).await {
             Ok(Ok(resp)) => resp.into_result(group),
