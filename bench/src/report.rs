@@ -72,6 +72,8 @@ impl ResultRow {
 pub struct Summary {
     /// Workload name.
     pub workload: String,
+    /// Our target (raftblock, raftblock-r3, raftblock-r1).
+    pub target: String,
     /// The baseline with the higher IOPS.
     pub best_baseline: String,
     /// raftblock IOPS / best baseline IOPS.
@@ -102,6 +104,8 @@ pub struct Report {
     pub summary: Vec<Summary>,
     /// Server resource usage.
     pub processes: Vec<ProcessRow>,
+    /// Further measured lines (CPU per GiB written, ...).
+    pub notes: Vec<String>,
 }
 
 fn iops_of(rows: &[ResultRow], workload: &str, target: TargetKind) -> Option<f64> {
@@ -128,15 +132,19 @@ impl Report {
                 workloads.push(r.workload.clone());
             }
         }
-        for w in &workloads {
+        for (w, ours_kind) in workloads
+            .iter()
+            .flat_map(|w| TargetKind::OURS.into_iter().map(move |k| (w, k)))
+            .collect::<Vec<_>>()
+        {
             let nbdkit = iops_of(&results, w, TargetKind::Nbdkit);
             let qemu = iops_of(&results, w, TargetKind::QemuNbd);
-            let Some(ours) = iops_of(&results, w, TargetKind::Raftblock) else {
+            let Some(ours) = iops_of(&results, w, ours_kind) else {
                 continue;
             };
             for r in results
                 .iter_mut()
-                .filter(|r| &r.workload == w && r.target == TargetKind::Raftblock.as_str())
+                .filter(|r| &r.workload == w && r.target == ours_kind.as_str())
             {
                 r.ratio_vs_nbdkit = ratio(ours, nbdkit);
                 r.ratio_vs_qemu_nbd = ratio(ours, qemu);
@@ -149,6 +157,7 @@ impl Report {
                 if let Some(ratio) = ratio(ours, Some(iops)) {
                     summary.push(Summary {
                         workload: w.clone(),
+                        target: ours_kind.to_string(),
                         best_baseline: kind.to_string(),
                         ratio,
                     });
@@ -160,6 +169,7 @@ impl Report {
             results,
             summary,
             processes,
+            notes: Vec::new(),
         }
     }
 
@@ -240,8 +250,8 @@ impl Report {
         }
         for s in &self.summary {
             out.push_str(&format!(
-                "{}: raftblock vs best baseline: {:.2}x ({})\n",
-                s.workload, s.ratio, s.best_baseline
+                "{}: {} vs best baseline: {:.2}x ({})\n",
+                s.workload, s.target, s.ratio, s.best_baseline
             ));
         }
         if !self.processes.is_empty() {
@@ -252,6 +262,10 @@ impl Report {
                 "{} (pid {}): {:.1} CPU s, peak RSS {:.1} MiB\n",
                 p.target, p.pid, p.cpu_seconds, p.peak_rss_mib
             ));
+        }
+        for n in &self.notes {
+            out.push_str(n);
+            out.push('\n');
         }
         out
     }
@@ -304,7 +318,7 @@ mod tests {
         assert_eq!(rep.summary.len(), 1);
         assert_eq!(rep.summary[0].best_baseline, "nbdkit");
         let text = rep.render_text();
-        assert!(text.contains("raftblock vs best baseline: 0.90x"));
+        assert!(text.contains("raftblock vs best baseline: 0.90x"), "{text}");
         let widths: Vec<usize> = text.lines().take(5).map(str::len).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
     }

@@ -32,6 +32,12 @@ pub enum TargetKind {
     /// qemu-nbd serving a raw file.
     #[value(name = "qemu-nbd")]
     QemuNbd,
+    /// A volume with 3 replicas on a local 3-node raftblock cluster.
+    #[value(name = "raftblock-r3")]
+    ClusterR3,
+    /// A volume with 1 replica on the same cluster.
+    #[value(name = "raftblock-r1")]
+    ClusterR1,
 }
 
 impl TargetKind {
@@ -42,12 +48,21 @@ impl TargetKind {
         TargetKind::QemuNbd,
     ];
 
+    /// Our targets (rows that get ratio columns).
+    pub const OURS: [TargetKind; 3] = [
+        TargetKind::Raftblock,
+        TargetKind::ClusterR3,
+        TargetKind::ClusterR1,
+    ];
+
     /// Name used in tables, JSON and file names.
     pub fn as_str(self) -> &'static str {
         match self {
             TargetKind::Raftblock => "raftblock",
             TargetKind::Nbdkit => "nbdkit",
             TargetKind::QemuNbd => "qemu-nbd",
+            TargetKind::ClusterR3 => "raftblock-r3",
+            TargetKind::ClusterR1 => "raftblock-r1",
         }
     }
 }
@@ -260,6 +275,72 @@ fn backing_file(dir: &Path, name: &str, size: u64) -> Result<PathBuf> {
     f.set_len(size)
         .with_context(|| format!("sizing {}", path.display()))?;
     Ok(path)
+}
+
+/// Starts a local 3-node cluster (one `raftblock serve` process per node,
+/// each with its own data directory and loopback ports) and creates volumes
+/// `bench-r3` (3 replicas) and `bench-r1` (1 replica); returns the node
+/// processes and the NBD URIs (through node 1) of both volumes.
+pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, String, String)> {
+    let mut raft = Vec::new();
+    for _ in 0..3 {
+        raft.push(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)));
+    }
+    let peers = raft
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    let mut admins = Vec::new();
+    let mut nbds = Vec::new();
+    for (i, listen) in raft.iter().enumerate() {
+        let data = dir.join(format!("node{}", i + 1));
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let nbd = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--node-id")
+            .arg((i + 1).to_string())
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--peers")
+            .arg(&peers)
+            .arg("--nbd-listen")
+            .arg(nbd.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string());
+        let log = dir.join(format!("node{}.log", i + 1));
+        let mut server = spawn(TargetKind::ClusterR3, cmd, log, format!("nbd://{nbd}/"))?;
+        let client = AdminClient::new(&admin.to_string());
+        wait_ready(&mut server, "GET /health", || client.healthy())?;
+        nodes.push(server);
+        admins.push(admin);
+        nbds.push(nbd);
+    }
+    let client = AdminClient::new(&admins[0].to_string());
+    for (name, replicas) in [("bench-r3", 3), ("bench-r1", 1)] {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match client.create_volume_with(name, size, None, Some(replicas)) {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("HTTP 503") => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e).with_context(|| format!("creating volume {name}")),
+            }
+        }
+    }
+    wait_ready(&mut nodes[0], "NBD listener", || nbd_greets(nbds[0]))?;
+    Ok((
+        nodes,
+        format!("nbd://{}/bench-r3", nbds[0]),
+        format!("nbd://{}/bench-r1", nbds[0]),
+    ))
 }
 
 /// Starts `raftblock serve`, waits for `/health`, creates volume `bench`.
