@@ -664,6 +664,23 @@ impl Driver {
                     r.applied = r.applied.max(index);
                     r.advance_raft_applied();
                     r.complete_reads();
+                    // Applied entries leave the WAL's memory; a leader keeps
+                    // what a live follower has yet to receive (a follower
+                    // that is down reads back from the segment files).
+                    let keep_from = if r.is_leader() {
+                        r.node
+                            .raft
+                            .prs()
+                            .iter()
+                            .filter(|(_, p)| p.recent_active)
+                            .map(|(_, p)| p.matched + 1)
+                            .min()
+                            .unwrap_or(0)
+                            .min(r.applied + 1)
+                    } else {
+                        r.applied + 1
+                    };
+                    self.wal.evict_cache(group, keep_from);
                 }
             }
             DriverMsg::Durable { group, index } => self.durable(group, index),

@@ -194,6 +194,8 @@ struct GroupLog {
     /// Index of `entries[0]` (or of the next entry when empty).
     first_index: u64,
     entries: VecDeque<EntryMeta>,
+    /// Entries below this index hold no cached payload any more.
+    evicted_to: u64,
 }
 
 /// The indexes a group's log holds, `[first, end)`, and the rules every
@@ -577,12 +579,15 @@ impl Wal {
     pub fn evict_cache(&self, group: u64, index: u64) {
         let mut inner = self.lock();
         if let Some(g) = inner.groups.get_mut(&group) {
-            let n = index
+            // Only the part not evicted before: this runs after every apply.
+            let from = g.evicted_to.max(g.first_index) - g.first_index;
+            let to = index
                 .saturating_sub(g.first_index)
                 .min(g.entries.len() as u64);
-            for e in g.entries.iter_mut().take(n as usize) {
+            for e in g.entries.range_mut(from.min(to) as usize..to as usize) {
                 e.cached = None;
             }
+            g.evicted_to = g.evicted_to.max(index);
         }
     }
 }
