@@ -204,6 +204,14 @@ impl Cluster {
     }
 
     async fn serve(&self, req: RpcRequest) -> Result<Vec<RpcSegment>, RouteError> {
+        if req.deadline_ms != 0 && rpc::unix_ms() > req.deadline_ms {
+            tracing::warn!(
+                group = req.group,
+                late_ms = rpc::unix_ms() - req.deadline_ms,
+                "dropping a forwarded request that arrived after its caller gave up"
+            );
+            return Err(ReplicaError::Retry(req.group).into());
+        }
         let op = match req.kind {
             kind::PROPOSE => ShardOp::Propose(req.data),
             kind::READ => ShardOp::Read {
@@ -271,11 +279,22 @@ impl Cluster {
         self.store.volume(&rec.meta.name).map_err(io_error)
     }
 
-    async fn call(&self, to: u64, group: u64, op: &ShardOp) -> Result<Vec<RpcSegment>, RouteError> {
+    async fn call(
+        &self,
+        to: u64,
+        group: u64,
+        op: &ShardOp,
+        deadline: Instant,
+    ) -> Result<Vec<RpcSegment>, RouteError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(RPC_TIMEOUT)
+            .max(Duration::from_millis(100));
         let mut req = RpcRequest {
             id,
             group,
+            deadline_ms: rpc::unix_ms() + wait.as_millis() as u64,
             ..RpcRequest::default()
         };
         match op {
@@ -299,7 +318,7 @@ impl Cluster {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, (to, tx));
         self.transport.send_request(to, req);
-        match tokio::time::timeout(RPC_TIMEOUT, rx).await {
+        match tokio::time::timeout(wait, rx).await {
             Ok(Ok(resp)) => resp.into_result(group),
             _ => {
                 lock(&self.pending).remove(&id);
@@ -346,7 +365,7 @@ impl Cluster {
             let r = if target == self.node {
                 self.local(group, &op).await
             } else {
-                self.call(target, group, &op).await
+                self.call(target, group, &op, deadline).await
             };
             let e = match r {
                 Ok(v) => {

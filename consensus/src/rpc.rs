@@ -61,6 +61,20 @@ pub struct RpcRequest {
     /// Its length.
     #[prost(uint64, tag = "6")]
     pub len: u64,
+    /// Wall-clock time (ms since the epoch) after which the caller no
+    /// longer waits: a request that arrives later (it sat in a TCP buffer
+    /// through a partition) is dropped instead of applied behind the back
+    /// of a client that was already told it failed. 0: none.
+    #[prost(uint64, tag = "7")]
+    pub deadline_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A piece of a read reply or a block-status extent.

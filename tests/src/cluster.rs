@@ -4,6 +4,8 @@
 //! wait until every replica has caught up.
 
 use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::{free_addr, Daemon};
@@ -33,6 +35,40 @@ impl TestCluster {
                 Daemon::start_with(&["--node-id", &id, "--listen", &listen, "--peers", &peers])
             })
             .collect();
+        TestCluster { nodes }
+    }
+
+    /// Starts three nodes where node 3 lives in network namespace `net`,
+    /// reachable from the others only through its veth pair, so the test can
+    /// cut it off. `extra3` goes to node 3's `serve`.
+    pub fn start_with_node3_in(net: &Netns, extra3: &[&str]) -> TestCluster {
+        let port = || free_addr().port();
+        let raft = [
+            SocketAddr::new(net.host_ip, port()),
+            SocketAddr::new(net.host_ip, port()),
+            SocketAddr::new(net.ns_ip, port()),
+        ];
+        let peers = raft
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, a) in raft.iter().enumerate() {
+            let id = (i + 1).to_string();
+            let listen = a.to_string();
+            let mut args = vec!["--node-id", &id, "--listen", &listen, "--peers", &peers];
+            if i == 2 {
+                args.extend_from_slice(extra3);
+                let prefix = ["ip", "netns", "exec", net.name.as_str()];
+                let nbd = SocketAddr::new(net.ns_ip, port());
+                let admin = SocketAddr::new(net.ns_ip, port());
+                nodes.push(Daemon::start_custom(&prefix, nbd, admin, &args));
+            } else {
+                nodes.push(Daemon::start_with(&args));
+            }
+        }
         TestCluster { nodes }
     }
 
@@ -118,5 +154,79 @@ impl TestCluster {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+}
+
+/// A network namespace joined to the host by a veth pair; taking the host
+/// side down cuts everything in the namespace off (both directions).
+pub struct Netns {
+    /// Namespace name.
+    pub name: String,
+    host_if: String,
+    /// Address of the host end.
+    pub host_ip: IpAddr,
+    /// Address inside the namespace.
+    pub ns_ip: IpAddr,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Netns {
+    /// Creates it (needs root); None, with the reason printed, when this
+    /// machine cannot.
+    pub fn create() -> Option<Netns> {
+        let id = std::process::id() % 10000;
+        let name = format!("rbt{id}");
+        let host_if = format!("rbh{id}");
+        let ns_if = format!("rbn{id}");
+        let net = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: IpAddr::from([10, 203, (id % 250) as u8, 1]),
+            ns_ip: IpAddr::from([10, 203, (id % 250) as u8, 2]),
+        };
+        let (h, n) = (format!("{}/24", net.host_ip), format!("{}/24", net.ns_ip));
+        let ok = ip(&["netns", "add", &name])
+            && ip(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ])
+            && ip(&["link", "set", &ns_if, "netns", &name])
+            && ip(&["addr", "add", &h, "dev", &host_if])
+            && ip(&["link", "set", &host_if, "up"])
+            && ip(&[
+                "netns", "exec", &name, "ip", "addr", "add", &n, "dev", &ns_if,
+            ])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        if !ok {
+            if std::env::var("RAFTBLOCK_REQUIRE_TOOLS").as_deref() == Ok("1") {
+                panic!("cannot create a network namespace (root and `ip netns` are required)");
+            }
+            eprintln!("SKIPPED: cannot create a network namespace (needs root and `ip netns`)");
+            return None;
+        }
+        Some(net)
+    }
+
+    /// Cuts the namespace off.
+    pub fn cut(&self) {
+        assert!(ip(&["link", "set", &self.host_if, "down"]), "link down");
+    }
+
+    /// Joins it again.
+    pub fn heal(&self) {
+        assert!(ip(&["link", "set", &self.host_if, "up"]), "link up");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ip(&["link", "del", &self.host_if]);
+        ip(&["netns", "del", &self.name]);
     }
 }

@@ -71,6 +71,8 @@ pub struct Daemon {
     /// Where its admin API listens.
     pub admin: SocketAddr,
     extra: Vec<String>,
+    /// Command the daemon runs under (e.g. `ip netns exec NS`), if any.
+    prefix: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -82,6 +84,17 @@ impl Daemon {
 
     /// Starts a daemon with extra `serve` arguments (e.g. `--io-engine threads`).
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_custom(&[], free_addr(), free_addr(), extra)
+    }
+
+    /// Starts a daemon under `prefix` (e.g. `ip netns exec NS`) with the
+    /// given NBD and admin addresses.
+    pub fn start_custom(
+        prefix: &[&str],
+        nbd: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+    ) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("raftblock-it-")
             .tempdir()
@@ -92,9 +105,10 @@ impl Daemon {
             child: None,
             data_dir,
             log,
-            nbd: free_addr(),
-            admin: free_addr(),
+            nbd,
+            admin,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
         };
         d.spawn().expect("start raftblock serve");
@@ -125,7 +139,15 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .context("open the daemon log")?;
-        let child = Command::new(raftblock_bin())
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(raftblock_bin());
+                c
+            }
+            None => Command::new(raftblock_bin()),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -202,10 +224,10 @@ impl Daemon {
         assert!(self.child.is_none(), "restart of a running daemon");
         // The old listeners died with the process; if a port was taken
         // meanwhile, move to a fresh one.
-        if TcpListener::bind(self.nbd).is_err() {
+        if self.prefix.is_empty() && TcpListener::bind(self.nbd).is_err() {
             self.nbd = free_addr();
         }
-        if TcpListener::bind(self.admin).is_err() {
+        if self.prefix.is_empty() && TcpListener::bind(self.admin).is_err() {
             self.admin = free_addr();
         }
         self.spawn().expect("restart raftblock serve");

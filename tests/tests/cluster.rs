@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use raftblock_tests::cluster::TestCluster;
+use raftblock_tests::cluster::{Netns, TestCluster};
 use raftblock_tests::{qemu_io, require_tool, run_ok};
 
 const MIB: u64 = 1 << 20;
@@ -345,4 +345,64 @@ fn a_torn_wal_tail_is_cut_and_a_corrupt_record_stops_only_that_node() {
         &["write -P 0x44 8M 1M", "read -P 0x42 0 2M"],
     );
     qemu_io(&c.node(3).uri("w"), &["read -P 0x44 8M 1M"]);
+}
+
+#[test]
+fn a_node_cut_off_cannot_acknowledge_writes_and_converges_after_healing() {
+    if !require_tool("ip") || !require_tool("qemu-io") {
+        return;
+    }
+    let Some(net) = Netns::create() else {
+        return;
+    };
+    let mut c = TestCluster::start_with_node3_in(&net, &["--leader-wait", "5s"]);
+    c.create_volume("p", 64 * MIB, 3, Some(1));
+    qemu_io(&c.node(1).uri("p"), &["write -P 0x11 0 64k"]);
+    c.wait_converged("p", Duration::from_secs(30));
+
+    net.cut();
+    // Through the cut-off node: no quorum, so the write is never
+    // acknowledged (it fails once --leader-wait runs out).
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.name,
+            "qemu-io",
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x22 0 64k",
+        ])
+        .arg(c.node(3).uri("p"))
+        .output()
+        .expect("qemu-io in the namespace");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("failed") || !out.status.success(),
+        "a write through the cut-off node must not be acknowledged: {text}"
+    );
+    println!(
+        "write through the cut-off node failed after {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        text.trim()
+    );
+    // The majority side goes on, and never saw the refused write.
+    qemu_io(
+        &c.node(1).uri("p"),
+        &["write -P 0x33 1M 64k", "read -P 0x11 0 64k"],
+    );
+    qemu_io(&c.node(2).uri("p"), &["read -P 0x33 1M 64k"]);
+
+    net.heal();
+    c.wait_converged("p", Duration::from_secs(60));
+    qemu_io(
+        &c.node(3).uri("p"),
+        &["read -P 0x11 0 64k", "read -P 0x33 1M 64k"],
+    );
 }
