@@ -127,6 +127,7 @@ impl ClusterNode {
             ids.sort_unstable();
             Some(ids)
         };
+        let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
         let (driver, view, driver_thread) = Driver::spawn(
             cfg,
             wal,
@@ -134,6 +135,7 @@ impl ClusterNode {
             transport.clone(),
             args.data_dir.join("meta.json"),
             &peers,
+            snap_tx,
         )
         .map_err(|e| anyhow::anyhow!(e))
         .context("starting the raft driver")?;
@@ -144,6 +146,7 @@ impl ClusterNode {
             transport,
             store,
             events,
+            snap_rx,
             args.leader_wait,
         );
         Ok(ClusterNode {

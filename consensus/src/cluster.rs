@@ -17,6 +17,7 @@ use raftblock_storage::{ChunkStore, LocalVolume, StorageError, VolumeIo};
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
 use crate::meta::{shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP};
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
+use crate::snapshot::SnapshotFetch;
 use crate::transport::{Transport, TransportEvent};
 
 /// How long a forwarded request may go unanswered before it is retried.
@@ -38,6 +39,13 @@ pub enum ShardOp {
     },
     /// Allocation extents of a range.
     BlockStatus {
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Read this node's own copy (no read barrier; for snapshots).
+    ReadLocal {
         /// Volume offset.
         offset: u64,
         /// Length.
@@ -73,6 +81,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the service and the task that routes transport events.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         node: u64,
         driver: DriverHandle,
@@ -80,6 +89,7 @@ impl Cluster {
         transport: Transport,
         store: Arc<ChunkStore>,
         events: mpsc::UnboundedReceiver<TransportEvent>,
+        snapshots: mpsc::UnboundedReceiver<SnapshotFetch>,
         leader_wait: Duration,
     ) -> Arc<Cluster> {
         let c = Arc::new(Cluster {
@@ -95,6 +105,7 @@ impl Cluster {
             leader_wait,
         });
         tokio::spawn(route_events(c.clone(), events));
+        tokio::spawn(fetch_snapshots(c.clone(), snapshots));
         let pinger = c.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -222,6 +233,10 @@ impl Cluster {
                 offset: req.offset,
                 len: req.len,
             },
+            kind::READ_LOCAL => ShardOp::ReadLocal {
+                offset: req.offset,
+                len: req.len,
+            },
             kind::ADD_MEMBER => ShardOp::AddMember {
                 node: req.offset,
                 learner: req.len != 0,
@@ -259,6 +274,11 @@ impl Cluster {
                 let segs = v.read(*offset, *len).await.map_err(io_error)?;
                 Ok(rpc::segments_of_read(segs))
             }
+            ShardOp::ReadLocal { offset, len } => {
+                let v = self.local_volume(group)?;
+                let segs = v.read(*offset, *len).await.map_err(io_error)?;
+                Ok(rpc::segments_of_read(segs))
+            }
             ShardOp::BlockStatus { offset, len } => {
                 self.driver.read_barrier(group).await?;
                 let v = self.local_volume(group)?;
@@ -277,6 +297,23 @@ impl Cluster {
             .find(|v| v.meta.id == vol)
             .ok_or(ReplicaError::NoReplica(group))?;
         self.store.volume(&rec.meta.name).map_err(io_error)
+    }
+
+    /// Sends `op` for `group` to node `to` and waits for the answer (no
+    /// leader following, no retries).
+    pub(crate) async fn call_node(
+        &self,
+        to: u64,
+        group: u64,
+        op: &ShardOp,
+        deadline: Instant,
+    ) -> Result<Vec<RpcSegment>, RouteError> {
+        self.call(to, group, op, deadline).await
+    }
+
+    /// The node's chunk store.
+    pub(crate) fn store(&self) -> &Arc<ChunkStore> {
+        &self.store
     }
 
     async fn call(
@@ -308,6 +345,10 @@ impl Cluster {
             }
             ShardOp::BlockStatus { offset, len } => {
                 req.kind = kind::BLOCK_STATUS;
+                (req.offset, req.len) = (*offset, *len);
+            }
+            ShardOp::ReadLocal { offset, len } => {
+                req.kind = kind::READ_LOCAL;
                 (req.offset, req.len) = (*offset, *len);
             }
             ShardOp::AddMember { node, learner } => {
@@ -525,6 +566,25 @@ impl Cluster {
     /// Where node `id` listens for transport traffic, per the metadata.
     pub fn raft_addr(&self, id: u64) -> Option<SocketAddr> {
         self.view.meta().nodes.get(&id).map(|n| n.raft_addr)
+    }
+}
+
+async fn fetch_snapshots(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<SnapshotFetch>) {
+    while let Some(f) = rx.recv().await {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let ok = match crate::snapshot::fetch(&c, &f).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(group = f.group, error = %e, "shard snapshot failed; the leader will send another");
+                    false
+                }
+            };
+            c.driver.send(DriverMsg::SnapshotFetched {
+                group: f.group,
+                msg: ok.then_some(f.msg),
+            });
+        });
     }
 }
 

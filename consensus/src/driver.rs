@@ -20,7 +20,7 @@ use raft::prelude::{
 };
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -33,6 +33,7 @@ use raftblock_storage::{ChunkStore, Wal, WalBatch};
 use crate::apply::{self, ApplyBatch};
 use crate::meta::{shard_of_group, MetaCommand, MetaEffect, MetaError, MetaState, META_GROUP};
 use crate::peer_storage::PeerStorage;
+use crate::snapshot::SnapshotFetch;
 use crate::transport::{Envelope, Transport};
 
 /// Where a proposal's or a read's outcome is sent.
@@ -108,6 +109,14 @@ pub enum DriverMsg {
         learner: bool,
         /// Outcome (after the change is applied here).
         reply: Reply,
+    },
+    /// A held-back shard snapshot's data is here (`msg` is stepped), or
+    /// copying it failed (`None`).
+    SnapshotFetched {
+        /// Group.
+        group: u64,
+        /// The MsgSnapshot to step.
+        msg: Option<Message>,
     },
     /// A shard's apply task applied up to `index`.
     Applied {
@@ -278,6 +287,8 @@ const META_INIT_INDEX: u64 = 5;
 const META_LOG_KEEP: u64 = 200;
 /// Shard log entries a follower keeps behind its durable applied index.
 const FOLLOWER_LOG_KEEP: u64 = 4096;
+/// Entries a log must be able to drop before it is compacted.
+const COMPACT_MIN: u64 = 64;
 
 struct Proposal {
     index: u64,
@@ -375,6 +386,10 @@ pub struct Driver {
     carry: WalBatch,
     carry_sync: bool,
     compacted: bool,
+    /// Where held-back shard snapshots go to have their data copied.
+    snapshots: mpsc::UnboundedSender<SnapshotFetch>,
+    /// Groups whose snapshot data is being copied.
+    fetching: HashSet<u64>,
 }
 
 fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -392,6 +407,7 @@ impl Driver {
         transport: Transport,
         meta_path: PathBuf,
         peers: &HashMap<u64, SocketAddr>,
+        snapshots: mpsc::UnboundedSender<SnapshotFetch>,
     ) -> Result<(DriverHandle, Arc<ClusterView>, std::thread::JoinHandle<()>), String> {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = DriverHandle { tx };
@@ -418,6 +434,8 @@ impl Driver {
             carry: WalBatch::new(),
             carry_sync: false,
             compacted: false,
+            snapshots,
+            fetching: HashSet::new(),
         };
         for (id, addr) in peers {
             d.add_peer(*id, *addr);
@@ -561,6 +579,9 @@ impl Driver {
             };
             let tx = apply::spawn(group, volume.clone(), self.handle.clone());
             self.insert_replica(group, storage, Some(tx), nodes[0])?;
+            if let Some(r) = self.replicas.get_mut(&group) {
+                set_shard_snapshot(r);
+            }
             if fresh && nodes[0] == me {
                 if let Some(r) = self.replicas.get_mut(&group) {
                     let _ = r.node.campaign();
@@ -684,6 +705,14 @@ impl Driver {
                 }
             }
             DriverMsg::Durable { group, index } => self.durable(group, index),
+            DriverMsg::SnapshotFetched { group, msg } => {
+                self.fetching.remove(&group);
+                if let (Some(m), Some(r)) = (msg, self.replicas.get_mut(&group)) {
+                    if let Err(e) = r.node.step(m) {
+                        tracing::warn!(group, error = %e, "stepping a copied snapshot");
+                    }
+                }
+            }
             DriverMsg::Status(tx) => {
                 let _ = tx.send(self.status());
             }
@@ -714,6 +743,26 @@ impl Driver {
                 group = env.group,
                 "peer sent a local-only raft message"
             );
+            return;
+        }
+        if env.group != META_GROUP && msg.get_msg_type() == MessageType::MsgSnapshot {
+            // Hold it back until the shard's data is copied (see `snapshot`).
+            if self.fetching.insert(env.group) {
+                tracing::info!(
+                    group = env.group,
+                    from,
+                    index = msg.get_snapshot().get_metadata().index,
+                    "shard snapshot from the leader; copying its data"
+                );
+                let f = SnapshotFetch {
+                    group: env.group,
+                    from,
+                    msg,
+                };
+                if self.snapshots.send(f).is_err() {
+                    self.fetching.remove(&env.group);
+                }
+            }
             return;
         }
         if let Err(e) = r.node.step(msg) {
@@ -1118,13 +1167,14 @@ impl Driver {
         let store = r.node.mut_store();
         store.stage_applied(r.durable, &mut self.carry);
         let first = store.first_index().unwrap_or(1);
-        let mut to = if r.node.raft.state == StateRole::Leader {
-            // Keep what a follower still needs (no shard snapshots are
-            // streamed yet, so a lagging follower must catch up from the log).
+        let to = if r.node.raft.state == StateRole::Leader {
+            // Keep what a live follower still needs; one that is down does
+            // not pin the log: it is sent a snapshot when it is back.
             r.node
                 .raft
                 .prs()
                 .iter()
+                .filter(|(_, p)| p.recent_active)
                 .map(|(_, p)| p.matched)
                 .min()
                 .unwrap_or(0)
@@ -1132,12 +1182,12 @@ impl Driver {
         } else {
             r.durable.saturating_sub(FOLLOWER_LOG_KEEP)
         };
-        to = to.min(r.durable);
-        if to > first + 256 {
+        if to > first + COMPACT_MIN {
             if let Err(e) = r.node.mut_store().stage_compact(to, &mut self.carry) {
                 tracing::warn!(group, error = %e, "compacting a shard log");
             } else {
                 self.compacted = true;
+                set_shard_snapshot(r);
             }
         }
     }
@@ -1184,6 +1234,31 @@ impl Driver {
         out.sort_by_key(|s| s.group);
         out
     }
+}
+
+/// Points the shard's Raft snapshot at where its log now starts: the data
+/// behind it is the shard's chunks, copied by the follower (`snapshot`).
+fn set_shard_snapshot(r: &mut Replica) {
+    let store = r.node.store();
+    let index = store.first_index().unwrap_or(1).saturating_sub(1);
+    if index == 0 {
+        return;
+    }
+    let Ok(term) = store.term(index) else {
+        return;
+    };
+    let mut md = SnapshotMetadata {
+        index,
+        term,
+        ..SnapshotMetadata::default()
+    };
+    md.set_conf_state(store.conf_state());
+    let mut snap = Snapshot {
+        data: Bytes::from_static(b"raftblock shard chunks"),
+        ..Snapshot::default()
+    };
+    snap.set_metadata(md);
+    r.node.mut_store().set_snapshot(snap);
 }
 
 fn fatal(msg: &str) -> ! {
@@ -1351,7 +1426,8 @@ fn install_snapshot(
             }
         }
     } else {
-        tracing::warn!(group, index, "installing a shard snapshot (metadata only)");
+        // The data was copied and synced before the message was stepped.
+        tracing::info!(group, index, "shard snapshot installed");
     }
     r.node.mut_store().stage_snapshot(snap, batch);
     r.applied = index;

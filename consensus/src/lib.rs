@@ -18,6 +18,7 @@ pub mod meta;
 pub mod peer_storage;
 pub mod router;
 pub mod rpc;
+pub mod snapshot;
 pub mod transport;
 
 pub use cluster::{Cluster, ShardOp};

@@ -150,7 +150,18 @@ impl VolumeIo for ClusterVolume {
             )
         }))
         .await?;
-        Ok(parts.into_iter().flat_map(rpc::read_of_segments).collect())
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend(rpc::read_of_segments(part).map_err(|reason| {
+                StorageError::Replication {
+                    volume: self.rec.meta.name.clone(),
+                    offset,
+                    errno: errno::EIO,
+                    reason,
+                }
+            })?);
+        }
+        Ok(out)
     }
 
     async fn write(&self, offset: u64, data: Bytes, _fua: bool) -> Result<()> {

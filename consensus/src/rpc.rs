@@ -18,6 +18,9 @@ pub mod kind {
     pub const READ: i32 = 2;
     /// Allocation extents of `[offset, offset + len)`.
     pub const BLOCK_STATUS: i32 = 3;
+    /// Read this node's own copy of a range, without a read barrier (the
+    /// fuzzy copy a snapshot is made of).
+    pub const READ_LOCAL: i32 = 5;
     /// Add node `offset` to the meta group (`len` != 0: as a learner).
     pub const ADD_MEMBER: i32 = 4;
 }
@@ -89,6 +92,9 @@ pub struct RpcSegment {
     /// The bytes of a data segment of a read.
     #[prost(bytes = "bytes", tag = "3")]
     pub data: Bytes,
+    /// crc32 of `data`, checked by the receiver (end to end, on top of TCP's).
+    #[prost(uint32, tag = "4")]
+    pub crc: u32,
 }
 
 /// The answer to an [`RpcRequest`].
@@ -205,26 +211,38 @@ pub fn segments_of_read(segs: Vec<ReadSegment>) -> Vec<RpcSegment> {
             ReadSegment::Data(b) => RpcSegment {
                 hole: false,
                 len: b.len() as u64,
+                crc: crc32fast::hash(&b),
                 data: b,
             },
             ReadSegment::Hole(n) => RpcSegment {
                 hole: true,
                 len: n,
                 data: Bytes::new(),
+                crc: 0,
             },
         })
         .collect()
 }
 
-/// RPC segments as read segments.
-pub fn read_of_segments(segs: Vec<RpcSegment>) -> Vec<ReadSegment> {
+/// RPC segments as read segments; a data segment whose crc does not match
+/// (or whose length disagrees) is an error naming its position.
+pub fn read_of_segments(segs: Vec<RpcSegment>) -> Result<Vec<ReadSegment>, String> {
+    let mut at = 0u64;
     segs.into_iter()
         .map(|s| {
-            if s.hole {
+            let seg = if s.hole {
                 ReadSegment::Hole(s.len)
             } else {
+                if s.data.len() as u64 != s.len || crc32fast::hash(&s.data) != s.crc {
+                    return Err(format!(
+                        "a forwarded read segment at +{at} ({} bytes) failed its checksum",
+                        s.len
+                    ));
+                }
                 ReadSegment::Data(s.data)
-            }
+            };
+            at += s.len;
+            Ok(seg)
         })
         .collect()
 }
@@ -236,6 +254,7 @@ pub fn segments_of_extents(ext: Vec<Extent>) -> Vec<RpcSegment> {
             hole: e.hole,
             len: e.len,
             data: Bytes::new(),
+            crc: 0,
         })
         .collect()
 }

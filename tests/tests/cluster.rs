@@ -195,7 +195,7 @@ fn chunk_files(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn a_follower_that_was_down_catches_up_to_identical_chunks() {
+fn a_follower_that_was_down_catches_up_by_snapshot_to_identical_chunks() {
     if !require_tool("nbdcopy") || !require_tool("qemu-io") {
         return;
     }
@@ -214,8 +214,16 @@ fn a_follower_that_was_down_catches_up_to_identical_chunks() {
             .arg(c.node(1).uri("cu"))
             .arg("--flush"),
     );
+    // Let the leaders make their applied data durable and drop the log the
+    // dead node would need, so it has to be caught up by snapshot.
+    std::thread::sleep(Duration::from_secs(5));
     c.node(3).restart();
     c.wait_converged("cu", Duration::from_secs(120));
+    let log = c.node(3).log_text();
+    assert!(
+        log.contains("shard snapshot installed"),
+        "node 3 was caught up by snapshot: {log}"
+    );
     // The restarted node serves the data itself...
     let back = tmp.path().join("back.img");
     run_ok(Command::new("nbdcopy").arg(c.node(3).uri("cu")).arg(&back));
