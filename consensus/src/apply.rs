@@ -20,9 +20,9 @@ use crate::command::{BlockOp, ShardCommand};
 use crate::driver::{DriverHandle, ReplicaError, Reply};
 
 /// How long applied data may stay only in the page cache (the log still has it).
-const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes applied between two syncs at most.
-const SYNC_BYTES: u64 = 512 << 20;
+const SYNC_BYTES: u64 = 128 << 20;
 
 /// Committed entries of one shard, with the replies of the proposals among them.
 pub struct ApplyBatch {

@@ -285,8 +285,9 @@ impl DriverConfig {
 const META_INIT_INDEX: u64 = 5;
 /// Meta log entries kept behind the applied index.
 const META_LOG_KEEP: u64 = 200;
-/// Shard log entries a follower keeps behind its durable applied index.
-const FOLLOWER_LOG_KEEP: u64 = 4096;
+/// Shard log entries a busy follower keeps behind its durable applied index
+/// (should it become leader, a briefly lagging peer catches up from them).
+const FOLLOWER_LOG_KEEP: u64 = 256;
 /// Entries a log must be able to drop before it is compacted.
 const COMPACT_MIN: u64 = 64;
 
@@ -784,7 +785,17 @@ impl Driver {
             let _ = reply.send(Err(ReplicaError::Retry(group)));
             return;
         }
-        match r.node.propose(Vec::new(), data.to_vec()) {
+        // What `RawNode::propose` does, minus its copy of the payload into
+        // a fresh Vec: the entry keeps the caller's `Bytes`.
+        let entry = Entry {
+            data,
+            ..Entry::default()
+        };
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = r.node.raft.id;
+        m.set_entries(vec![entry].into());
+        match r.node.step(m) {
             Ok(()) => {
                 let index = r.node.raft.raft_log.last_index();
                 let term = r.node.raft.term;
@@ -1167,6 +1178,9 @@ impl Driver {
         let store = r.node.mut_store();
         store.stage_applied(r.durable, &mut self.carry);
         let first = store.first_index().unwrap_or(1);
+        // Everything in the log is applied and durable: the group is idle,
+        // and what is left of its log would only pin WAL segments.
+        let idle = r.durable >= store.last_index().unwrap_or(0);
         let to = if r.node.raft.state == StateRole::Leader {
             // Keep what a live follower still needs; one that is down does
             // not pin the log: it is sent a snapshot when it is back.
@@ -1179,10 +1193,12 @@ impl Driver {
                 .min()
                 .unwrap_or(0)
                 .min(r.durable)
+        } else if idle {
+            r.durable
         } else {
             r.durable.saturating_sub(FOLLOWER_LOG_KEEP)
         };
-        if to > first + COMPACT_MIN {
+        if to > first + COMPACT_MIN || (idle && to > first) {
             if let Err(e) = r.node.mut_store().stage_compact(to, &mut self.carry) {
                 tracing::warn!(group, error = %e, "compacting a shard log");
             } else {

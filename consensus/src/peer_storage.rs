@@ -81,7 +81,8 @@ pub fn encode_entry(e: &Entry) -> Bytes {
     .into()
 }
 
-fn decode_entry(index: u64, term: u64, bytes: &[u8]) -> Result<Entry, String> {
+fn decode_entry(index: u64, term: u64, bytes: Bytes) -> Result<Entry, String> {
+    // From `Bytes`, prost slices the data field instead of copying it.
     let s = StoredEntry::decode(bytes).map_err(|e| format!("entry {index}: {e}"))?;
     let t = entry_type_of(s.entry_type)
         .ok_or_else(|| format!("entry {index}: unknown type {}", s.entry_type))?;
@@ -339,7 +340,7 @@ impl raft::Storage for PeerStorage {
             })?;
         raw.into_iter()
             .enumerate()
-            .map(|(i, (term, data))| decode_entry(low + i as u64, term, &data).map_err(other))
+            .map(|(i, (term, data))| decode_entry(low + i as u64, term, data).map_err(other))
             .collect()
     }
 

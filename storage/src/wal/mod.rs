@@ -11,8 +11,9 @@
 //!
 //! Segments rotate at a size limit. The first record of a new segment
 //! restates every group's state and first index, so old segments are only
-//! pinned by live entries and are deleted as soon as every group has
-//! compacted past them.
+//! pinned by live entries and are retired as soon as every group has
+//! compacted past them: kept as spares for the next rotations (see
+//! `segment`), deleted beyond [`MAX_SPARES`].
 
 mod record;
 mod segment;
@@ -20,12 +21,19 @@ mod segment;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use record::{Item, RecordBuilder};
-use segment::{create_segment, list_segments, scan_segment, segment_path, SEGMENT_HEADER_LEN};
+use segment::{
+    create_segment, list_segments, list_spares, reuse_segment, scan_segment, segment_path,
+    spare_path, SEGMENT_HEADER_LEN,
+};
+
+/// Retired segment files kept for reuse; more are deleted.
+pub const MAX_SPARES: usize = 8;
+/// Live entry bytes a rotation copies forward out of the oldest segment.
+const REWRITE_MAX_BYTES: u64 = 4 << 20;
 
 /// Errors of the write-ahead log.
 #[derive(Debug, thiserror::Error)]
@@ -278,6 +286,8 @@ struct Inner {
     segments: BTreeMap<u64, Arc<File>>,
     active_seq: u64,
     active_len: u64,
+    /// Retired segment files waiting to be reused, oldest first.
+    spares: Vec<PathBuf>,
     poisoned: Option<String>,
 }
 
@@ -311,6 +321,7 @@ impl Wal {
         let mut segments = BTreeMap::new();
         let mut recovery = Recovery::default();
         let mut last_valid = None;
+        let mut sealed = false;
         for (i, &seq) in seqs.iter().enumerate() {
             let is_last = i + 1 == seqs.len();
             let scan = scan_segment(dir, seq, is_last)?;
@@ -336,10 +347,14 @@ impl Wal {
                 .map_err(|e| WalError::io(&path, "open", e))?;
             segments.insert(seq, Arc::new(f));
             last_valid = Some((seq, scan.valid_len));
+            sealed = scan.sealed;
         }
+        let spares = list_spares(dir)?;
         let (active_seq, active_len) = match last_valid {
-            Some(last) => last,
-            None => {
+            // A sealed segment takes no more records (the crash came between
+            // sealing it and starting the next).
+            Some(last) if !sealed => last,
+            _ => {
                 let seq = seqs.last().map_or(1, |s| s + 1);
                 segments.insert(seq, Arc::new(create_segment(dir, seq)?));
                 (seq, SEGMENT_HEADER_LEN)
@@ -353,6 +368,7 @@ impl Wal {
                 segments,
                 active_seq,
                 active_len,
+                spares,
                 poisoned: None,
             }),
             writer: Mutex::new(()),
@@ -380,7 +396,6 @@ impl Wal {
         }
         let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let WalBatch { record, ops } = batch;
-        let bytes = record.finish();
         // Check and place the record under the lock, write it without: Raft
         // reads entries from other threads meanwhile. Only writers (held
         // apart by `writer`) change the active segment and the groups.
@@ -393,10 +408,13 @@ impl Wal {
             let file = inner.segments.get(&inner.active_seq).cloned();
             (file, inner.active_seq, inner.active_len)
         };
+        let rec = record.finish(seq);
         let path = segment_path(&self.dir, seq);
         let file =
             file.ok_or_else(|| WalError::io(&path, "write", std::io::ErrorKind::NotFound.into()))?;
-        if let Err(e) = fail_point_write().and_then(|_| file.write_all_at(&bytes, offset)) {
+        if let Err(e) =
+            fail_point_write(&self.dir).and_then(|_| segment::write_record_at(&file, &rec, offset))
+        {
             // Cut whatever part of the record reached the file; the next
             // record goes to the same offset.
             if file.set_len(offset).is_err() {
@@ -406,7 +424,7 @@ impl Wal {
         }
         let full = {
             let mut inner = self.lock();
-            inner.active_len += bytes.len() as u64;
+            inner.active_len += rec.byte_len() as u64;
             let payload_offset = offset + record::HEADER_LEN as u64;
             for op in ops {
                 if let Err(e) = apply_op(&mut inner.groups, seq, payload_offset, op) {
@@ -425,31 +443,97 @@ impl Wal {
             }
         }
         if full {
-            self.rotate()?;
+            if let Err(e) = self.rotate() {
+                // The active segment may be sealed already: appending to it
+                // would write records recovery ignores.
+                self.lock().poisoned = Some(format!("segment rotation failed: {e}"));
+                return Err(e);
+            }
         }
         Ok(())
     }
 
-    /// Starts a new segment whose first record restates every group, then
-    /// deletes the segments nothing needs any more.
+    /// Seals the active segment, starts a new one (a spare if there is one)
+    /// whose first record restates every group, then retires the segments
+    /// nothing needs any more.
     fn rotate(&self) -> Result<(), WalError> {
         let mut inner = self.lock();
-        let seq = inner.active_seq + 1;
-        let file = create_segment(&self.dir, seq)?;
+        let old = inner.active_seq;
+        let old_path = segment_path(&self.dir, old);
+        if let Some(f) = inner.segments.get(&old).cloned() {
+            // Synced with the seal: records written without `sync` must not
+            // be left behind in a segment no later fsync covers.
+            let mut seal = RecordBuilder::new();
+            seal.seal();
+            segment::write_record_at(&f, &seal.finish(old), inner.active_len)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| WalError::io(&old_path, "seal", e))?;
+        }
+        let seq = old + 1;
+        let file = match inner.spares.pop() {
+            Some(spare) => reuse_segment(&self.dir, &spare, seq)?,
+            None => create_segment(&self.dir, seq)?,
+        };
         let mut rec = RecordBuilder::new();
+        // Small logs in older segments (an idle group's last few entries,
+        // the metadata log) move into the checkpoint, oldest first, so the
+        // segments they would pin can retire.
+        let mut candidates: Vec<(u64, u64)> = Vec::new();
         for (&g, log) in &inner.groups {
             rec.compact(g, log.first_index);
             if let Some(s) = &log.state {
                 rec.state(g, s);
             }
+            if let Some(front) = log.entries.front() {
+                if front.seq < old {
+                    candidates.push((front.seq, g));
+                }
+            }
+        }
+        candidates.sort_unstable();
+        let mut budget = REWRITE_MAX_BYTES;
+        let mut moved: Vec<(u64, Vec<usize>)> = Vec::new();
+        for (_, g) in candidates {
+            let Some(log) = inner.groups.get(&g) else {
+                continue;
+            };
+            let live: u64 = log.entries.iter().map(|e| e.len as u64).sum();
+            if live > budget {
+                continue;
+            }
+            budget -= live;
+            let mut at = Vec::with_capacity(log.entries.len());
+            for (i, e) in log.entries.iter().enumerate() {
+                let data = match &e.cached {
+                    Some(b) => b.clone(),
+                    None => {
+                        let path = segment_path(&self.dir, e.seq);
+                        let f = inner.segments.get(&e.seq).ok_or_else(|| {
+                            WalError::io(&path, "read entry", std::io::ErrorKind::NotFound.into())
+                        })?;
+                        segment::read_at(f, &path, e.offset, e.len as usize)?
+                    }
+                };
+                at.push(rec.entry(g, log.first_index + i as u64, e.term, &data));
+            }
+            moved.push((g, at));
         }
         let mut len = SEGMENT_HEADER_LEN;
         if !rec.is_empty() {
-            let bytes = rec.finish();
-            file.write_all_at(&bytes, len)
+            let bytes = rec.finish(seq);
+            segment::write_record_at(&file, &bytes, len)
                 .and_then(|_| file.sync_data())
                 .map_err(|e| WalError::io(&segment_path(&self.dir, seq), "write checkpoint", e))?;
-            len += bytes.len() as u64;
+            let payload_offset = len + record::HEADER_LEN as u64;
+            for (g, at) in moved {
+                if let Some(log) = inner.groups.get_mut(&g) {
+                    for (e, at) in log.entries.iter_mut().zip(at) {
+                        e.seq = seq;
+                        e.offset = payload_offset + at as u64;
+                    }
+                }
+            }
+            len += bytes.byte_len() as u64;
         }
         inner.segments.insert(seq, Arc::new(file));
         inner.active_seq = seq;
@@ -458,7 +542,8 @@ impl Wal {
         self.purge().map(|_| ())
     }
 
-    /// Deletes segments older than every live entry; returns how many.
+    /// Retires segments older than every live entry (keeping up to
+    /// [`MAX_SPARES`] for reuse, deleting the rest); returns how many.
     pub fn purge(&self) -> Result<usize, WalError> {
         let mut inner = self.lock();
         let pinned = inner
@@ -473,7 +558,13 @@ impl Wal {
         let doomed: Vec<u64> = inner.segments.range(..pinned).map(|(s, _)| *s).collect();
         for seq in &doomed {
             let path = segment_path(&self.dir, *seq);
-            std::fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove", e))?;
+            if inner.spares.len() < MAX_SPARES {
+                let spare = spare_path(&self.dir, *seq);
+                std::fs::rename(&path, &spare).map_err(|e| WalError::io(&path, "retire", e))?;
+                inner.spares.push(spare);
+            } else {
+                std::fs::remove_file(&path).map_err(|e| WalError::io(&path, "remove", e))?;
+            }
             inner.segments.remove(seq);
         }
         if !doomed.is_empty() {
@@ -593,10 +684,16 @@ impl Wal {
 }
 
 /// Fail point `wal::write`: an injected error instead of the record write.
-fn fail_point_write() -> std::io::Result<()> {
-    fail::fail_point!("wal::write", |_| Err(std::io::Error::other(
-        "injected WAL write error"
-    )));
+/// With an argument (`return(DIR)`) only the log in that directory fails,
+/// so tests running beside each other are not hit.
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+fn fail_point_write(dir: &Path) -> std::io::Result<()> {
+    fail::fail_point!("wal::write", |arg: Option<String>| {
+        match arg {
+            Some(only) if Path::new(&only) != dir => Ok(()),
+            _ => Err(std::io::Error::other("injected WAL write error")),
+        }
+    });
     Ok(())
 }
 
@@ -698,6 +795,7 @@ fn replay(
         Item::Remove { group } => {
             groups.remove(&group);
         }
+        Item::Seal => {}
     }
     Ok(())
 }

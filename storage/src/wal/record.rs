@@ -10,9 +10,13 @@
 //!   STATE   len u32 | data          (the group's opaque state; latest wins)
 //!   COMPACT first_index u64         (entries below it are gone)
 //!   REMOVE                          (the group is gone)
+//!   SEAL                            (group 0; the segment ends here)
 //! ```
 //! Integers are little-endian. The header has its own crc so a scan can
-//! recognise a record start without trusting its length.
+//! recognise a record start without trusting its length. In version-2
+//! segments the header crc also covers the segment's sequence number: a
+//! recycled segment file still holds records of its previous life, and
+//! those must never pass for records of the new one.
 
 use bytes::Bytes;
 
@@ -27,6 +31,7 @@ const KIND_ENTRY: u8 = 1;
 const KIND_STATE: u8 = 2;
 const KIND_COMPACT: u8 = 3;
 const KIND_REMOVE: u8 = 4;
+const KIND_SEAL: u8 = 5;
 
 /// One item of a record, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,11 +69,22 @@ pub enum Item {
         /// Group id.
         group: u64,
     },
+    /// The segment was closed by a rotation: whatever follows in the file
+    /// is left over from an earlier use of it.
+    Seal,
 }
+
+/// Entry data at least this long is referenced, not copied, by the record
+/// and reaches the file through `pwritev` (one copy less per entry).
+const REFERENCE_MIN: usize = 8 << 10;
 
 /// Builds one record's payload.
 pub struct RecordBuilder {
+    /// Header room, then the payload with referenced data left out.
     buf: Vec<u8>,
+    /// Referenced data: (where in `buf` it goes, the bytes).
+    referenced: Vec<(usize, Bytes)>,
+    referenced_len: usize,
 }
 
 impl Default for RecordBuilder {
@@ -78,26 +94,56 @@ impl Default for RecordBuilder {
     }
 }
 
+/// A finished record: header and payload as pieces to write in order.
+pub struct Record {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Record {
+    /// The pieces, in file order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// Bytes in all.
+    pub fn byte_len(&self) -> usize {
+        self.len
+    }
+
+    /// The record as one buffer.
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for p in &self.parts {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+}
+
 impl RecordBuilder {
     /// An empty payload with room for the header in front.
     pub fn new() -> RecordBuilder {
         RecordBuilder {
             buf: vec![0; HEADER_LEN],
+            referenced: Vec::new(),
+            referenced_len: 0,
         }
     }
 
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.buf.len() == HEADER_LEN
+        self.payload_len() == 0
     }
 
     /// Payload bytes so far (header excluded).
     pub fn payload_len(&self) -> usize {
-        self.buf.len() - HEADER_LEN
+        self.buf.len() - HEADER_LEN + self.referenced_len
     }
 
     /// Adds an entry; returns the offset of its data within the payload.
-    pub fn entry(&mut self, group: u64, index: u64, term: u64, data: &[u8]) -> usize {
+    pub fn entry(&mut self, group: u64, index: u64, term: u64, data: &Bytes) -> usize {
         self.buf.push(KIND_ENTRY);
         self.buf.extend_from_slice(&group.to_le_bytes());
         self.buf.extend_from_slice(&index.to_le_bytes());
@@ -105,7 +151,12 @@ impl RecordBuilder {
         self.buf
             .extend_from_slice(&(data.len() as u32).to_le_bytes());
         let at = self.payload_len();
-        self.buf.extend_from_slice(data);
+        if data.len() >= REFERENCE_MIN {
+            self.referenced.push((self.buf.len(), data.clone()));
+            self.referenced_len += data.len();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
         at
     }
 
@@ -131,17 +182,56 @@ impl RecordBuilder {
         self.buf.extend_from_slice(&group.to_le_bytes());
     }
 
-    /// Fills in the header and returns the whole record (header + payload).
-    pub fn finish(mut self) -> Vec<u8> {
-        let payload_len = (self.buf.len() - HEADER_LEN) as u32;
-        let payload_crc = crc32fast::hash(&self.buf[HEADER_LEN..]);
-        self.buf[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&payload_len.to_le_bytes());
-        self.buf[8..12].copy_from_slice(&payload_crc.to_le_bytes());
-        let header_crc = crc32fast::hash(&self.buf[0..12]);
-        self.buf[12..16].copy_from_slice(&header_crc.to_le_bytes());
-        self.buf
+    /// Adds the seal that closes a segment.
+    pub fn seal(&mut self) {
+        self.buf.push(KIND_SEAL);
+        self.buf.extend_from_slice(&0u64.to_le_bytes());
     }
+
+    /// Fills in the header for a record of segment `seq` and returns the
+    /// whole record (header + payload).
+    pub fn finish(mut self, seq: u64) -> Record {
+        let payload_len = self.payload_len();
+        // The payload crc runs over the pieces in file order.
+        let mut crc = crc32fast::Hasher::new();
+        let mut from = HEADER_LEN;
+        for (at, data) in &self.referenced {
+            crc.update(&self.buf[from..*at]);
+            crc.update(data);
+            from = *at;
+        }
+        crc.update(&self.buf[from..]);
+        let payload_crc = crc.finalize();
+        self.buf[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        self.buf[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        self.buf[8..12].copy_from_slice(&payload_crc.to_le_bytes());
+        let header_crc = header_crc(&self.buf[0..12], Some(seq));
+        self.buf[12..16].copy_from_slice(&header_crc.to_le_bytes());
+        let buf = Bytes::from(self.buf);
+        let mut parts = Vec::with_capacity(2 * self.referenced.len() + 1);
+        let mut from = 0;
+        for (at, data) in self.referenced {
+            parts.push(buf.slice(from..at));
+            parts.push(data);
+            from = at;
+        }
+        parts.push(buf.slice(from..));
+        Record {
+            parts,
+            len: HEADER_LEN + payload_len,
+        }
+    }
+}
+
+/// The crc of a header's first 12 bytes, bound to the segment's sequence
+/// number (`None`: a version-1 segment, unbound).
+fn header_crc(fields: &[u8], seq: Option<u64>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if let Some(seq) = seq {
+        h.update(&seq.to_le_bytes());
+    }
+    h.update(fields);
+    h.finalize()
 }
 
 /// A header that passed its own checksum.
@@ -153,12 +243,13 @@ pub struct Header {
     pub payload_crc: u32,
 }
 
-/// Parses a header; `None` if the magic, the header crc or the length is wrong.
-pub fn parse_header(b: &[u8]) -> Option<Header> {
+/// Parses a header of segment `seq` (`None` for a version-1 segment);
+/// `None` if the magic, the header crc or the length is wrong.
+pub fn parse_header(b: &[u8], seq: Option<u64>) -> Option<Header> {
     if b.len() < HEADER_LEN {
         return None;
     }
-    if le32(&b[0..4]) != RECORD_MAGIC || crc32fast::hash(&b[0..12]) != le32(&b[12..16]) {
+    if le32(&b[0..4]) != RECORD_MAGIC || header_crc(&b[0..12], seq) != le32(&b[12..16]) {
         return None;
     }
     let payload_len = le32(&b[4..8]);
@@ -213,6 +304,7 @@ pub fn decode_payload(payload: &Bytes) -> Result<Vec<Item>, &'static str> {
                 items.push(Item::Compact { group, first_index });
             }
             KIND_REMOVE => items.push(Item::Remove { group }),
+            KIND_SEAL => items.push(Item::Seal),
             _ => return Err("unknown item kind"),
         }
     }
@@ -238,17 +330,20 @@ mod tests {
     #[test]
     fn round_trip() -> Result<(), &'static str> {
         let mut r = RecordBuilder::new();
-        let off = r.entry(7, 10, 2, b"hello");
+        let off = r.entry(7, 10, 2, &Bytes::from_static(b"hello"));
+        let big = Bytes::from(vec![3u8; REFERENCE_MIN + 1]);
+        let big_off = r.entry(7, 11, 2, &big);
         r.state(7, b"st");
         r.compact(3, 99);
         r.remove(4);
-        let rec = r.finish();
-        let h = parse_header(&rec).ok_or("header")?;
+        r.seal();
+        let rec = r.finish(9).to_vec();
+        let h = parse_header(&rec, Some(9)).ok_or("header")?;
         assert_eq!(h.payload_len as usize, rec.len() - HEADER_LEN);
         let payload = Bytes::copy_from_slice(&rec[HEADER_LEN..]);
         assert_eq!(crc32fast::hash(&payload), h.payload_crc);
         let items = decode_payload(&payload)?;
-        assert_eq!(items.len(), 4);
+        assert_eq!(items.len(), 6);
         match &items[0] {
             Item::Entry {
                 group: 7,
@@ -262,31 +357,52 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match &items[1] {
+            Item::Entry {
+                data_offset, data, ..
+            } => {
+                assert_eq!(*data_offset, big_off);
+                assert_eq!(data, &big, "referenced data lands in place");
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
-            items[2],
+            items[3],
             Item::Compact {
                 group: 3,
                 first_index: 99
             }
         );
-        assert_eq!(items[3], Item::Remove { group: 4 });
+        assert_eq!(items[4], Item::Remove { group: 4 });
+        assert_eq!(items[5], Item::Seal);
         Ok(())
+    }
+
+    #[test]
+    fn a_header_only_passes_in_its_own_segment() {
+        let mut r = RecordBuilder::new();
+        r.state(1, b"x");
+        let rec = r.finish(7).to_vec();
+        assert!(parse_header(&rec, Some(7)).is_some());
+        // A recycled file's leftovers: the same bytes read as segment 8.
+        assert!(parse_header(&rec, Some(8)).is_none());
+        assert!(parse_header(&rec, None).is_none());
     }
 
     #[test]
     fn damaged_header_is_rejected() {
         let mut r = RecordBuilder::new();
         r.state(1, b"x");
-        let mut rec = r.finish();
+        let mut rec = r.finish(1).to_vec();
         rec[5] ^= 1;
-        assert!(parse_header(&rec).is_none());
+        assert!(parse_header(&rec, Some(1)).is_none());
     }
 
     #[test]
     fn truncated_item_is_an_error() {
         let mut r = RecordBuilder::new();
-        r.entry(1, 1, 1, b"abcdef");
-        let rec = r.finish();
+        r.entry(1, 1, 1, &Bytes::from_static(b"abcdef"));
+        let rec = r.finish(1).to_vec();
         let short = Bytes::copy_from_slice(&rec[HEADER_LEN..rec.len() - 2]);
         assert!(decode_payload(&short).is_err());
     }

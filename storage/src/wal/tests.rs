@@ -139,8 +139,10 @@ fn a_lagging_group_pins_its_segments() -> Result<(), WalError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let payload = Bytes::from(vec![1u8; 1500]);
     let wal = Wal::open(dir.path(), small())?;
+    // Too big to be copied forward at rotation.
+    let big = Bytes::from(vec![9u8; (REWRITE_MAX_BYTES + 1) as usize]);
     let mut batch = WalBatch::new();
-    batch.append(2, [(1, 1, b("old but live"))]);
+    batch.append(2, [(1, 1, big.clone())]);
     wal.write(batch, true)?;
     for i in 1..=20u64 {
         let mut batch = WalBatch::new();
@@ -150,11 +152,8 @@ fn a_lagging_group_pins_its_segments() -> Result<(), WalError> {
     }
     assert!(wal.segment_count() > 5, "group 2 pins the first segment");
     wal.evict_cache(2, 2);
-    assert_eq!(
-        datas(&wal, 2, 1, 2),
-        ["old but live"],
-        "read back from disk"
-    );
+    let back = wal.entries(2, 1, 2, u64::MAX)?;
+    assert!(back[0].1 == big, "read back from disk");
     let mut batch = WalBatch::new();
     batch.compact(2, 2);
     wal.write(batch, true)?;
@@ -270,7 +269,8 @@ fn an_injected_write_error_keeps_the_log_consistent() -> Result<(), WalError> {
     let mut batch = WalBatch::new();
     batch.append(1, [(1, 1, b("one"))]);
     wal.write(batch, true)?;
-    fail::cfg("wal::write", "return").expect("fail point");
+    let only_here = format!("return({})", dir.path().display());
+    fail::cfg("wal::write", &only_here).expect("fail point");
     let mut batch = WalBatch::new();
     batch.append(1, [(2, 1, b("two"))]);
     assert!(wal.write(batch, true).is_err());
@@ -327,5 +327,118 @@ fn a_default_batch_is_a_valid_record() -> Result<(), WalError> {
     let wal = Wal::open(dir.path(), WalOptions::default())?;
     assert!(wal.recovery().torn_tail.is_none());
     assert_eq!(datas(&wal, 1, 1, 3), ["a", "b"]);
+    Ok(())
+}
+
+/// Writes `count` one-entry records of `size` bytes to group 1, keeping
+/// only the last two entries live so old segments retire.
+fn churn(wal: &Wal, from: u64, count: u64, size: usize) -> Result<(), WalError> {
+    for i in from..from + count {
+        let mut batch = WalBatch::new();
+        batch.append(1, [(i, 1, Bytes::from(vec![i as u8; size]))]);
+        if i > 2 {
+            batch.compact(1, i - 1);
+        }
+        wal.write(batch, true)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn retired_segments_are_reused_and_their_old_records_ignored() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = Wal::open(dir.path(), small())?;
+        churn(&wal, 1, 60, 1500)?;
+    }
+    let spares = segment::list_spares(dir.path())?;
+    assert!(
+        !spares.is_empty() && spares.len() <= MAX_SPARES,
+        "{spares:?}"
+    );
+    let before: Vec<PathBuf> = spares.clone();
+    {
+        let wal = Wal::open(dir.path(), small())?;
+        // Short records: a reused file keeps longer old records behind them.
+        churn(&wal, 61, 40, 300)?;
+        assert_eq!(datas(&wal, 1, 99, 101).len(), 2);
+    }
+    // Every spare seen before was taken by a rotation since.
+    let now = segment::list_spares(dir.path())?;
+    assert!(
+        before.iter().all(|p| !now.contains(p)),
+        "{before:?} {now:?}"
+    );
+    let seqs = segment::list_segments(dir.path())?;
+    let last = segment_path(dir.path(), *seqs.last().expect("a segment"));
+    let len = std::fs::metadata(&last).expect("stat").len();
+    let wal = Wal::open(dir.path(), small())?;
+    assert!(
+        wal.recovery().torn_tail.is_none(),
+        "old records are not a torn tail"
+    );
+    assert_eq!(wal.range(1), Some((99, 101)));
+    assert_eq!(
+        wal.entries(1, 99, 101, u64::MAX)?
+            .iter()
+            .map(|(_, d)| d.len())
+            .collect::<Vec<_>>(),
+        [300, 300]
+    );
+    assert_eq!(
+        std::fs::metadata(&last).expect("stat").len(),
+        len,
+        "a reused segment is not truncated on recovery"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_sealed_last_segment_takes_no_more_records() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = three_records(dir.path())?;
+    // The crash came right after a rotation sealed the segment.
+    let len = std::fs::metadata(&path).expect("stat").len();
+    let mut seal = RecordBuilder::new();
+    seal.seal();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.write_all_at(&seal.finish(1).to_vec(), len).expect("seal");
+    drop(f);
+    {
+        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let mut batch = WalBatch::new();
+        batch.append(1, [(4, 1, b("after the seal"))]);
+        wal.write(batch, true)?;
+    }
+    assert_eq!(segment::list_segments(dir.path())?.len(), 2);
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(datas(&wal, 1, 4, 5), ["after the seal"]);
+    Ok(())
+}
+
+#[test]
+fn an_idle_groups_few_entries_move_forward_and_stop_pinning() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let wal = Wal::open(dir.path(), small())?;
+        // Group 5 writes three entries and goes idle; they are never compacted.
+        let mut batch = WalBatch::new();
+        batch.append(5, (1..=3).map(|i| (i, 1, b(&format!("idle-{i}")))));
+        wal.write(batch, true)?;
+        wal.evict_cache(5, 4);
+        churn(&wal, 1, 60, 1500)?;
+        assert!(
+            wal.segment_count() <= 3,
+            "the idle group pins nothing: {}",
+            wal.segment_count()
+        );
+        assert_eq!(datas(&wal, 5, 1, 4), ["idle-1", "idle-2", "idle-3"]);
+    }
+    let wal = Wal::open(dir.path(), small())?;
+    assert_eq!(wal.range(5), Some((1, 4)));
+    assert_eq!(datas(&wal, 5, 1, 4), ["idle-1", "idle-2", "idle-3"]);
     Ok(())
 }
