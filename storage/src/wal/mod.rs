@@ -684,14 +684,28 @@ impl Wal {
 }
 
 /// Fail point `wal::write`: an injected error instead of the record write.
-/// With an argument (`return(DIR)`) only the log in that directory fails,
-/// so tests running beside each other are not hit.
+/// Its argument scopes it so logs running beside each other (in-process
+/// clusters, parallel tests) are not all hit: `return(DIR)` fails only the
+/// log in DIR; `return(delay:MS:DIR,DIR..)` makes those logs' writes take
+/// MS milliseconds longer and succeed.
 #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
 fn fail_point_write(dir: &Path) -> std::io::Result<()> {
     fail::fail_point!("wal::write", |arg: Option<String>| {
-        match arg {
-            Some(only) if Path::new(&only) != dir => Ok(()),
-            _ => Err(std::io::Error::other("injected WAL write error")),
+        let arg = arg.unwrap_or_default();
+        let listed = |dirs: &str| dirs.split(',').any(|d| Path::new(d) == dir);
+        if let Some((ms, dirs)) = arg
+            .strip_prefix("delay:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            if listed(dirs) {
+                std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+            }
+            return Ok(());
+        }
+        if arg.is_empty() || listed(&arg) {
+            Err(std::io::Error::other("injected WAL write error"))
+        } else {
+            Ok(())
         }
     });
     Ok(())
