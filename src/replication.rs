@@ -179,8 +179,19 @@ impl ClusterNode {
                     })
                     .await;
                     match r {
-                        Ok(Ok(_)) => {
-                            tracing::info!(via = %addr, "joined the cluster");
+                        Ok(Ok(v)) => {
+                            let members: Vec<(u64, std::net::SocketAddr)> = v["members"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|m| {
+                                    let id = m["id"].as_u64()?;
+                                    let addr = m["raft_addr"].as_str()?.parse().ok()?;
+                                    Some((id, addr))
+                                })
+                                .collect();
+                            cluster.learn_peers(&members);
+                            tracing::info!(via = %addr, members = members.len(), "joined the cluster");
                             break;
                         }
                         Ok(Err(e)) => tracing::warn!(via = %addr, error = %e, "joining; retrying"),
@@ -225,6 +236,14 @@ impl ExportCatalog for ClusterExports {
                 ),
             })
             .collect()
+    }
+
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        // A linearizable read of the metadata: afterwards this node knows
+        // every volume created before the request came in.
+        Box::pin(async {
+            self.cluster.meta_barrier(Duration::from_secs(5)).await;
+        })
     }
 
     fn open(&self, name: &str) -> Result<OpenExport<ClusterVolume>, StorageError> {

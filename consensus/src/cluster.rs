@@ -120,6 +120,16 @@ impl Cluster {
         c
     }
 
+    /// Tells the transport where members are before the metadata says so
+    /// (a node that just joined must answer the leader to get it).
+    pub fn learn_peers(&self, peers: &[(u64, SocketAddr)]) {
+        for &(id, addr) in peers {
+            if id != self.node {
+                self.transport.add_peer(id, addr);
+            }
+        }
+    }
+
     /// This node's id.
     pub fn node(&self) -> u64 {
         self.node

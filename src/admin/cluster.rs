@@ -147,7 +147,16 @@ pub async fn join(c: &Cluster, info: NodeInfo) -> Result<Value, ApiError> {
         ));
     }
     c.add_node(info.clone()).await?;
-    Ok(json!({ "joined": info.id }))
+    // The joiner needs the members' addresses to answer them before it
+    // has the metadata.
+    let members: Vec<Value> = c
+        .view()
+        .meta()
+        .nodes
+        .values()
+        .map(|n| json!({ "id": n.id, "raft_addr": n.raft_addr }))
+        .collect();
+    Ok(json!({ "joined": info.id, "members": members }))
 }
 
 /// `GET /v1/cluster/local`.

@@ -414,3 +414,70 @@ fn a_node_cut_off_cannot_acknowledge_writes_and_converges_after_healing() {
         &["read -P 0x11 0 64k", "read -P 0x33 1M 64k"],
     );
 }
+
+#[test]
+fn a_node_joins_a_running_cluster_and_takes_replicas() {
+    if !require_tool("qemu-io") {
+        return;
+    }
+    let mut c = TestCluster::start(3);
+    c.create_volume("before", 64 * MIB, 3, None);
+    qemu_io(&c.node(1).uri("before"), &["write -P 0x61 0 1M"]);
+
+    // Node 4 knows only one member's admin address.
+    let join = c.node(1).admin.to_string();
+    let listen = raftblock_tests::free_addr().to_string();
+    c.nodes.push(raftblock_tests::Daemon::start_with(&[
+        "--node-id",
+        "4",
+        "--listen",
+        &listen,
+        "--join",
+        &join,
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = c.status();
+        let up = st["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter(|n| n["up"] == true).count())
+            .unwrap_or(0);
+        if up == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 never came up: {st:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // It serves a volume created before it existed, through forwarding.
+    let out = qemu_io(&c.node(4).uri("before"), &["read -P 0x61 0 1M"]);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+
+    // New volumes place replicas on it.
+    let v = c.create_volume("after", 256 * MIB, 3, Some(4));
+    let on_4 = v["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .filter(|s| {
+            s["replicas"]
+                .as_array()
+                .is_some_and(|r| r.contains(&4.into()))
+        })
+        .count();
+    assert!(on_4 > 0, "no replica of `after` on the new node: {v}");
+    qemu_io(&c.node(4).uri("after"), &["write -P 0x62 0 8M"]);
+    c.wait_converged("after", Duration::from_secs(60));
+    let out = qemu_io(&c.node(2).uri("after"), &["read -P 0x62 0 8M"]);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+
+    // Restarted with the same flags, it is a member, not a new joiner.
+    c.node(4).kill9();
+    c.node(4).restart();
+    let out = qemu_io(&c.node(4).uri("after"), &["read -P 0x62 0 8M"]);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    assert!(
+        !c.node(4).log_text().contains("joining; retrying"),
+        "{}",
+        c.node(4).log_text()
+    );
+}

@@ -115,8 +115,8 @@ pub async fn negotiate<C: ExportCatalog>(
         match option {
             OPT_EXPORT_NAME => {
                 let name = String::from_utf8(data).map_err(|_| bad("export name is not UTF-8"))?;
-                let export = catalog
-                    .open(&name)
+                let export = super::open_export(catalog, &name)
+                    .await
                     .map_err(|e| bad(&format!("EXPORT_NAME for `{name}` refused: {e}")))?;
                 let mut b = BytesMut::with_capacity(10 + 124);
                 b.put_u64(raftblock_storage::VolumeIo::size(export.volume.as_ref()));
@@ -186,7 +186,7 @@ pub async fn negotiate<C: ExportCatalog>(
                     reply_err(sock, option, REP_ERR_INVALID, "INFO/GO length mismatch").await?;
                     continue;
                 }
-                let export = match catalog.open(&name) {
+                let export = match super::open_export(catalog, &name).await {
                     Ok(e) => e,
                     Err(e) => {
                         reply_err(sock, option, REP_ERR_UNKNOWN, &e.to_string()).await?;
@@ -263,7 +263,7 @@ pub async fn negotiate<C: ExportCatalog>(
                     .await?;
                     continue;
                 };
-                if let Err(e) = catalog.open(&name) {
+                if let Err(e) = super::open_export(catalog, &name).await {
                     reply_err(sock, option, REP_ERR_UNKNOWN, &e.to_string()).await?;
                     continue;
                 }

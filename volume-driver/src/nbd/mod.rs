@@ -47,6 +47,26 @@ pub trait ExportCatalog: Send + Sync + 'static {
     fn list(&self) -> Vec<ExportInfo>;
     /// Opens an export by name for one connection.
     fn open(&self, name: &str) -> Result<OpenExport<Self::Volume>, StorageError>;
+    /// Brings the catalog up to date (a cluster member that just joined or
+    /// was cut off may not know a volume yet); asked before an unknown
+    /// name is refused.
+    fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+/// Opens `name`, refreshing the catalog once if it does not know it.
+pub(crate) async fn open_export<C: ExportCatalog>(
+    catalog: &C,
+    name: &str,
+) -> Result<OpenExport<C::Volume>, StorageError> {
+    match catalog.open(name) {
+        Err(StorageError::VolumeNotFound(_)) => {
+            catalog.refresh().await;
+            catalog.open(name)
+        }
+        r => r,
+    }
 }
 
 /// The NBD server for one listen address.
