@@ -1,0 +1,228 @@
+//! What arrives on the driver's channel: each `DriverMsg` is handled here
+//! between rounds. Peer messages are stepped (a shard snapshot is held back
+//! until its data is copied), proposals and membership changes are
+//! proposed and tracked until their entries commit.
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message, MessageType};
+use std::time::Instant;
+
+use crate::meta::META_GROUP;
+use crate::snapshot::SnapshotFetch;
+use crate::transport::Envelope;
+
+use super::replica::Proposal;
+use super::{Driver, DriverMsg, ReplicaError, Reply};
+
+impl Driver {
+    /// Acts on one message; false when the driver is to stop.
+    pub(super) fn handle_msg(&mut self, m: DriverMsg) -> bool {
+        match m {
+            DriverMsg::Raft { from, envelopes } => {
+                for env in envelopes {
+                    self.step(from, env);
+                }
+            }
+            DriverMsg::Unreachable { to, groups } => {
+                for g in groups {
+                    if let Some(r) = self.replicas.get_mut(&g) {
+                        r.node.report_unreachable(to);
+                    }
+                }
+            }
+            DriverMsg::Propose { group, data, reply } => self.propose(group, data, reply),
+            DriverMsg::Read { group, reply } => {
+                let Some(r) = self.replicas.get_mut(&group) else {
+                    let _ = reply.send(Err(ReplicaError::NoReplica(group)));
+                    return true;
+                };
+                // Shard reads are served by the leader; the meta group may
+                // also be read on a follower (Raft forwards the ReadIndex).
+                if group != META_GROUP && !r.is_leader() {
+                    let leader = r.leader();
+                    let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
+                } else {
+                    r.reads_new.push((Instant::now(), reply));
+                }
+            }
+            DriverMsg::AddMember {
+                node,
+                learner,
+                reply,
+            } => self.add_member(node, learner, reply),
+            DriverMsg::Applied { group, index } => {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    r.applied = r.applied.max(index);
+                    r.advance_raft_applied();
+                    r.complete_reads();
+                    // Applied entries leave the WAL's memory; a leader keeps
+                    // what a live follower has yet to receive (a follower
+                    // that is down reads back from the segment files).
+                    let keep_from = if r.is_leader() {
+                        r.node
+                            .raft
+                            .prs()
+                            .iter()
+                            .filter(|(_, p)| p.recent_active)
+                            .map(|(_, p)| p.matched + 1)
+                            .min()
+                            .unwrap_or(0)
+                            .min(r.applied + 1)
+                    } else {
+                        r.applied + 1
+                    };
+                    self.wal.evict_cache(group, keep_from);
+                }
+            }
+            DriverMsg::Durable { group, index } => self.durable(group, index),
+            DriverMsg::SnapshotFetched { group, msg } => {
+                self.fetching.remove(&group);
+                if let (Some(m), Some(r)) = (msg, self.replicas.get_mut(&group)) {
+                    if let Err(e) = r.node.step(m) {
+                        tracing::warn!(group, error = %e, "stepping a copied snapshot");
+                    }
+                }
+            }
+            DriverMsg::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+            DriverMsg::Stop => return false,
+        }
+        true
+    }
+
+    fn step(&mut self, from: u64, env: Envelope) {
+        let msg = match Message::parse_from_bytes(&env.message) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(from, group = env.group, error = %e, "undecodable raft message");
+                return;
+            }
+        };
+        let Some(r) = self.replicas.get_mut(&env.group) else {
+            tracing::trace!(
+                from,
+                group = env.group,
+                "message for a group this node does not hold"
+            );
+            return;
+        };
+        if raft::raw_node::is_local_msg(msg.get_msg_type()) {
+            tracing::warn!(
+                from,
+                group = env.group,
+                "peer sent a local-only raft message"
+            );
+            return;
+        }
+        if env.group != META_GROUP && msg.get_msg_type() == MessageType::MsgSnapshot {
+            // Hold it back until the shard's data is copied (see `snapshot`).
+            if self.fetching.insert(env.group) {
+                tracing::info!(
+                    group = env.group,
+                    from,
+                    index = msg.get_snapshot().get_metadata().index,
+                    "shard snapshot from the leader; copying its data"
+                );
+                let f = SnapshotFetch {
+                    group: env.group,
+                    from,
+                    msg,
+                };
+                if self.snapshots.send(f).is_err() {
+                    self.fetching.remove(&env.group);
+                }
+            }
+            return;
+        }
+        if let Err(e) = r.node.step(msg) {
+            tracing::debug!(from, group = env.group, error = %e, "raft step");
+        }
+    }
+
+    fn propose(&mut self, group: u64, data: Bytes, reply: Reply) {
+        let Some(r) = self.replicas.get_mut(&group) else {
+            let _ = reply.send(Err(ReplicaError::NoReplica(group)));
+            return;
+        };
+        if !r.is_leader() {
+            let leader = r.leader();
+            let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
+            return;
+        }
+        if r.node.raft.lead_transferee.is_some() {
+            let _ = reply.send(Err(ReplicaError::Retry(group)));
+            return;
+        }
+        // What `RawNode::propose` does, minus its copy of the payload into
+        // a fresh Vec: the entry keeps the caller's `Bytes`.
+        let entry = Entry {
+            data,
+            ..Entry::default()
+        };
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = r.node.raft.id;
+        m.set_entries(vec![entry].into());
+        match r.node.step(m) {
+            Ok(()) => {
+                let index = r.node.raft.raft_log.last_index();
+                let term = r.node.raft.term;
+                r.proposals.push_back(Proposal {
+                    index,
+                    term,
+                    conf: false,
+                    reply,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(group, error = %e, "proposal dropped");
+                let _ = reply.send(Err(ReplicaError::Retry(group)));
+            }
+        }
+    }
+
+    fn add_member(&mut self, node: u64, learner: bool, reply: Reply) {
+        let group = META_GROUP;
+        let Some(r) = self.replicas.get_mut(&group) else {
+            let _ = reply.send(Err(ReplicaError::NoReplica(group)));
+            return;
+        };
+        if !r.is_leader() {
+            let leader = r.leader();
+            let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
+            return;
+        }
+        let cs = r.node.store().conf_state();
+        if cs.voters.contains(&node) || (learner && cs.learners.contains(&node)) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(if learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        });
+        single.node_id = node;
+        let mut cc = ConfChangeV2::default();
+        cc.changes.push(single);
+        match r.node.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                let index = r.node.raft.raft_log.last_index();
+                let term = r.node.raft.term;
+                r.proposals.push_back(Proposal {
+                    index,
+                    term,
+                    conf: true,
+                    reply,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(node, error = %e, "membership change dropped");
+                let _ = reply.send(Err(ReplicaError::Retry(group)));
+            }
+        }
+    }
+}

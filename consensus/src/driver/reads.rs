@@ -1,0 +1,130 @@
+//! Linearizable reads. Reads queue on their replica and go out as one
+//! ReadIndex request per group per round (or, on a leader whose lease is
+//! valid, are served at the current commit index); the ReadState that
+//! answers a batch gives its waiters the index they wait for, and they are
+//! answered once the replica has applied it. Reads that get no answer in
+//! time fail so callers retry.
+
+use raft::ReadState;
+use std::time::{Duration, Instant};
+
+use super::replica::Replica;
+use super::{Driver, ReplicaError, Reply};
+
+/// Reads sent as one ReadIndex request, waiting for its ReadState.
+pub(super) struct ReadBatch {
+    pub(super) ctx: u64,
+    pub(super) issued: Instant,
+    pub(super) waiters: Vec<Reply>,
+}
+
+impl Replica {
+    /// Answers the reads whose index this replica has applied.
+    pub(super) fn complete_reads(&mut self) {
+        let applied = self.applied;
+        let mut i = 0;
+        while i < self.reads_ready.len() {
+            if self.reads_ready[i].0 <= applied {
+                let (_, r) = self.reads_ready.swap_remove(i);
+                let _ = r.send(Ok(()));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Fails the reads that waited longer than `timeout`.
+    pub(super) fn expire_reads(&mut self, g: u64, now: Instant, timeout: Duration) {
+        // Reads that got no ReadState (Raft drops them silently without
+        // a leader, or right after an election) fail so callers retry.
+        while self
+            .reads_sent
+            .front()
+            .is_some_and(|b| now.duration_since(b.issued) > timeout)
+        {
+            if let Some(b) = self.reads_sent.pop_front() {
+                for w in b.waiters {
+                    let _ = w.send(Err(ReplicaError::Retry(g)));
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.reads_new.len() {
+            if now.duration_since(self.reads_new[i].0) > timeout {
+                let (_, w) = self.reads_new.swap_remove(i);
+                let _ = w.send(Err(ReplicaError::Retry(g)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Hands the waiters of the batches that `states` answer their read
+    /// index; on the leader a confirmed batch renews the lease.
+    pub(super) fn on_read_states(&mut self, states: Vec<ReadState>, lease: Duration) {
+        for rs in states {
+            let ctx = rs
+                .request_ctx
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            while let Some(b) = self.reads_sent.pop_front() {
+                if b.ctx == ctx {
+                    if self.is_leader() {
+                        self.lease_until = Some(b.issued + lease);
+                    }
+                    for w in b.waiters {
+                        self.reads_ready.push((rs.index, w));
+                    }
+                    break;
+                }
+                // Older batches are answered by this newer ReadState.
+                for w in b.waiters {
+                    self.reads_ready.push((rs.index, w));
+                }
+            }
+        }
+    }
+}
+
+impl Driver {
+    /// Turns queued reads into ReadIndex requests (one per group per round)
+    /// or, under a valid lease, into reads at the current commit index.
+    pub(super) fn send_reads(&mut self) {
+        let now = Instant::now();
+        let lease = self.cfg.lease();
+        for r in self.replicas.values_mut() {
+            if r.reads_new.is_empty() {
+                continue;
+            }
+            if r.is_leader() {
+                // Raft drops a ReadIndex until the leader has committed an
+                // entry of its term: keep the reads queued until then.
+                if !r.node.raft.commit_to_current_term() {
+                    continue;
+                }
+                if r.lease_until.is_some_and(|t| t > now) {
+                    let index = r.node.raft.raft_log.committed;
+                    for (_, w) in r.reads_new.drain(..) {
+                        r.reads_ready.push((index, w));
+                    }
+                    r.complete_reads();
+                    continue;
+                }
+            } else if r.leader().is_none() {
+                continue; // dropped silently by Raft: wait for a leader
+            }
+            let ctx = self.next_ctx;
+            self.next_ctx += 1;
+            r.node.read_index(ctx.to_le_bytes().to_vec());
+            let waiters = r.reads_new.drain(..).map(|(_, w)| w).collect();
+            r.reads_sent.push_back(ReadBatch {
+                ctx,
+                issued: now,
+                waiters,
+            });
+            let _ = lease;
+        }
+    }
+}

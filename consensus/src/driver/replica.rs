@@ -1,0 +1,228 @@
+//! One Raft group replica of the node (`Replica`: its `RawNode`, the
+//! proposals and reads waiting on it, its apply progress) and the replicas'
+//! lifecycle in the driver: opening them from the WAL at start, creating a
+//! volume's shard replicas, and reporting their state.
+
+use raft::{RawNode, StateRole, Storage as _};
+use std::collections::VecDeque;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+use crate::apply::{self, ApplyBatch};
+use crate::meta::{shard_of_group, META_GROUP};
+use crate::peer_storage::PeerStorage;
+
+use super::compaction::set_shard_snapshot;
+use super::config::META_INIT_INDEX;
+use super::reads::ReadBatch;
+use super::{Driver, GroupStatus, ReplicaError, Reply};
+
+/// A proposal of this node waiting for its entry to commit.
+pub(super) struct Proposal {
+    pub(super) index: u64,
+    pub(super) term: u64,
+    /// A membership change (Raft may silently turn it into an empty entry).
+    pub(super) conf: bool,
+    pub(super) reply: Reply,
+}
+
+/// One Raft group replica of this node and what waits on it.
+pub(super) struct Replica {
+    pub(super) node: RawNode<PeerStorage>,
+    /// The shard's apply task (none for the meta group).
+    pub(super) apply: Option<mpsc::UnboundedSender<ApplyBatch>>,
+    pub(super) proposals: VecDeque<Proposal>,
+    pub(super) reads_new: Vec<(Instant, Reply)>,
+    pub(super) reads_sent: VecDeque<ReadBatch>,
+    pub(super) reads_ready: Vec<(u64, Reply)>,
+    pub(super) applied: u64,
+    pub(super) durable: u64,
+    pub(super) lease_until: Option<Instant>,
+    /// Node that should lead this group when it can (first replica).
+    pub(super) preferred: u64,
+    pub(super) ticks: u64,
+}
+
+impl Replica {
+    pub(super) fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub(super) fn leader(&self) -> Option<u64> {
+        Some(self.node.raft.leader_id).filter(|l| *l != 0)
+    }
+
+    pub(super) fn fail_all(&mut self, group: u64, err: ReplicaError) {
+        for p in self.proposals.drain(..) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, r) in self.reads_new.drain(..) {
+            let _ = r.send(Err(err.clone()));
+        }
+        for b in self.reads_sent.drain(..) {
+            for r in b.waiters {
+                let _ = r.send(Err(err.clone()));
+            }
+        }
+        let _ = group;
+    }
+
+    pub(super) fn advance_raft_applied(&mut self) {
+        let log = &self.node.raft.raft_log;
+        let to = self.applied.min(log.committed).min(log.persisted);
+        if to > log.applied {
+            self.node.advance_apply_to(to);
+        }
+    }
+}
+
+impl Driver {
+    pub(super) fn open_replicas(&mut self) -> Result<(), String> {
+        let me = self.cfg.node;
+        // The meta group.
+        let meta_store = match PeerStorage::open(self.wal.clone(), META_GROUP)? {
+            Some(s) => s,
+            None => match &self.cfg.bootstrap {
+                Some(voters) => PeerStorage::create_at(
+                    self.wal.clone(),
+                    META_GROUP,
+                    voters,
+                    META_INIT_INDEX,
+                    1,
+                    &mut self.carry,
+                ),
+                None => PeerStorage::create_empty(self.wal.clone(), META_GROUP, &mut self.carry),
+            },
+        };
+        self.carry_sync = true;
+        let first_start = meta_store.applied() == META_INIT_INDEX && self.meta.applied == 0;
+        self.insert_replica(META_GROUP, meta_store, None, 0)?;
+        if first_start && self.cfg.bootstrap.as_ref().and_then(|v| v.iter().min()) == Some(&me) {
+            if let Some(r) = self.replicas.get_mut(&META_GROUP) {
+                let _ = r.node.campaign();
+            }
+        }
+        self.refresh_meta_snapshot();
+        // Shard replicas in the WAL that the metadata no longer has were
+        // deleted while this node was down.
+        for g in self.wal.groups() {
+            if g == META_GROUP {
+                continue;
+            }
+            let (vol, _) = shard_of_group(g);
+            let known = self.meta.volumes.values().any(|v| v.meta.id == vol);
+            if !known {
+                tracing::info!(group = g, "dropping the replica of a deleted volume");
+                self.carry.remove_group(g);
+            }
+        }
+        let vols: Vec<_> = self.meta.volumes.values().cloned().collect();
+        for rec in vols {
+            self.start_volume(&rec)?;
+        }
+        Ok(())
+    }
+
+    fn insert_replica(
+        &mut self,
+        group: u64,
+        storage: PeerStorage,
+        apply: Option<mpsc::UnboundedSender<ApplyBatch>>,
+        preferred: u64,
+    ) -> Result<(), String> {
+        let applied = storage.applied();
+        let node = RawNode::new(&self.raft_config(applied), storage, &self.logger)
+            .map_err(|e| format!("group {group}: starting raft: {e}"))?;
+        self.replicas.insert(
+            group,
+            Replica {
+                node,
+                apply,
+                proposals: VecDeque::new(),
+                reads_new: Vec::new(),
+                reads_sent: VecDeque::new(),
+                reads_ready: Vec::new(),
+                applied,
+                durable: applied,
+                lease_until: None,
+                preferred,
+                ticks: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Opens or creates this node's replicas of a volume's shards.
+    pub(super) fn start_volume(&mut self, rec: &crate::meta::VolumeRecord) -> Result<(), String> {
+        let me = self.cfg.node;
+        if !rec.is_on(me) {
+            return Ok(());
+        }
+        self.store
+            .adopt_volume(&rec.meta)
+            .map_err(|e| format!("volume {}: {e}", rec.meta.name))?;
+        let volume = self
+            .store
+            .volume(&rec.meta.name)
+            .map_err(|e| format!("volume {}: {e}", rec.meta.name))?;
+        for (group, nodes) in rec.groups() {
+            if !nodes.contains(&me) || self.replicas.contains_key(&group) {
+                continue;
+            }
+            let (storage, fresh) = match PeerStorage::open(self.wal.clone(), group)? {
+                Some(s) => (s, false),
+                None => {
+                    self.carry_sync = true;
+                    (
+                        PeerStorage::create(self.wal.clone(), group, nodes, &mut self.carry),
+                        true,
+                    )
+                }
+            };
+            let tx = apply::spawn(group, volume.clone(), self.handle.clone());
+            self.insert_replica(group, storage, Some(tx), nodes[0])?;
+            if let Some(r) = self.replicas.get_mut(&group) {
+                set_shard_snapshot(r);
+            }
+            if fresh && nodes[0] == me {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    let _ = r.node.campaign();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state of every replica, by group.
+    pub(super) fn status(&self) -> Vec<GroupStatus> {
+        let mut out: Vec<GroupStatus> = self
+            .replicas
+            .iter()
+            .map(|(&g, r)| {
+                let raft = &r.node.raft;
+                let matched = if r.is_leader() {
+                    let mut m: Vec<(u64, u64)> =
+                        raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect();
+                    m.sort_unstable();
+                    m
+                } else {
+                    Vec::new()
+                };
+                GroupStatus {
+                    group: g,
+                    role: format!("{:?}", raft.state).to_lowercase(),
+                    leader: raft.leader_id,
+                    term: raft.term,
+                    commit: raft.raft_log.committed,
+                    applied: r.applied,
+                    durable: r.durable,
+                    first_index: r.node.store().first_index().unwrap_or(0),
+                    last_index: raft.raft_log.last_index(),
+                    matched,
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.group);
+        out
+    }
+}
