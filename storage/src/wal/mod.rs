@@ -307,8 +307,9 @@ pub struct Wal {
     dir: PathBuf,
     opts: WalOptions,
     inner: Mutex<Inner>,
-    /// Serialises writers so the record order on disk is the order of calls.
-    writer: Mutex<()>,
+    /// Serialises writers so the record order on disk is the order of
+    /// calls; holds the active segment's direct-write state.
+    writer: Mutex<segment::DirectAppender>,
     recovery: Recovery,
 }
 
@@ -371,7 +372,7 @@ impl Wal {
                 spares,
                 poisoned: None,
             }),
-            writer: Mutex::new(()),
+            writer: Mutex::new(segment::DirectAppender::default()),
             recovery,
         })
     }
@@ -394,7 +395,7 @@ impl Wal {
         if batch.is_empty() {
             return Ok(());
         }
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut appender = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let WalBatch { record, ops } = batch;
         // Check and place the record under the lock, write it without: Raft
         // reads entries from other threads meanwhile. Only writers (held
@@ -412,8 +413,8 @@ impl Wal {
         let path = segment_path(&self.dir, seq);
         let file =
             file.ok_or_else(|| WalError::io(&path, "write", std::io::ErrorKind::NotFound.into()))?;
-        if let Err(e) =
-            fail_point_write(&self.dir).and_then(|_| segment::write_record_at(&file, &rec, offset))
+        if let Err(e) = fail_point_write(&self.dir)
+            .and_then(|_| appender.write(&path, &file, seq, &rec, offset))
         {
             // Cut whatever part of the record reached the file; the next
             // record goes to the same offset.

@@ -352,6 +352,103 @@ pub fn write_record_at(file: &File, rec: &Record, offset: u64) -> std::io::Resul
     Ok(())
 }
 
+/// Block size of direct writes: offsets, lengths and buffers align to it.
+const DIRECT_BLOCK: u64 = 4096;
+
+/// Appends records to the active segment with `O_DIRECT` writes: the data
+/// goes from one reused, aligned buffer straight to the device, skipping the
+/// page-cache copy and the writeback work of `fdatasync` (most of the WAL's
+/// CPU cost at 1 MiB writes). Writes start at the block holding the end of
+/// the log, so the bytes of that partial block are kept here and written
+/// again in front of the next record; the rest of the last block is zeros,
+/// which recovery reads as the end of the log. Falls back to buffered writes
+/// where `O_DIRECT` is refused (tmpfs).
+#[derive(Default)]
+pub struct DirectAppender {
+    /// The segment and end offset the cached state is for.
+    at: Option<(u64, u64)>,
+    fd: Option<File>,
+    /// Bytes of the partial block before the end of the log.
+    tail: Vec<u8>,
+    buf: Vec<u8>,
+    /// Size of the file: a write past it is cut back to the log's end, so
+    /// a fresh segment ends where its last record does (no zero padding).
+    file_len: u64,
+}
+
+impl DirectAppender {
+    /// Writes `rec` at `offset` of segment `seq` (whose buffered handle is
+    /// `file`), the end of the log.
+    pub fn write(
+        &mut self,
+        path: &Path,
+        file: &File,
+        seq: u64,
+        rec: &Record,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        let r = self.try_write(path, file, seq, rec, offset);
+        if r.is_err() {
+            self.at = None; // reload the tail from the file next time
+        }
+        r
+    }
+
+    fn try_write(
+        &mut self,
+        path: &Path,
+        file: &File,
+        seq: u64,
+        rec: &Record,
+        offset: u64,
+    ) -> std::io::Result<()> {
+        let start = offset - offset % DIRECT_BLOCK;
+        if self.at != Some((seq, offset)) {
+            // Another segment, or the file changed under us (rotation wrote
+            // a checkpoint through the buffered handle): start afresh.
+            use std::os::unix::fs::OpenOptionsExt;
+            self.fd = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok();
+            self.tail.resize((offset - start) as usize, 0);
+            file.read_exact_at(&mut self.tail, start)?;
+            self.file_len = file.metadata()?.len();
+        }
+        let Some(fd) = &self.fd else {
+            self.at = None;
+            return write_record_at(file, rec, offset);
+        };
+        let used = self.tail.len() + rec.byte_len();
+        let padded = used.div_ceil(DIRECT_BLOCK as usize) * DIRECT_BLOCK as usize;
+        if self.buf.len() < padded + DIRECT_BLOCK as usize {
+            self.buf = vec![0; padded + DIRECT_BLOCK as usize];
+        }
+        let skew = self.buf.as_ptr().align_offset(DIRECT_BLOCK as usize);
+        let buf = &mut self.buf[skew..skew + padded];
+        buf[..self.tail.len()].copy_from_slice(&self.tail);
+        let mut at = self.tail.len();
+        for p in rec.parts() {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        buf[used..].fill(0);
+        fd.write_all_at(buf, start)?;
+        let end = offset + rec.byte_len() as u64;
+        if start + padded as u64 > self.file_len {
+            file.set_len(end)?;
+            self.file_len = end;
+        }
+        let new_start = end - end % DIRECT_BLOCK;
+        let keep = (new_start - start) as usize..used;
+        self.tail.clear();
+        self.tail.extend_from_slice(&buf[keep]);
+        self.at = Some((seq, end));
+        Ok(())
+    }
+}
+
 /// Reads `len` bytes at `offset` of an open segment.
 pub fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Bytes, WalError> {
     let mut v = vec![0u8; len];
