@@ -105,6 +105,14 @@ pub struct ServeArgs {
     /// Raft tick (elections take 20 ticks, heartbeats 3), e.g. 100ms.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub raft_tick: std::time::Duration,
+    /// Unix socket of the Docker volume plugin (cluster mode), or `off`.
+    /// While another daemon on this host serves it, this one stands by.
+    #[arg(long, default_value = raftblock_volume_driver::docker::DEFAULT_SOCKET)]
+    pub plugin_socket: String,
+    /// How long a node holding a volume attached must be unheard of before
+    /// another node may take the volume over, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub attach_grace: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -124,6 +132,8 @@ impl ServeArgs {
             join: None,
             leader_wait: std::time::Duration::from_secs(30),
             raft_tick: std::time::Duration::from_millis(100),
+            plugin_socket: "off".into(),
+            attach_grace: std::time::Duration::from_secs(15),
         }
     }
 }

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -14,7 +15,9 @@ use raftblock_volume_driver::{ExportCatalog, ExportInfo, NbdMetrics, NbdServer, 
 
 use crate::admin::{self, AdminState};
 use crate::cli::ServeArgs;
+use crate::docker_volumes::ClusterVolumes;
 use crate::replication::{self, ClusterExports, ClusterNode};
+use raftblock_volume_driver::docker::{self, Plugin};
 
 /// How long in-flight NBD requests may take to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -99,6 +102,9 @@ pub struct Node {
     pub nbd_addr: SocketAddr,
     /// Bound admin address.
     pub admin_addr: SocketAddr,
+    /// Docker plugin socket (cluster mode) and the attach grace period.
+    plugin: Option<(PathBuf, Duration)>,
+    data_dir: PathBuf,
 }
 
 impl Node {
@@ -128,7 +134,13 @@ impl Node {
         } else {
             None
         };
+        let plugin = match (&cluster, args.plugin_socket.as_str()) {
+            (None, _) | (_, "off") => None,
+            (Some(_), path) => Some((PathBuf::from(path), args.attach_grace)),
+        };
         Ok(Node {
+            plugin,
+            data_dir: args.data_dir.clone(),
             nbd_addr,
             admin_addr,
             store,
@@ -155,6 +167,13 @@ impl Node {
         let nbd_task = match &self.cluster {
             Some(c) => {
                 c.spawn_membership();
+                if let Some((socket, grace)) = self.plugin.clone() {
+                    let backend = Arc::new(ClusterVolumes::new(c.cluster.clone(), grace));
+                    let plugin = Plugin::new(backend, &self.data_dir.join("docker"))
+                        .map_err(|e| anyhow::anyhow!(e))
+                        .context("starting the Docker volume plugin")?;
+                    tokio::spawn(docker::serve(socket, plugin));
+                }
                 let exports = Arc::new(ClusterExports {
                     cluster: c.cluster.clone(),
                 });

@@ -9,6 +9,7 @@ mod cli;
 pub mod client;
 mod daemon;
 mod demo;
+mod docker_volumes;
 mod replication;
 pub mod size;
 mod status;

@@ -5,7 +5,8 @@
 //! crash the entries since the last durable applied index are simply applied
 //! again; the task makes its chunks durable (fdatasync) now and then and
 //! only then tells the driver it may record the applied index and drop the
-//! log before it.
+//! log before it. The task also keeps the shard's attach-epoch fence
+//! (`fence`): Fence entries raise it, and writes below it are refused.
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -18,6 +19,8 @@ use raftblock_storage::{LocalVolume, VolumeIo, ZeroMode};
 
 use crate::command::{BlockOp, ShardCommand};
 use crate::driver::{DriverHandle, ReplicaError, Reply};
+use crate::fence::FenceHistory;
+use crate::meta::shard_of_group;
 
 /// How long applied data may stay only in the page cache (the log still has it).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -30,6 +33,46 @@ pub struct ApplyBatch {
     pub entries: Vec<Entry>,
     /// `(index, reply)` of local proposals in these entries.
     pub replies: Vec<(u64, Reply)>,
+    /// A snapshot was installed: `(its index, the fence it carries)`.
+    pub snapshot_fence: Option<(u64, u64)>,
+}
+
+/// The shard's fence, loaded from and saved to its file.
+struct Fence {
+    group: u64,
+    path: std::path::PathBuf,
+    history: FenceHistory,
+}
+
+impl Fence {
+    fn load(group: u64, volume: &LocalVolume) -> Fence {
+        let path = FenceHistory::path(volume.dir(), shard_of_group(group).1);
+        let history = FenceHistory::load(&path).unwrap_or_else(|e| {
+            tracing::error!(group, error = %e, "unreadable shard fence; starting unfenced");
+            FenceHistory::default()
+        });
+        Fence {
+            group,
+            path,
+            history,
+        }
+    }
+
+    /// Raises the fence to `epoch` at `index`, durably, before anything after
+    /// it is applied.
+    fn raise(&mut self, index: u64, epoch: u64, driver: &DriverHandle) {
+        if !self.history.record(index, epoch) {
+            return;
+        }
+        if let Err(e) = self.history.save(&self.path) {
+            // The log still holds the entry until the applied index is
+            // durable, which needs this file; an error here is retried by
+            // the next fence or snapshot. Writes are still refused in memory.
+            tracing::error!(group = self.group, error = %e, "saving the shard fence");
+        }
+        tracing::info!(group = self.group, epoch, index, "shard fenced");
+        driver.fenced(self.group, self.history.fences.clone());
+    }
 }
 
 /// Starts the apply task of shard `group` over `volume`.
@@ -49,6 +92,8 @@ async fn run(
     driver: DriverHandle,
     mut rx: mpsc::UnboundedReceiver<ApplyBatch>,
 ) {
+    let mut fence = Fence::load(group, &volume);
+    driver.fenced(group, fence.history.fences.clone());
     let mut applied = 0u64;
     let mut durable = 0u64;
     let mut unsynced = 0u64;
@@ -99,12 +144,15 @@ async fn run(
             }
             return;
         };
+        if let Some((index, epoch)) = batch.snapshot_fence {
+            fence.raise(index, epoch, &driver);
+        }
         let mut replies = batch.replies.into_iter().peekable();
         for e in batch.entries {
             let result = if e.data.is_empty() {
                 Ok(0) // a new leader's empty entry, or a conf change
             } else {
-                apply_entry(group, &volume, e.index, e.data.clone(), &rx).await
+                apply_entry(group, &volume, e.index, e.data.clone(), &rx, &mut fence, &driver).await
             };
             let failed = match result {
                 Ok(n) => {
@@ -136,14 +184,17 @@ async fn run(
 /// Applies one entry; returns the bytes it wrote. A command that cannot be
 /// decoded or is outside the volume is logged and skipped on every replica
 /// alike (it can only come from a bug, and stopping the shard would be
-/// worse); a device error is retried, since skipping it would let this
-/// replica silently differ from the others.
+/// worse), and so is a write from a fenced-off epoch; a device error is
+/// retried, since skipping it would let this replica silently differ from
+/// the others.
 async fn apply_entry(
     group: u64,
     volume: &LocalVolume,
     index: u64,
     data: Bytes,
     rx: &mpsc::UnboundedReceiver<ApplyBatch>,
+    fence: &mut Fence,
+    driver: &DriverHandle,
 ) -> Result<u64, String> {
     let cmd = match ShardCommand::decode(data) {
         Ok(c) => c,
@@ -152,6 +203,20 @@ async fn apply_entry(
             return Err(format!("undecodable entry {index}: {e}"));
         }
     };
+    if let Some(BlockOp::Fence(_)) = cmd.op {
+        fence.raise(index, cmd.epoch, driver);
+        return Ok(0);
+    }
+    if fence.history.refuses(cmd.epoch) {
+        let (_, shard) = shard_of_group(group);
+        tracing::warn!(group, index, epoch = cmd.epoch, fence = fence.history.current(), "refused a write from a fenced-off attachment");
+        return Err(format!(
+            "volume {} shard {shard}: write with attach epoch {} refused; the volume was attached again (epoch {})",
+            volume.name(),
+            cmd.epoch,
+            fence.history.current()
+        ));
+    }
     let mut delay = Duration::from_millis(10);
     let mut reported = false;
     loop {
@@ -169,7 +234,7 @@ async fn apply_entry(
                 .write_zeroes(z.offset, z.len, ZeroMode::Punch, false)
                 .await
                 .map(|_| 0),
-            None => Ok(0),
+            Some(BlockOp::Fence(_)) | None => Ok(0),
         };
         match r {
             Ok(n) => return Ok(n),

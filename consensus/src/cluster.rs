@@ -77,6 +77,7 @@ pub struct Cluster {
     last_seen: Mutex<HashMap<u64, Instant>>,
     hints: RwLock<HashMap<u64, u64>>,
     leader_wait: Duration,
+    started: Instant,
 }
 
 impl Cluster {
@@ -103,6 +104,7 @@ impl Cluster {
             last_seen: Mutex::new(HashMap::new()),
             hints: RwLock::new(HashMap::new()),
             leader_wait,
+            started: Instant::now(),
         });
         tokio::spawn(route_events(c.clone(), events));
         tokio::spawn(fetch_snapshots(c.clone(), snapshots));
@@ -157,6 +159,19 @@ impl Cluster {
         live.sort_unstable();
         live.dedup();
         live
+    }
+
+    /// How long `node` has not been heard from (since this node started,
+    /// if never).
+    pub fn silent_for(&self, node: u64) -> Duration {
+        if node == self.node {
+            return Duration::ZERO;
+        }
+        lock(&self.last_seen)
+            .get(&node)
+            .copied()
+            .unwrap_or(self.started)
+            .elapsed()
     }
 
     fn seen(&self, node: u64) {
@@ -497,6 +512,7 @@ impl Cluster {
         chunk_size: u64,
         replicas: u32,
         shards: u32,
+        labels: std::collections::BTreeMap<String, String>,
     ) -> Result<VolumeRecord, RouteError> {
         // Right after start-up, members may not have registered or been
         // heard from yet: give placement a few seconds before refusing.
@@ -519,6 +535,7 @@ impl Cluster {
             replicas,
             shards,
             created_unix: raftblock_storage::catalog::unix_now(),
+            labels,
         })
         .await?;
         self.view

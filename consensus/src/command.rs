@@ -16,7 +16,7 @@ pub struct ShardCommand {
     #[prost(uint64, tag = "2")]
     pub epoch: u64,
     /// What to do.
-    #[prost(oneof = "BlockOp", tags = "3, 4, 5, 6")]
+    #[prost(oneof = "BlockOp", tags = "3, 4, 5, 6, 7")]
     pub op: Option<BlockOp>,
 }
 
@@ -35,7 +35,15 @@ pub enum BlockOp {
     /// Zero `[offset, offset + len)`, punching holes where whole blocks are covered.
     #[prost(message, tag = "6")]
     Zero(RangeOp),
+    /// From here on, refuse writes whose epoch is below this command's
+    /// (the volume was attached again, with this epoch).
+    #[prost(message, tag = "7")]
+    Fence(FenceOp),
 }
+
+/// A fence; its epoch is the command's.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FenceOp {}
 
 /// A write.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -96,6 +104,15 @@ impl ShardCommand {
         }
     }
 
+    /// A fence at `epoch`.
+    pub fn fence(volume: u64, epoch: u64) -> ShardCommand {
+        ShardCommand {
+            volume,
+            epoch,
+            op: Some(BlockOp::Fence(FenceOp {})),
+        }
+    }
+
     /// Encodes for a Raft proposal.
     pub fn encode_bytes(&self) -> Bytes {
         self.encode_to_vec().into()
@@ -113,7 +130,7 @@ impl ShardCommand {
             Some(BlockOp::Trim(r)) | Some(BlockOp::ZeroAllocated(r)) | Some(BlockOp::Zero(r)) => {
                 Some((r.offset, r.len))
             }
-            None => None,
+            Some(BlockOp::Fence(_)) | None => None,
         }
     }
 }
@@ -128,6 +145,7 @@ mod tests {
             ShardCommand::write(3, 7, 4096, Bytes::from_static(b"abc")),
             ShardCommand::trim(3, 7, 0, 1 << 20),
             ShardCommand::zero_allocated(3, 0, 8192, 4096),
+            ShardCommand::fence(3, 9),
         ];
         for c in cmds {
             let back = ShardCommand::decode_bytes(&c.encode_bytes())?;

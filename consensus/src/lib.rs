@@ -10,9 +10,11 @@
 //! volume as a `VolumeIo` for the NBD server.
 
 pub mod apply;
+pub mod attachment;
 pub mod cluster;
 pub mod command;
 pub mod driver;
+pub mod fence;
 pub mod layout;
 pub mod meta;
 pub mod peer_storage;
@@ -21,6 +23,7 @@ pub mod rpc;
 pub mod snapshot;
 pub mod transport;
 
+pub use attachment::AttachError;
 pub use cluster::{Cluster, ShardOp};
 pub use driver::{ClusterView, Driver, DriverConfig, DriverHandle, GroupStatus, ReplicaError};
 pub use layout::{ShardId, ShardLayout};

@@ -51,6 +51,27 @@ pub struct VolumeRecord {
     /// For every shard, the nodes holding its replicas (the first one is
     /// the preferred leader).
     pub shards: Vec<Vec<u64>>,
+    /// Free-form labels set at creation (the Docker plugin keeps `fs` here).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Bumped by every attach; writes of an attached volume carry it and
+    /// shards refuse older ones (fencing).
+    #[serde(default)]
+    pub attach_epoch: u64,
+    /// The node the volume is attached on, if any.
+    #[serde(default)]
+    pub attachment: Option<Attachment>,
+}
+
+/// A volume attached on a node for exclusive use (a lease in the metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The node holding it.
+    pub node: u64,
+    /// Its attach epoch.
+    pub epoch: u64,
+    /// When it was attached (seconds since the epoch, from the proposer).
+    pub since_unix: u64,
 }
 
 impl VolumeRecord {
@@ -92,11 +113,37 @@ pub enum MetaCommand {
         shards: Vec<Vec<u64>>,
         /// Creation time (seconds since the epoch, from the proposer).
         created_unix: u64,
+        /// Labels.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
     },
-    /// Deletes a volume.
+    /// Deletes a volume (refused while it is attached).
     DeleteVolume {
         /// Name.
         name: String,
+    },
+    /// Attaches a volume on `node` with the next epoch. Applies only if the
+    /// volume's epoch is still `expect_epoch` (what the proposer looked at),
+    /// and, when another node holds it, only with `takeover` (the proposer
+    /// judged that node dead).
+    Attach {
+        /// Volume name.
+        name: String,
+        /// The node taking it.
+        node: u64,
+        /// The attach epoch the proposer saw.
+        expect_epoch: u64,
+        /// Take it from another node.
+        takeover: bool,
+        /// Time of the attach (seconds since the epoch).
+        since_unix: u64,
+    },
+    /// Ends the attachment with epoch `epoch` (a no-op once it moved on).
+    Detach {
+        /// Volume name.
+        name: String,
+        /// The attachment's epoch.
+        epoch: u64,
     },
 }
 
@@ -124,6 +171,26 @@ pub enum MetaError {
     /// The placement does not fit the cluster.
     #[error("{0}")]
     Placement(String),
+    /// The volume is attached on a node.
+    #[error("volume {name} is attached on node {node} (epoch {epoch})")]
+    Attached {
+        /// Volume name.
+        name: String,
+        /// The holder.
+        node: u64,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// Another attach happened since the proposer looked.
+    #[error("volume {name} was attached again meanwhile (epoch {current}, expected {expected})")]
+    EpochMoved {
+        /// Volume name.
+        name: String,
+        /// What the proposer saw.
+        expected: u64,
+        /// What it is.
+        current: u64,
+    },
     /// A log entry that is not a metadata command.
     #[error("undecodable metadata command: {0}")]
     Undecodable(String),
@@ -178,6 +245,7 @@ impl MetaState {
                 replicas,
                 shards,
                 created_unix,
+                labels,
             } => {
                 if self.volumes.contains_key(&name) {
                     return Err(MetaError::VolumeExists(name));
@@ -196,14 +264,76 @@ impl MetaState {
                     },
                     replicas,
                     shards,
+                    labels,
+                    attach_epoch: 0,
+                    attachment: None,
                 };
                 self.volumes.insert(name, rec.clone());
                 Ok(MetaEffect::VolumeCreated(rec))
             }
-            MetaCommand::DeleteVolume { name } => match self.volumes.remove(&name) {
-                Some(rec) => Ok(MetaEffect::VolumeDeleted(rec)),
-                None => Err(MetaError::VolumeNotFound(name)),
-            },
+            MetaCommand::DeleteVolume { name } => {
+                match self.volumes.get(&name).and_then(|v| v.attachment.as_ref()) {
+                    Some(a) => Err(MetaError::Attached {
+                        name,
+                        node: a.node,
+                        epoch: a.epoch,
+                    }),
+                    None => match self.volumes.remove(&name) {
+                        Some(rec) => Ok(MetaEffect::VolumeDeleted(rec)),
+                        None => Err(MetaError::VolumeNotFound(name)),
+                    },
+                }
+            }
+            MetaCommand::Attach {
+                name,
+                node,
+                expect_epoch,
+                takeover,
+                since_unix,
+            } => {
+                if !self.nodes.contains_key(&node) {
+                    return Err(MetaError::Placement(format!(
+                        "node {node} is not a member"
+                    )));
+                }
+                let rec = self
+                    .volumes
+                    .get_mut(&name)
+                    .ok_or_else(|| MetaError::VolumeNotFound(name.clone()))?;
+                if rec.attach_epoch != expect_epoch {
+                    return Err(MetaError::EpochMoved {
+                        name,
+                        expected: expect_epoch,
+                        current: rec.attach_epoch,
+                    });
+                }
+                if let Some(a) = &rec.attachment {
+                    if a.node != node && !takeover {
+                        return Err(MetaError::Attached {
+                            name,
+                            node: a.node,
+                            epoch: a.epoch,
+                        });
+                    }
+                }
+                rec.attach_epoch += 1;
+                rec.attachment = Some(Attachment {
+                    node,
+                    epoch: rec.attach_epoch,
+                    since_unix,
+                });
+                Ok(MetaEffect::None)
+            }
+            MetaCommand::Detach { name, epoch } => {
+                let rec = self
+                    .volumes
+                    .get_mut(&name)
+                    .ok_or_else(|| MetaError::VolumeNotFound(name.clone()))?;
+                if rec.attachment.as_ref().is_some_and(|a| a.epoch == epoch) {
+                    rec.attachment = None;
+                }
+                Ok(MetaEffect::None)
+            }
         }
     }
 
@@ -321,6 +451,7 @@ mod tests {
             replicas,
             shards,
             created_unix: 0,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -372,6 +503,52 @@ mod tests {
         let path = dir.path().join("meta.json");
         m.save(&path).expect("save");
         assert_eq!(MetaState::load(&path).expect("load"), m);
+    }
+
+    fn attach(name: &str, node: u64, expect_epoch: u64, takeover: bool) -> MetaCommand {
+        MetaCommand::Attach {
+            name: name.into(),
+            node,
+            expect_epoch,
+            takeover,
+            since_unix: 0,
+        }
+    }
+
+    #[test]
+    fn attach_is_exclusive_compare_and_set_and_blocks_delete() {
+        let mut m = MetaState::default();
+        m.apply(1, node(1)).expect("node");
+        m.apply(2, node(2)).expect("node");
+        m.apply(3, create("v", 2, vec![vec![1, 2]])).expect("create");
+        m.apply(4, attach("v", 1, 0, false)).expect("attach");
+        assert_eq!(m.volumes["v"].attach_epoch, 1);
+        // Node 2 cannot take it without a takeover, nor with a stale epoch.
+        assert!(matches!(
+            m.apply(5, attach("v", 2, 1, false)),
+            Err(MetaError::Attached { node: 1, epoch: 1, .. })
+        ));
+        assert!(matches!(
+            m.apply(6, attach("v", 2, 0, true)),
+            Err(MetaError::EpochMoved { current: 1, .. })
+        ));
+        assert!(matches!(
+            m.apply(7, MetaCommand::DeleteVolume { name: "v".into() }),
+            Err(MetaError::Attached { .. })
+        ));
+        m.apply(8, attach("v", 2, 1, true)).expect("takeover");
+        let a = m.volumes["v"].attachment.clone().expect("attached");
+        assert_eq!((a.node, a.epoch), (2, 2));
+        // The old holder's detach is a no-op; the new one's ends it.
+        m.apply(9, MetaCommand::Detach { name: "v".into(), epoch: 1 })
+            .expect("stale detach");
+        assert!(m.volumes["v"].attachment.is_some());
+        m.apply(10, MetaCommand::Detach { name: "v".into(), epoch: 2 })
+            .expect("detach");
+        assert_eq!(m.volumes["v"].attachment, None);
+        assert_eq!(m.volumes["v"].attach_epoch, 2);
+        m.apply(11, MetaCommand::DeleteVolume { name: "v".into() })
+            .expect("delete");
     }
 
     #[test]

@@ -48,6 +48,18 @@ impl ClusterVolume {
         }
     }
 
+    /// The same volume writing under attach epoch `epoch` (its writes are
+    /// refused once the volume was attached again with a newer epoch).
+    pub fn with_epoch(mut self, epoch: u64) -> ClusterVolume {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The attach epoch writes carry (0: unfenced).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The volume's record.
     pub fn record(&self) -> &VolumeRecord {
         &self.rec

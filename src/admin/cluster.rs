@@ -23,7 +23,9 @@ impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
         let status = match &e {
             RouteError::Replica(ReplicaError::Meta(m)) => match m {
-                MetaError::VolumeExists(_) => StatusCode::CONFLICT,
+                MetaError::VolumeExists(_)
+                | MetaError::Attached { .. }
+                | MetaError::EpochMoved { .. } => StatusCode::CONFLICT,
                 MetaError::VolumeNotFound(_) => StatusCode::NOT_FOUND,
                 MetaError::Placement(_) => StatusCode::BAD_REQUEST,
                 MetaError::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -127,7 +129,7 @@ pub async fn create(
     let shards = shards
         .unwrap_or_else(|| raftblock_consensus::layout::default_shards(size, chunk_size).max(3));
     let rec = c
-        .create_volume(name, size, chunk_size, replicas, shards)
+        .create_volume(name, size, chunk_size, replicas, shards, Default::default())
         .await?;
     Ok(volume_view(s, c, &rec))
 }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod io;
 mod locks;
+pub mod size;
 pub mod store;
 pub mod volume;
 pub mod wal;

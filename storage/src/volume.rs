@@ -64,6 +64,11 @@ impl LocalVolume {
         }
     }
 
+    /// The directory holding the volume's chunks on this node.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// The catalog entry.
     pub fn meta(&self) -> &VolumeMeta {
         &self.meta

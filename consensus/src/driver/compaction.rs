@@ -84,7 +84,7 @@ pub(super) fn set_shard_snapshot(r: &mut Replica) {
     };
     md.set_conf_state(store.conf_state());
     let mut snap = Snapshot {
-        data: Bytes::from_static(b"raftblock shard chunks"),
+        data: Bytes::from(crate::fence::snapshot_marker(r.fences.at(index))),
         ..Snapshot::default()
     };
     snap.set_metadata(md);

@@ -76,6 +76,13 @@ impl Driver {
                 }
             }
             DriverMsg::Durable { group, index } => self.durable(group, index),
+            DriverMsg::Fenced { group, fences } => {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    r.fences = crate::fence::FenceHistory { fences };
+                    // The snapshot offered to followers carries the fence.
+                    super::compaction::set_shard_snapshot(r);
+                }
+            }
             DriverMsg::SnapshotFetched { group, msg } => {
                 self.fetching.remove(&group);
                 if let (Some(m), Some(r)) = (msg, self.replicas.get_mut(&group)) {

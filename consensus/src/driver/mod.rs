@@ -146,6 +146,13 @@ pub enum DriverMsg {
         /// Durable applied index.
         index: u64,
     },
+    /// A shard's fence history changed (or was loaded).
+    Fenced {
+        /// Group.
+        group: u64,
+        /// `(index, epoch)` of its fences.
+        fences: Vec<(u64, u64)>,
+    },
     /// The state of every replica.
     Status(oneshot::Sender<Vec<GroupStatus>>),
     /// Stop the driver.
@@ -190,6 +197,11 @@ impl DriverHandle {
     /// Reports durable apply progress of a shard.
     pub fn durable(&self, group: u64, index: u64) {
         self.send(DriverMsg::Durable { group, index });
+    }
+
+    /// Reports a shard's fence history.
+    pub fn fenced(&self, group: u64, fences: Vec<(u64, u64)>) {
+        self.send(DriverMsg::Fenced { group, fences });
     }
 
     /// The state of every replica on this node.

@@ -210,7 +210,11 @@ fn dispatch(
     if group != META_GROUP {
         match &r.apply {
             Some(tx) => {
-                if let Err(mpsc::error::SendError(b)) = tx.send(ApplyBatch { entries, replies }) {
+                if let Err(mpsc::error::SendError(b)) = tx.send(ApplyBatch {
+                    entries,
+                    replies,
+                    snapshot_fence: None,
+                }) {
                     for (_, reply) in b.replies {
                         let _ = reply.send(Err(ReplicaError::Stopped));
                     }
@@ -263,8 +267,17 @@ fn install_snapshot(
     if group == META_GROUP {
         install_meta_snapshot(index, snap, meta, effects, meta_changed);
     } else {
-        // The data was copied and synced before the message was stepped.
-        tracing::info!(group, index, "shard snapshot installed");
+        // The data was copied and synced before the message was stepped;
+        // the fence that held at the snapshot's index comes with it.
+        let fence = crate::fence::fence_of_marker(snap.get_data());
+        tracing::info!(group, index, fence, "shard snapshot installed");
+        if let Some(tx) = &r.apply {
+            let _ = tx.send(ApplyBatch {
+                entries: Vec::new(),
+                replies: Vec::new(),
+                snapshot_fence: Some((index, fence)),
+            });
+        }
     }
     r.node.mut_store().stage_snapshot(snap, batch);
     r.applied = index;

@@ -41,6 +41,8 @@ pub(super) struct Replica {
     /// Node that should lead this group when it can (first replica).
     pub(super) preferred: u64,
     pub(super) ticks: u64,
+    /// The shard's fences as its apply task reported them (for snapshots).
+    pub(super) fences: crate::fence::FenceHistory,
 }
 
 impl Replica {
@@ -147,6 +149,7 @@ impl Driver {
                 lease_until: None,
                 preferred,
                 ticks: 0,
+                fences: Default::default(),
             },
         );
         Ok(())

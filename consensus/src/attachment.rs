@@ -1,0 +1,143 @@
+//! Exclusive attachment of a volume to one node, for the Docker plugin: a
+//! lease in the metadata (`MetaCommand::Attach`, compare-and-set on the
+//! volume's attach epoch) and then a Fence entry at the new epoch in every
+//! shard's log, so a node that lost the volume (cut off, frozen, or dead and
+//! later restarted) has its late writes refused by every replica. Another
+//! node may take the volume over only once the holder has not been heard
+//! from for the grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::{Cluster, ShardOp};
+use crate::command::ShardCommand;
+use crate::driver::ReplicaError;
+use crate::meta::{MetaCommand, MetaError};
+use crate::router::ClusterVolume;
+use crate::rpc::RouteError;
+
+/// Why a volume could not be attached here.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// No such volume.
+    #[error("no such volume: {0}")]
+    NotFound(String),
+    /// Another node holds it and was heard from within the grace period.
+    #[error(
+        "volume {name} is attached on node {node} (epoch {epoch}), which was heard from {silent_ms} ms ago; \
+         it can be taken over once that node has been silent for {grace_ms} ms"
+    )]
+    HeldElsewhere {
+        /// Volume.
+        name: String,
+        /// The holder.
+        node: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// How long the holder has been silent.
+        silent_ms: u128,
+        /// The grace period.
+        grace_ms: u128,
+    },
+    /// The metadata or a shard could not be reached.
+    #[error("attaching volume {name}: {source}")]
+    Route {
+        /// Volume.
+        name: String,
+        /// What failed.
+        source: RouteError,
+    },
+}
+
+impl Cluster {
+    /// Attaches `name` on this node with a new epoch, fences every shard at
+    /// it, and returns the volume writing under that epoch. Taking it from
+    /// another node needs that node silent for `grace`.
+    pub async fn attach_volume(
+        self: &Arc<Self>,
+        name: &str,
+        grace: Duration,
+    ) -> Result<ClusterVolume, AttachError> {
+        let route = |source| AttachError::Route {
+            name: name.to_string(),
+            source,
+        };
+        let mut attempts = 0;
+        let epoch = loop {
+            attempts += 1;
+            self.meta_barrier(Duration::from_secs(5)).await;
+            let rec = self
+                .view()
+                .meta()
+                .volumes
+                .get(name)
+                .cloned()
+                .ok_or_else(|| AttachError::NotFound(name.to_string()))?;
+            let takeover = match &rec.attachment {
+                Some(a) if a.node != self.node() => {
+                    let silent = self.silent_for(a.node);
+                    if silent < grace {
+                        return Err(AttachError::HeldElsewhere {
+                            name: name.to_string(),
+                            node: a.node,
+                            epoch: a.epoch,
+                            silent_ms: silent.as_millis(),
+                            grace_ms: grace.as_millis(),
+                        });
+                    }
+                    tracing::warn!(volume = name, holder = a.node, epoch = a.epoch, silent_ms = silent.as_millis() as u64, "taking over a volume from a silent node");
+                    true
+                }
+                _ => false,
+            };
+            let cmd = MetaCommand::Attach {
+                name: name.to_string(),
+                node: self.node(),
+                expect_epoch: rec.attach_epoch,
+                takeover,
+                since_unix: raftblock_storage::catalog::unix_now(),
+            };
+            match self.propose_meta(cmd).await {
+                Ok(()) => {}
+                Err(RouteError::Replica(ReplicaError::Meta(MetaError::EpochMoved { .. })))
+                    if attempts < 3 =>
+                {
+                    continue
+                }
+                Err(e) => return Err(route(e)),
+            }
+            let meta = self.view().meta();
+            match meta.volumes.get(name).and_then(|v| v.attachment.clone()) {
+                Some(a) if a.node == self.node() => break a.epoch,
+                _ if attempts < 3 => continue,
+                _ => return Err(AttachError::NotFound(name.to_string())),
+            }
+        };
+        let rec = self
+            .view()
+            .meta()
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AttachError::NotFound(name.to_string()))?;
+        // Fence every shard before the first write under the new epoch.
+        for (group, replicas) in rec.groups() {
+            let cmd = ShardCommand::fence(rec.meta.id, epoch).encode_bytes();
+            self.execute(group, replicas, ShardOp::Propose(cmd))
+                .await
+                .map_err(route)?;
+        }
+        tracing::info!(volume = name, epoch, "attached here");
+        Ok(ClusterVolume::new(self.clone(), rec).with_epoch(epoch))
+    }
+
+    /// Ends this node's attachment of `name` at `epoch` (a no-op once the
+    /// volume moved on).
+    pub async fn detach_volume(&self, name: &str, epoch: u64) -> Result<(), RouteError> {
+        self.propose_meta(MetaCommand::Detach {
+            name: name.to_string(),
+            epoch,
+        })
+        .await
+    }
+}

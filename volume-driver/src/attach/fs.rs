@@ -1,0 +1,88 @@
+//! Filesystems on attached volumes: find out whether a device holds one,
+//! make one on first mount, mount and unmount. These run the system's own
+//! tools (`blkid`, `mkfs.*`, `mount`), as an operator would.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::docker::api::Filesystem;
+
+fn run(cmd: &mut Command) -> Result<std::process::Output, String> {
+    let shown = format!("{cmd:?}");
+    cmd.output().map_err(|e| format!("{shown}: {e}"))
+}
+
+fn check(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The filesystem type on `dev`, or `None` when it holds none.
+pub fn probe(dev: &Path) -> Result<Option<String>, String> {
+    let out = run(Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(dev))?;
+    match out.status.code() {
+        Some(0) => {
+            let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Ok((!t.is_empty()).then_some(t))
+        }
+        // 2: nothing recognised on the device.
+        Some(2) => Ok(None),
+        _ => Err(format!(
+            "blkid {}: {}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// Makes a filesystem on `dev`.
+pub fn make(dev: &Path, fs: Filesystem) -> Result<(), String> {
+    match fs {
+        // No discard pass: a new volume is all holes already.
+        Filesystem::Ext4 => check(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-E", "nodiscard"])
+                .arg(dev),
+        ),
+        Filesystem::Xfs => check(Command::new("mkfs.xfs").args(["-q", "-f", "-K"]).arg(dev)),
+    }
+}
+
+/// Mounts `dev` (holding `fs`) on `dir`, creating `dir`.
+pub fn mount(dev: &Path, dir: &Path, fs: &str) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    check(Command::new("mount").args(["-t", fs]).arg(dev).arg(dir))
+}
+
+/// Unmounts `dir` (flushing the filesystem to the volume).
+pub fn unmount(dir: &Path) -> Result<(), String> {
+    check(Command::new("umount").arg(dir))
+}
+
+/// Detaches whatever is mounted on `dir` now and cleans up when it is no
+/// longer busy (for mounts whose device is already dead).
+pub fn unmount_lazy(dir: &Path) -> Result<(), String> {
+    check(Command::new("umount").arg("-l").arg(dir))
+}
+
+/// Whether something is mounted on `dir` (from /proc/self/mountinfo).
+pub fn is_mounted(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = dir.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m == want)
+}

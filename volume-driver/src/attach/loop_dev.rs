@@ -1,0 +1,63 @@
+//! Loop devices: bind a file to `/dev/loopN` and release it again, with
+//! util-linux's `losetup`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Binds `file` to a free loop device and returns the device.
+pub fn bind(file: &Path) -> Result<PathBuf, String> {
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(file)
+        .output()
+        .map_err(|e| format!("losetup: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "losetup --find --show {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if dev.is_empty() {
+        return Err("losetup printed no device".into());
+    }
+    Ok(PathBuf::from(dev))
+}
+
+/// Releases `dev`.
+pub fn release(dev: &Path) -> Result<(), String> {
+    let out = Command::new("losetup")
+        .arg("-d")
+        .arg(dev)
+        .output()
+        .map_err(|e| format!("losetup -d: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "losetup -d {}: {}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Loop devices bound to files under `dir` (left over from an earlier run).
+pub fn bound_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(out) = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let dev = PathBuf::from(it.next()?);
+            let file = PathBuf::from(it.next()?);
+            file.starts_with(dir).then_some((dev, file))
+        })
+        .collect()
+}

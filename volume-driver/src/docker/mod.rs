@@ -1,0 +1,437 @@
+//! The Docker volume plugin: dockerd's legacy `VolumeDriver` API over a unix
+//! socket. Create/Remove/Get/List/Capabilities go to the store through
+//! [`VolumeBackend`]; Mount attaches the volume on this node (FUSE file +
+//! loop device), makes the filesystem on first use and mounts it under the
+//! data directory, reference-counted by the IDs dockerd sends; the last
+//! Unmount detaches. Errors are answered as HTTP 500 with `{"Err": ...}`.
+
+pub mod api;
+pub mod backend;
+pub mod mounts;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::net::UnixListener;
+
+use crate::attach::{self, Attached};
+use api::{CreateOptions, CreateRequest, Filesystem, MountRequest, NameRequest, VolumeView};
+pub use backend::{VolumeBackend, VolumeInfo};
+use mounts::{MountTable, MountedVolume};
+
+/// Default path of the plugin socket (dockerd looks there for `raftblock`).
+pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/raftblock.sock";
+
+/// The plugin's state on this node.
+pub struct Plugin<B: VolumeBackend> {
+    backend: Arc<B>,
+    /// Mountpoints and FUSE files live under here.
+    root: PathBuf,
+    table: Mutex<MountTable>,
+    attached: Mutex<HashMap<String, Attached>>,
+    /// One Mount/Unmount at a time per volume.
+    busy: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ok(v: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, api::CONTENT_TYPE)],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn err(msg: impl std::fmt::Display) -> Response {
+    let body = json!({ "Err": msg.to_string() });
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, api::CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Parses a request body; dockerd sends no content type, and an empty body
+/// for Activate.
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| err(format!("malformed request: {e}")))
+}
+
+impl<B: VolumeBackend> Plugin<B> {
+    /// The plugin over `backend`, keeping its mounts under `root`.
+    pub fn new(backend: Arc<B>, root: &Path) -> Result<Arc<Plugin<B>>, String> {
+        let table = MountTable::load(&root.join("mounts.json"))?;
+        attach::log_method();
+        Ok(Arc::new(Plugin {
+            backend,
+            root: root.to_path_buf(),
+            table: Mutex::new(table),
+            attached: Mutex::new(HashMap::new()),
+            busy: tokio::sync::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn work_dir(&self, name: &str) -> PathBuf {
+        self.root.join("volumes").join(name)
+    }
+
+    fn mountpoint(&self, name: &str) -> PathBuf {
+        self.work_dir(name).join("mnt")
+    }
+
+    async fn volume_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.busy
+            .lock()
+            .await
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn view(&self, v: &VolumeInfo) -> VolumeView {
+        let mounted = lock(&self.table).volumes.get(&v.name).cloned();
+        let mut status = BTreeMap::new();
+        status.insert("size".into(), json!(v.size));
+        status.insert("replicas".into(), json!(v.replicas));
+        status.insert("fs".into(), json!(v.fs.as_deref().unwrap_or("ext4")));
+        if let Some(n) = v.attached_to {
+            status.insert("attached_to_node".into(), json!(n));
+        }
+        if let Some(m) = &mounted {
+            status.insert("device".into(), json!(m.device));
+            status.insert("mounts".into(), json!(m.ids.len()));
+        }
+        VolumeView {
+            name: v.name.clone(),
+            mountpoint: mounted
+                .map(|m| m.mountpoint.display().to_string())
+                .unwrap_or_default(),
+            status,
+        }
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<Value, String> {
+        let opts = CreateOptions::parse(&req.opts.unwrap_or_default())
+            .map_err(|e| format!("volume {}: {e}", req.name))?;
+        self.backend.create(&req.name, &opts).await?;
+        Ok(json!({ "Err": "" }))
+    }
+
+    async fn remove(&self, name: &str) -> Result<Value, String> {
+        if lock(&self.table).volumes.contains_key(name) {
+            return Err(format!("volume {name} is mounted on this node"));
+        }
+        self.backend.remove(name).await?;
+        Ok(json!({ "Err": "" }))
+    }
+
+    async fn mount(self: &Arc<Self>, req: MountRequest) -> Result<Value, String> {
+        let name = req.name.clone();
+        let guard = self.volume_lock(&name).await;
+        let _held = guard.lock().await;
+        {
+            let mut t = lock(&self.table);
+            if let Some(m) = t.volumes.get_mut(&name) {
+                if lock(&self.attached).contains_key(&name) {
+                    // Already attached here: one more user (or a re-sent ID).
+                    m.ids.insert(req.id.clone());
+                    let mp = m.mountpoint.clone();
+                    t.save()?;
+                    return Ok(json!({ "Mountpoint": mp, "Err": "" }));
+                }
+            }
+        }
+        let info = self
+            .backend
+            .lookup(&name)
+            .ok_or_else(|| format!("no such volume: {name}"))?;
+        let fs = match info.fs.as_deref() {
+            Some(f) => Filesystem::parse(f)?,
+            None => Filesystem::Ext4,
+        };
+        let (volume, epoch) = self.backend.acquire(&name).await?;
+        let (work, mp) = (self.work_dir(&name), self.mountpoint(&name));
+        let rt = tokio::runtime::Handle::current();
+        let this = self.clone();
+        let name2 = name.clone();
+        let done = tokio::task::spawn_blocking(move || -> Result<MountedVolume, String> {
+            let a = attach::attach(volume, rt, &work)?;
+            let device = a.device.clone();
+            let prepared = (|| {
+                let found = attach::fs::probe(&device)?;
+                let fs_name = match found {
+                    Some(t) => t,
+                    None => {
+                        attach::fs::make(&device, fs)?;
+                        fs.name().to_string()
+                    }
+                };
+                attach::fs::mount(&device, &mp, &fs_name)
+            })();
+            if let Err(e) = prepared {
+                let _ = a.detach();
+                return Err(e);
+            }
+            lock(&this.attached).insert(name2, a);
+            Ok(MountedVolume {
+                ids: Default::default(),
+                device,
+                mountpoint: mp,
+                attach: attach::METHOD.into(),
+                epoch,
+            })
+        })
+        .await
+        .map_err(|e| format!("mount task failed: {e}"))?;
+        let mut mounted = match done {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = self.backend.release(&name, epoch).await;
+                return Err(format!("mounting volume {name}: {e}"));
+            }
+        };
+        mounted.ids.insert(req.id);
+        let mp = mounted.mountpoint.clone();
+        let mut t = lock(&self.table);
+        t.volumes.insert(name.clone(), mounted);
+        t.save()?;
+        tracing::info!(volume = %name, mountpoint = %mp.display(), "mounted");
+        Ok(json!({ "Mountpoint": mp, "Err": "" }))
+    }
+
+    async fn unmount(self: &Arc<Self>, req: MountRequest) -> Result<Value, String> {
+        let name = req.name.clone();
+        let guard = self.volume_lock(&name).await;
+        let _held = guard.lock().await;
+        let last = {
+            let mut t = lock(&self.table);
+            let Some(m) = t.volumes.get_mut(&name) else {
+                // Unknown volume or ID: nothing to undo (dockerd re-sends).
+                return Ok(json!({ "Err": "" }));
+            };
+            if !m.ids.remove(&req.id) {
+                // An ID this node never mounted (a re-sent Unmount, or a
+                // mount made before the volume moved here).
+                return Ok(json!({ "Err": "" }));
+            }
+            let last = m.ids.is_empty().then(|| (m.mountpoint.clone(), m.epoch));
+            t.save()?;
+            last
+        };
+        let Some((mp, epoch)) = last else {
+            return Ok(json!({ "Err": "" }));
+        };
+        let this = self.clone();
+        let name2 = name.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            if attach::fs::is_mounted(&mp) {
+                attach::fs::unmount(&mp)?;
+            }
+            if let Some(a) = lock(&this.attached).remove(&name2) {
+                a.detach()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("unmount task failed: {e}"))?
+        .map_err(|e| format!("unmounting volume {name}: {e}"))?;
+        {
+            let mut t = lock(&self.table);
+            t.volumes.remove(&name);
+            t.save()?;
+        }
+        self.backend.release(&name, epoch).await?;
+        tracing::info!(volume = %name, "unmounted and detached");
+        Ok(json!({ "Err": "" }))
+    }
+
+    /// Cleans up what an earlier run of the daemon left mounted: its FUSE
+    /// files died with it, so the filesystems and loop devices on them are
+    /// dead too. Unmounts them, frees the loop devices, and gives the
+    /// attachments back (if they are still this node's). Containers still
+    /// using such a mount see I/O errors; dockerd mounts again for new ones.
+    pub async fn reconcile(&self) {
+        let stale: Vec<(String, MountedVolume)> = std::mem::take(&mut lock(&self.table).volumes)
+            .into_iter()
+            .collect();
+        let root = self.root.clone();
+        let cleaned = tokio::task::spawn_blocking(move || attach::clean_stale(&root.join("volumes"))).await;
+        match cleaned {
+            Ok(msgs) => {
+                for m in msgs {
+                    tracing::warn!("{m}");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cleaning stale mounts"),
+        }
+        for (name, m) in &stale {
+            tracing::warn!(volume = %name, mountpoint = %m.mountpoint.display(), ids = m.ids.len(), "a mount of the previous run was cleaned up");
+            if let Err(e) = self.backend.release(name, m.epoch).await {
+                tracing::warn!(volume = %name, error = %e, "giving back a stale attachment");
+            }
+        }
+        if let Err(e) = lock(&self.table).save() {
+            tracing::error!(error = %e, "saving the mount table");
+        }
+    }
+
+    fn path(&self, name: &str) -> Value {
+        let mp = lock(&self.table)
+            .volumes
+            .get(name)
+            .map(|m| m.mountpoint.display().to_string())
+            .unwrap_or_default();
+        json!({ "Mountpoint": mp, "Err": "" })
+    }
+
+    fn get(&self, name: &str) -> Result<Value, String> {
+        let v = self
+            .backend
+            .lookup(name)
+            .ok_or_else(|| format!("no such volume: {name}"))?;
+        Ok(json!({ "Volume": self.view(&v), "Err": "" }))
+    }
+
+    fn list(&self) -> Value {
+        let vols: Vec<VolumeView> = self.backend.list().iter().map(|v| self.view(v)).collect();
+        json!({ "Volumes": vols, "Err": "" })
+    }
+}
+
+async fn activate() -> Response {
+    ok(json!({ "Implements": ["VolumeDriver"] }))
+}
+
+async fn capabilities() -> Response {
+    ok(json!({ "Capabilities": { "Scope": "global" } }))
+}
+
+fn answer(r: Result<Value, String>) -> Response {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "volume plugin call failed");
+            err(e)
+        }
+    }
+}
+
+async fn create<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
+    match parse::<CreateRequest>(&body) {
+        Ok(r) => answer(p.create(r).await),
+        Err(e) => e,
+    }
+}
+
+async fn remove<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
+    match parse::<NameRequest>(&body) {
+        Ok(r) => answer(p.remove(&r.name).await),
+        Err(e) => e,
+    }
+}
+
+async fn mount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
+    match parse::<MountRequest>(&body) {
+        Ok(r) => answer(p.mount(r).await),
+        Err(e) => e,
+    }
+}
+
+async fn unmount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
+    match parse::<MountRequest>(&body) {
+        Ok(r) => answer(p.unmount(r).await),
+        Err(e) => e,
+    }
+}
+
+async fn path<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
+    match parse::<NameRequest>(&body) {
+        Ok(r) => ok(p.path(&r.name)),
+        Err(e) => e,
+    }
+}
+
+async fn get<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
+    match parse::<NameRequest>(&body) {
+        Ok(r) => answer(p.get(&r.name)),
+        Err(e) => e,
+    }
+}
+
+async fn list<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>) -> Response {
+    ok(p.list())
+}
+
+/// The plugin's routes.
+pub fn router<B: VolumeBackend>(plugin: Arc<Plugin<B>>) -> Router {
+    Router::new()
+        .route("/Plugin.Activate", post(activate))
+        .route("/VolumeDriver.Capabilities", post(capabilities))
+        .route("/VolumeDriver.Create", post(create::<B>))
+        .route("/VolumeDriver.Remove", post(remove::<B>))
+        .route("/VolumeDriver.Mount", post(mount::<B>))
+        .route("/VolumeDriver.Unmount", post(unmount::<B>))
+        .route("/VolumeDriver.Path", post(path::<B>))
+        .route("/VolumeDriver.Get", post(get::<B>))
+        .route("/VolumeDriver.List", post(list::<B>))
+        .with_state(plugin)
+}
+
+/// Binds the plugin socket at `path`, mode 0600. While another live
+/// process answers on it (another daemon on this host), waits and tries
+/// again every second: this node takes over when that one dies.
+pub async fn bind(path: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let mut told = false;
+    while tokio::net::UnixStream::connect(path).await.is_ok() {
+        if !told {
+            tracing::info!(socket = %path.display(), "the plugin socket is served by another process; standing by");
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing stale socket {}: {e}", path.display())),
+    }
+    let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+/// Cleans up the previous run's mounts, binds `socket` (standing by while
+/// another process serves it) and serves the plugin until the process ends.
+pub async fn serve<B: VolumeBackend>(socket: PathBuf, plugin: Arc<Plugin<B>>) {
+    plugin.reconcile().await;
+    let listener = match bind(&socket).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the Docker volume plugin is not served");
+            return;
+        }
+    };
+    tracing::info!(socket = %socket.display(), "serving the Docker volume plugin");
+    if let Err(e) = axum::serve(listener, router(plugin)).await {
+        tracing::error!(error = %e, "volume plugin server stopped");
+    }
+}
