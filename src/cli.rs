@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon on this node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, inspect and delete volumes on a running daemon.
     Volume(VolumeArgs),
     /// Start a throwaway local 3-node cluster with a replicated volume,
@@ -254,7 +254,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => {
             crate::daemon::init_logging();
             let rt = crate::daemon::runtime(args.worker_threads)?;
-            rt.block_on(crate::daemon::serve_until_signal(args))
+            rt.block_on(crate::daemon::serve_until_signal(*args))
         }
         Command::Demo(args) => {
             crate::daemon::init_logging();

@@ -49,18 +49,25 @@ impl VolumeBackend for ClusterVolumes {
         let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
         validate_sizes(opts.size, chunk_size).map_err(|e| e.to_string())?;
         let same = |rec: &VolumeRecord| -> Result<(), String> {
-            if rec.meta.size == opts.size {
-                Ok(())
-            } else {
+            if rec.meta.size != opts.size {
                 Err(format!(
                     "volume {name} already exists with size {} (asked for {})",
                     rec.meta.size, opts.size
                 ))
+            } else if rec.replicas != opts.replicas {
+                Err(format!(
+                    "volume {name} already exists with {} replica(s) (asked for {})",
+                    rec.replicas, opts.replicas
+                ))
+            } else {
+                Ok(())
             }
         };
         // Swarm creates the volume on every node a task lands on: an
         // existing one is success.
-        self.cluster.meta_barrier(std::time::Duration::from_secs(5)).await;
+        self.cluster
+            .meta_barrier(std::time::Duration::from_secs(5))
+            .await;
         if let Some(rec) = self.cluster.view().meta().volumes.get(name) {
             return same(rec);
         }

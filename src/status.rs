@@ -48,10 +48,14 @@ pub fn render(st: &Value) -> String {
     for v in st["volumes"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "\nVOLUME {} ({}, {} replica(s))",
+            "\nVOLUME {} ({}, {} replica(s){})",
             s(&v["name"]),
             human(v["size"].as_u64().unwrap_or(0)),
-            s(&v["replicas"])
+            s(&v["replicas"]),
+            match v["attached_to"].as_u64() {
+                Some(n) => format!(", attached on node {n}, epoch {}", s(&v["attach_epoch"])),
+                None => String::new(),
+            }
         );
         let _ = writeln!(
             out,

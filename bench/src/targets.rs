@@ -308,6 +308,7 @@ pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, 
             .arg((i + 1).to_string())
             .arg("--listen")
             .arg(listen.to_string())
+            .args(["--plugin-socket", "off"])
             .arg("--peers")
             .arg(&peers)
             .arg("--nbd-listen")

@@ -152,7 +152,16 @@ async fn run(
             let result = if e.data.is_empty() {
                 Ok(0) // a new leader's empty entry, or a conf change
             } else {
-                apply_entry(group, &volume, e.index, e.data.clone(), &rx, &mut fence, &driver).await
+                apply_entry(
+                    group,
+                    &volume,
+                    e.index,
+                    e.data.clone(),
+                    &rx,
+                    &mut fence,
+                    &driver,
+                )
+                .await
             };
             let failed = match result {
                 Ok(n) => {
@@ -209,7 +218,13 @@ async fn apply_entry(
     }
     if fence.history.refuses(cmd.epoch) {
         let (_, shard) = shard_of_group(group);
-        tracing::warn!(group, index, epoch = cmd.epoch, fence = fence.history.current(), "refused a write from a fenced-off attachment");
+        tracing::warn!(
+            group,
+            index,
+            epoch = cmd.epoch,
+            fence = fence.history.current(),
+            "refused a write from a fenced-off attachment"
+        );
         return Err(format!(
             "volume {} shard {shard}: write with attach epoch {} refused; the volume was attached again (epoch {})",
             volume.name(),

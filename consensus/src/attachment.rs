@@ -63,56 +63,61 @@ impl Cluster {
             source,
         };
         let mut attempts = 0;
-        let epoch = loop {
-            attempts += 1;
-            self.meta_barrier(Duration::from_secs(5)).await;
-            let rec = self
-                .view()
-                .meta()
-                .volumes
-                .get(name)
-                .cloned()
-                .ok_or_else(|| AttachError::NotFound(name.to_string()))?;
-            let takeover = match &rec.attachment {
-                Some(a) if a.node != self.node() => {
-                    let silent = self.silent_for(a.node);
-                    if silent < grace {
-                        return Err(AttachError::HeldElsewhere {
-                            name: name.to_string(),
-                            node: a.node,
-                            epoch: a.epoch,
-                            silent_ms: silent.as_millis(),
-                            grace_ms: grace.as_millis(),
-                        });
+        let epoch =
+            loop {
+                attempts += 1;
+                self.meta_barrier(Duration::from_secs(5)).await;
+                let rec = self
+                    .view()
+                    .meta()
+                    .volumes
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| AttachError::NotFound(name.to_string()))?;
+                let takeover = match &rec.attachment {
+                    Some(a) if a.node != self.node() => {
+                        let silent = self.silent_for(a.node);
+                        if silent < grace {
+                            return Err(AttachError::HeldElsewhere {
+                                name: name.to_string(),
+                                node: a.node,
+                                epoch: a.epoch,
+                                silent_ms: silent.as_millis(),
+                                grace_ms: grace.as_millis(),
+                            });
+                        }
+                        tracing::warn!(
+                            volume = name,
+                            holder = a.node,
+                            epoch = a.epoch,
+                            silent_ms = silent.as_millis() as u64,
+                            "taking over a volume from a silent node"
+                        );
+                        true
                     }
-                    tracing::warn!(volume = name, holder = a.node, epoch = a.epoch, silent_ms = silent.as_millis() as u64, "taking over a volume from a silent node");
-                    true
+                    _ => false,
+                };
+                let cmd = MetaCommand::Attach {
+                    name: name.to_string(),
+                    node: self.node(),
+                    expect_epoch: rec.attach_epoch,
+                    takeover,
+                    since_unix: raftblock_storage::catalog::unix_now(),
+                };
+                match self.propose_meta(cmd).await {
+                    Ok(()) => {}
+                    Err(RouteError::Replica(ReplicaError::Meta(MetaError::EpochMoved {
+                        ..
+                    }))) if attempts < 3 => continue,
+                    Err(e) => return Err(route(e)),
                 }
-                _ => false,
-            };
-            let cmd = MetaCommand::Attach {
-                name: name.to_string(),
-                node: self.node(),
-                expect_epoch: rec.attach_epoch,
-                takeover,
-                since_unix: raftblock_storage::catalog::unix_now(),
-            };
-            match self.propose_meta(cmd).await {
-                Ok(()) => {}
-                Err(RouteError::Replica(ReplicaError::Meta(MetaError::EpochMoved { .. })))
-                    if attempts < 3 =>
-                {
-                    continue
+                let meta = self.view().meta();
+                match meta.volumes.get(name).and_then(|v| v.attachment.clone()) {
+                    Some(a) if a.node == self.node() => break a.epoch,
+                    _ if attempts < 3 => continue,
+                    _ => return Err(AttachError::NotFound(name.to_string())),
                 }
-                Err(e) => return Err(route(e)),
-            }
-            let meta = self.view().meta();
-            match meta.volumes.get(name).and_then(|v| v.attachment.clone()) {
-                Some(a) if a.node == self.node() => break a.epoch,
-                _ if attempts < 3 => continue,
-                _ => return Err(AttachError::NotFound(name.to_string())),
-            }
-        };
+            };
         let rec = self
             .view()
             .meta()

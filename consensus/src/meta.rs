@@ -292,9 +292,7 @@ impl MetaState {
                 since_unix,
             } => {
                 if !self.nodes.contains_key(&node) {
-                    return Err(MetaError::Placement(format!(
-                        "node {node} is not a member"
-                    )));
+                    return Err(MetaError::Placement(format!("node {node} is not a member")));
                 }
                 let rec = self
                     .volumes
@@ -520,13 +518,18 @@ mod tests {
         let mut m = MetaState::default();
         m.apply(1, node(1)).expect("node");
         m.apply(2, node(2)).expect("node");
-        m.apply(3, create("v", 2, vec![vec![1, 2]])).expect("create");
+        m.apply(3, create("v", 2, vec![vec![1, 2]]))
+            .expect("create");
         m.apply(4, attach("v", 1, 0, false)).expect("attach");
         assert_eq!(m.volumes["v"].attach_epoch, 1);
         // Node 2 cannot take it without a takeover, nor with a stale epoch.
         assert!(matches!(
             m.apply(5, attach("v", 2, 1, false)),
-            Err(MetaError::Attached { node: 1, epoch: 1, .. })
+            Err(MetaError::Attached {
+                node: 1,
+                epoch: 1,
+                ..
+            })
         ));
         assert!(matches!(
             m.apply(6, attach("v", 2, 0, true)),
@@ -540,11 +543,23 @@ mod tests {
         let a = m.volumes["v"].attachment.clone().expect("attached");
         assert_eq!((a.node, a.epoch), (2, 2));
         // The old holder's detach is a no-op; the new one's ends it.
-        m.apply(9, MetaCommand::Detach { name: "v".into(), epoch: 1 })
-            .expect("stale detach");
+        m.apply(
+            9,
+            MetaCommand::Detach {
+                name: "v".into(),
+                epoch: 1,
+            },
+        )
+        .expect("stale detach");
         assert!(m.volumes["v"].attachment.is_some());
-        m.apply(10, MetaCommand::Detach { name: "v".into(), epoch: 2 })
-            .expect("detach");
+        m.apply(
+            10,
+            MetaCommand::Detach {
+                name: "v".into(),
+                epoch: 2,
+            },
+        )
+        .expect("detach");
         assert_eq!(m.volumes["v"].attachment, None);
         assert_eq!(m.volumes["v"].attach_epoch, 2);
         m.apply(11, MetaCommand::DeleteVolume { name: "v".into() })

@@ -79,6 +79,9 @@ pub fn volume_view(s: &AdminState, c: &Cluster, rec: &VolumeRecord) -> Value {
         "created_unix": rec.meta.created_unix,
         "replicas": rec.replicas,
         "shards": shards,
+        "labels": rec.labels,
+        "attach_epoch": rec.attach_epoch,
+        "attached_to": rec.attachment.as_ref().map(|a| a.node),
         "allocated_bytes": allocated.unwrap_or(0),
         "connections": 0,
         "nbd_uri": format!("nbd://{}/{}", s.nbd_addr, rec.meta.name),
@@ -263,6 +266,8 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
                 "size": rec.meta.size,
                 "replicas": rec.replicas,
                 "shards": shards,
+                "attach_epoch": rec.attach_epoch,
+                "attached_to": rec.attachment.as_ref().map(|a| a.node),
             })
         })
         .collect();

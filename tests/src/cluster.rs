@@ -19,6 +19,12 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` nodes that form one cluster.
     pub fn start(n: usize) -> TestCluster {
+        TestCluster::start_each(n, |_| Vec::new())
+    }
+
+    /// Starts `n` nodes that form one cluster, node `id` with the extra
+    /// `serve` arguments `extra(id)`.
+    pub fn start_each(n: usize, extra: impl Fn(u64) -> Vec<String>) -> TestCluster {
         let raft: Vec<_> = (0..n).map(|_| free_addr()).collect();
         let peers = raft
             .iter()
@@ -32,7 +38,10 @@ impl TestCluster {
             .map(|(i, a)| {
                 let id = (i + 1).to_string();
                 let listen = a.to_string();
-                Daemon::start_with(&["--node-id", &id, "--listen", &listen, "--peers", &peers])
+                let more = extra(i as u64 + 1);
+                let mut args = vec!["--node-id", &id, "--listen", &listen, "--peers", &peers];
+                args.extend(more.iter().map(String::as_str));
+                Daemon::start_with(&args)
             })
             .collect();
         TestCluster { nodes }

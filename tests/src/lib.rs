@@ -6,6 +6,7 @@
 //! fails it when `RAFTBLOCK_REQUIRE_TOOLS=1` (as in CI).
 
 pub mod cluster;
+pub mod docker;
 pub mod nbd;
 
 use anyhow::{bail, Context, Result};
@@ -41,10 +42,7 @@ pub fn raftblock_bin() -> PathBuf {
 /// Whether external tool `name` is on PATH. When it is not, the test should
 /// return early: this prints why, or panics if `RAFTBLOCK_REQUIRE_TOOLS=1`.
 pub fn require_tool(name: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()))
-        .unwrap_or(false);
-    if found {
+    if which(name).is_some() {
         return true;
     }
     if std::env::var("RAFTBLOCK_REQUIRE_TOOLS").as_deref() == Ok("1") {
@@ -52,6 +50,15 @@ pub fn require_tool(name: &str) -> bool {
     }
     eprintln!("SKIPPED: `{name}` is not installed (install it, or see .ci/run)");
     false
+}
+
+/// Where `name` is on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 /// A loopback address with a port nobody listens on right now.
@@ -101,13 +108,20 @@ impl Daemon {
             .expect("create a temporary directory");
         let data_dir = tmp.path().join("data");
         let log = tmp.path().join("daemon.log");
+        // Cluster nodes serve the Docker plugin; never on the host's real
+        // socket unless a test asks for it.
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if !extra.iter().any(|a| a == "--plugin-socket") {
+            extra.push("--plugin-socket".into());
+            extra.push(tmp.path().join("plugin.sock").display().to_string());
+        }
         let mut d = Daemon {
             child: None,
             data_dir,
             log,
             nbd,
             admin,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
         };

@@ -31,7 +31,7 @@ struct VolumeFile<V: VolumeIo> {
 
 fn errno(e: &StorageError) -> i32 {
     match e {
-        StorageError::Replication { errno, .. } => *errno as i32,
+        StorageError::Replication { errno, .. } => *errno,
         StorageError::OutOfRange { .. } => libc::EINVAL,
         _ => libc::EIO,
     }
@@ -151,7 +151,10 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
             return reply.error(libc::ENOSPC);
         }
         let bytes = Bytes::copy_from_slice(data);
-        match self.rt.block_on(self.volume.write(offset as u64, bytes, false)) {
+        match self
+            .rt
+            .block_on(self.volume.write(offset as u64, bytes, false))
+        {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
                 tracing::warn!(volume = self.volume.name(), offset, error = %e, "FUSE write failed");

@@ -46,7 +46,11 @@ impl Attached {
 
 /// Attaches `volume` under `work_dir` (where its FUSE file lives), doing
 /// its I/O on `rt`.
-pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle, work_dir: &Path) -> Result<Attached, String> {
+pub fn attach<V: VolumeIo>(
+    volume: Arc<V>,
+    rt: Handle,
+    work_dir: &Path,
+) -> Result<Attached, String> {
     let fuse_dir = work_dir.join("fuse");
     let file = fuse_file::mount(volume, rt, &fuse_dir)?;
     match loop_dev::bind(&fuse_dir.join(fuse_file::FILE_NAME)) {
@@ -83,7 +87,11 @@ pub fn clean_stale(root: &Path) -> Vec<String> {
     }
     for (dev, file) in loop_dev::bound_under(root) {
         match loop_dev::release(&dev) {
-            Ok(()) => did.push(format!("freed stale loop device {} ({})", dev.display(), file.display())),
+            Ok(()) => did.push(format!(
+                "freed stale loop device {} ({})",
+                dev.display(),
+                file.display()
+            )),
             Err(e) => did.push(format!("stale loop device {}: {e}", dev.display())),
         }
     }

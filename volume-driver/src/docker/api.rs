@@ -116,11 +116,13 @@ impl CreateOptions {
                         .map_err(|e| format!("option size: {e}"))?
                 }
                 "replicas" => {
-                    o.replicas = v
-                        .parse()
-                        .ok()
-                        .filter(|r| (1..=7).contains(r))
-                        .ok_or_else(|| format!("option replicas: `{v}` is not a number from 1 to 7"))?
+                    o.replicas =
+                        v.parse()
+                            .ok()
+                            .filter(|r| (1..=7).contains(r))
+                            .ok_or_else(|| {
+                                format!("option replicas: `{v}` is not a number from 1 to 7")
+                            })?
                 }
                 "fs" => o.fs = Filesystem::parse(v)?,
                 "chunk_size" => {
@@ -145,13 +147,18 @@ mod tests {
     use super::*;
 
     fn opts(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn options_have_defaults_and_are_checked() {
         let d = CreateOptions::parse(&opts(&[])).expect("defaults");
-        assert_eq!((d.size, d.replicas, d.fs, d.chunk_size), (10 << 30, 3, Filesystem::Ext4, None));
+        assert_eq!(
+            (d.size, d.replicas, d.fs, d.chunk_size),
+            (10 << 30, 3, Filesystem::Ext4, None)
+        );
         let o = CreateOptions::parse(&opts(&[
             ("size", "1G"),
             ("replicas", "2"),
@@ -159,8 +166,16 @@ mod tests {
             ("chunk_size", "16M"),
         ]))
         .expect("all options");
-        assert_eq!((o.size, o.replicas, o.fs, o.chunk_size), (1 << 30, 2, Filesystem::Xfs, Some(16 << 20)));
-        for bad in [("size", "lots"), ("replicas", "0"), ("fs", "btrfs"), ("color", "red")] {
+        assert_eq!(
+            (o.size, o.replicas, o.fs, o.chunk_size),
+            (1 << 30, 2, Filesystem::Xfs, Some(16 << 20))
+        );
+        for bad in [
+            ("size", "lots"),
+            ("replicas", "0"),
+            ("fs", "btrfs"),
+            ("color", "red"),
+        ] {
             let e = CreateOptions::parse(&opts(&[bad])).expect_err("refused");
             assert!(e.contains(bad.0) || e.contains(bad.1), "{e}");
         }
@@ -168,12 +183,10 @@ mod tests {
 
     #[test]
     fn requests_parse_as_dockerd_sends_them() {
-        let c: CreateRequest =
-            serde_json::from_str(r#"{"Name":"v","Opts":null}"#).expect("create");
+        let c: CreateRequest = serde_json::from_str(r#"{"Name":"v","Opts":null}"#).expect("create");
         assert_eq!(c.name, "v");
         assert!(c.opts.is_none());
-        let m: MountRequest =
-            serde_json::from_str(r#"{"Name":"v","ID":"abc"}"#).expect("mount");
+        let m: MountRequest = serde_json::from_str(r#"{"Name":"v","ID":"abc"}"#).expect("mount");
         assert_eq!(m.id, "abc");
     }
 }

@@ -66,11 +66,11 @@ fn err(msg: impl std::fmt::Display) -> Response {
 
 /// Parses a request body; dockerd sends no content type, and an empty body
 /// for Activate.
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| err(format!("malformed request: {e}")))
+    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
 }
 
 impl<B: VolumeBackend> Plugin<B> {
@@ -266,12 +266,13 @@ impl<B: VolumeBackend> Plugin<B> {
     /// dead too. Unmounts them, frees the loop devices, and gives the
     /// attachments back (if they are still this node's). Containers still
     /// using such a mount see I/O errors; dockerd mounts again for new ones.
-    pub async fn reconcile(&self) {
+    pub async fn reconcile(self: &Arc<Self>) {
         let stale: Vec<(String, MountedVolume)> = std::mem::take(&mut lock(&self.table).volumes)
             .into_iter()
             .collect();
         let root = self.root.clone();
-        let cleaned = tokio::task::spawn_blocking(move || attach::clean_stale(&root.join("volumes"))).await;
+        let cleaned =
+            tokio::task::spawn_blocking(move || attach::clean_stale(&root.join("volumes"))).await;
         match cleaned {
             Ok(msgs) => {
                 for m in msgs {
@@ -280,15 +281,21 @@ impl<B: VolumeBackend> Plugin<B> {
             }
             Err(e) => tracing::error!(error = %e, "cleaning stale mounts"),
         }
-        for (name, m) in &stale {
-            tracing::warn!(volume = %name, mountpoint = %m.mountpoint.display(), ids = m.ids.len(), "a mount of the previous run was cleaned up");
-            if let Err(e) = self.backend.release(name, m.epoch).await {
-                tracing::warn!(volume = %name, error = %e, "giving back a stale attachment");
-            }
-        }
         if let Err(e) = lock(&self.table).save() {
             tracing::error!(error = %e, "saving the mount table");
         }
+        // Giving the attachments back needs the metadata group, which may
+        // still be electing: do it beside serving (a Detach of an epoch
+        // that moved on is a no-op).
+        let this = self.clone();
+        tokio::spawn(async move {
+            for (name, m) in &stale {
+                tracing::warn!(volume = %name, mountpoint = %m.mountpoint.display(), ids = m.ids.len(), "a mount of the previous run was cleaned up");
+                if let Err(e) = this.backend.release(name, m.epoch).await {
+                    tracing::warn!(volume = %name, error = %e, "giving back a stale attachment");
+                }
+            }
+        });
     }
 
     fn path(&self, name: &str) -> Value {
@@ -335,42 +342,42 @@ fn answer(r: Result<Value, String>) -> Response {
 async fn create<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<CreateRequest>(&body) {
         Ok(r) => answer(p.create(r).await),
-        Err(e) => e,
+        Err(e) => err(e),
     }
 }
 
 async fn remove<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => answer(p.remove(&r.name).await),
-        Err(e) => e,
+        Err(e) => err(e),
     }
 }
 
 async fn mount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
         Ok(r) => answer(p.mount(r).await),
-        Err(e) => e,
+        Err(e) => err(e),
     }
 }
 
 async fn unmount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
         Ok(r) => answer(p.unmount(r).await),
-        Err(e) => e,
+        Err(e) => err(e),
     }
 }
 
 async fn path<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => ok(p.path(&r.name)),
-        Err(e) => e,
+        Err(e) => err(e),
     }
 }
 
 async fn get<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => answer(p.get(&r.name)),
-        Err(e) => e,
+        Err(e) => err(e),
     }
 }
 

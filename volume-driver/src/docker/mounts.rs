@@ -79,6 +79,7 @@ mod tests {
                 device: "/dev/loop7".into(),
                 mountpoint: "/m/v".into(),
                 attach: "fuse-loop".into(),
+                epoch: 3,
             },
         );
         t.save()?;

@@ -1,0 +1,292 @@
+//! A real Docker engine for the volume-plugin tests: a private `dockerd`
+//! (its own socket, data root and exec root under a temporary directory, no
+//! networking) started per test and stopped on drop, a tiny image imported
+//! from a tarball holding the static busybox binary, and a client for the
+//! plugin's HTTP API on its unix socket (to ask a node's plugin directly).
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::require_tool;
+
+/// Where dockerd looks for plugin sockets.
+pub const PLUGIN_DIR: &str = "/run/docker/plugins";
+/// The test image (busybox only).
+pub const IMAGE: &str = "raftblock-it-busybox";
+
+/// A dockerd of our own; dropping it stops it.
+pub struct DockerEngine {
+    child: Option<Child>,
+    host: String,
+    dir: tempfile::TempDir,
+}
+
+/// Whether every tool the Docker tests drive is here (else they skip, or
+/// fail under RAFTBLOCK_REQUIRE_TOOLS=1).
+pub fn tools_present() -> bool {
+    [
+        "dockerd",
+        "docker",
+        "busybox",
+        "mkfs.ext4",
+        "losetup",
+        "fusermount3",
+    ]
+    .iter()
+    .all(|t| require_tool(t))
+        && Path::new("/dev/fuse").exists()
+}
+
+impl DockerEngine {
+    /// Starts dockerd and imports the busybox image.
+    pub fn start() -> DockerEngine {
+        let dir = tempfile::Builder::new()
+            .prefix("raftblock-docker-")
+            .tempdir()
+            .expect("temporary directory for dockerd");
+        let sock = dir.path().join("docker.sock");
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("dockerd log");
+        let child = Command::new("dockerd")
+            .arg("--host")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--data-root")
+            .arg(dir.path().join("root"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn dockerd");
+        let mut e = DockerEngine {
+            child: Some(child),
+            host: format!("unix://{}", sock.display()),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !e.docker(&["info"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not come up:\n{}",
+                e.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        e.import_busybox();
+        e
+    }
+
+    /// dockerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    fn import_busybox(&mut self) {
+        let root = self.dir.path().join("image");
+        std::fs::create_dir_all(root.join("bin")).expect("image dir");
+        std::fs::create_dir_all(root.join("tmp")).expect("image tmp");
+        let busybox = crate::which("busybox").expect("busybox on PATH");
+        std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
+        for applet in [
+            "sh",
+            "cat",
+            "echo",
+            "sync",
+            "sleep",
+            "ls",
+            "dd",
+            "sha256sum",
+            "rm",
+        ] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+                .expect("applet link");
+        }
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tar");
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .args(["import", "-", IMAGE])
+            .stdin(tar.stdout.take().expect("tar stdout"))
+            .output()
+            .expect("docker import");
+        let tar_status = tar.wait().expect("tar");
+        assert!(tar_status.success(), "tar of the image: {tar_status}");
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs the docker CLI against this engine.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .args(args)
+            .output()
+            .expect("run the docker CLI")
+    }
+
+    /// Runs the docker CLI and returns its stdout; panics with stderr on
+    /// failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs the docker CLI expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            !out.status.success(),
+            "docker {} succeeded but should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    }
+}
+
+impl Drop for DockerEngine {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .args(["rm", "-f", "-v"])
+            .args(
+                String::from_utf8_lossy(
+                    &Command::new("docker")
+                        .env("DOCKER_HOST", &self.host)
+                        .args(["ps", "-aq"])
+                        .output()
+                        .map(|o| o.stdout)
+                        .unwrap_or_default(),
+                )
+                .split_whitespace(),
+            )
+            .output();
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A unique driver name (and socket path under [`PLUGIN_DIR`]) for a test.
+pub fn driver_name(tag: &str) -> (String, PathBuf) {
+    let name = format!("rbit-{}-{tag}", std::process::id());
+    let path = Path::new(PLUGIN_DIR).join(format!("{name}.sock"));
+    (name, path)
+}
+
+/// Calls the plugin on `socket` (`/VolumeDriver.Get` etc.) with a JSON
+/// body; returns the answer's JSON.
+pub fn plugin_call(socket: &Path, endpoint: &str, body: &Value) -> Value {
+    let body = body.to_string();
+    let mut s = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("socket timeout");
+    write!(
+        s,
+        "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read the answer");
+    let (head, json) = resp
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("malformed plugin answer: {resp}"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/vnd.docker.plugins.v1.1+json"),
+        "plugin answer without the plugin content type: {head}"
+    );
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("plugin answer {json:?}: {e}"))
+}
+
+/// Waits until something answers on `socket`.
+pub fn wait_for_socket(socket: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while UnixStream::connect(socket).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing serves {} after {within:?}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Mount points under `dir` (from /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect()
+}
+
+/// Loop devices bound to files under `dir`.
+pub fn loops_under(dir: &Path) -> Vec<String> {
+    let out = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let dev = it.next()?;
+            let file = it.next()?;
+            Path::new(file).starts_with(dir).then(|| dev.to_string())
+        })
+        .collect()
+}
+
+/// Lazily unmounts everything under `dirs` and frees their loop devices,
+/// so a failed test leaves nothing mounted on the host.
+pub struct MountSweeper(pub Vec<PathBuf>);
+
+impl Drop for MountSweeper {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let mut ms = mounts_under(d);
+            ms.sort();
+            for m in ms.iter().rev() {
+                let _ = Command::new("umount").arg("-l").arg(m).output();
+            }
+            for dev in loops_under(d) {
+                let _ = Command::new("losetup").arg("-d").arg(dev).output();
+            }
+        }
+    }
+}

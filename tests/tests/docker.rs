@@ -1,0 +1,482 @@
+//! The Docker volume plugin against a real dockerd and a real 3-node
+//! cluster: volumes created with `docker volume create`, visible on every
+//! node's plugin, mounted into busybox containers (FUSE file + loop device +
+//! ext4 on this machine), shared by two containers, refused removal while
+//! in use; a node killed with SIGKILL and its volume mounted on another node
+//! whose plugin takes over the socket; and a frozen holder fenced off.
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use raftblock_tests::cluster::TestCluster;
+use raftblock_tests::docker::{
+    driver_name, loops_under, mounts_under, plugin_call, tools_present, wait_for_socket,
+    DockerEngine, MountSweeper, IMAGE,
+};
+
+fn data_dirs(c: &TestCluster) -> Vec<PathBuf> {
+    c.nodes.iter().map(|d| d.data_dir().to_path_buf()).collect()
+}
+
+/// The plugin answer's `Err`, empty on success.
+fn err_of(v: &serde_json::Value) -> String {
+    v["Err"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn docker_volumes_are_created_shared_between_containers_and_removed() {
+    if !tools_present() {
+        return;
+    }
+    let (driver, socket) = driver_name("basic");
+    let socks: Vec<PathBuf> = (1..=3)
+        .map(|i| {
+            if i == 1 {
+                socket.clone()
+            } else {
+                std::env::temp_dir().join(format!("{}-{i}.sock", driver))
+            }
+        })
+        .collect();
+    let s2 = socks.clone();
+    let c = TestCluster::start_each(3, move |id| {
+        vec![
+            "--plugin-socket".into(),
+            s2[(id - 1) as usize].display().to_string(),
+        ]
+    });
+    let _sweep = MountSweeper(data_dirs(&c));
+    for s in &socks {
+        wait_for_socket(s, Duration::from_secs(60));
+    }
+    let docker = DockerEngine::start();
+
+    // Create through dockerd; every node's plugin knows the volume.
+    let t = Instant::now();
+    docker.ok(&["volume", "create", "-d", &driver, "-o", "size=1G", "v1"]);
+    println!("docker volume create took {:?}", t.elapsed());
+    let ls = docker.ok(&["volume", "ls", "--format", "{{.Driver}} {{.Name}}"]);
+    assert!(ls.lines().any(|l| l == format!("{driver} v1")), "{ls}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker.ok(&["volume", "inspect", "v1"])).expect("inspect JSON");
+    assert_eq!(inspect[0]["Scope"], "global", "{inspect}");
+    assert_eq!(inspect[0]["Status"]["size"], 1u64 << 30, "{inspect}");
+    assert_eq!(inspect[0]["Status"]["replicas"], 3, "{inspect}");
+    for s in &socks {
+        let list = plugin_call(s, "/VolumeDriver.List", &json!({}));
+        assert!(
+            list["Volumes"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v["Name"] == "v1")),
+            "{}: {list}",
+            s.display()
+        );
+        let get = plugin_call(s, "/VolumeDriver.Get", &json!({"Name": "v1"}));
+        assert_eq!(err_of(&get), "", "{get}");
+    }
+    // Create again with the same size is fine (Swarm does it on every node);
+    // a different size or a bad option is a clear error.
+    docker.ok(&["volume", "create", "-d", &driver, "-o", "size=1G", "v1"]);
+    let e = plugin_call(
+        &socks[1],
+        "/VolumeDriver.Create",
+        &json!({"Name": "v1", "Opts": {"size": "2G"}}),
+    );
+    assert!(err_of(&e).contains("already exists with size"), "{e}");
+    let e = plugin_call(
+        &socks[1],
+        "/VolumeDriver.Create",
+        &json!({"Name": "bad", "Opts": {"size": "1G", "replicas": "4"}}),
+    );
+    assert!(err_of(&e).contains("only 3 node(s) are up"), "{e}");
+    let e = plugin_call(
+        &socks[1],
+        "/VolumeDriver.Create",
+        &json!({"Name": "bad", "Opts": {"colour": "red"}}),
+    );
+    assert!(err_of(&e).contains("colour"), "{e}");
+
+    // One container writes, a second one reads.
+    let t = Instant::now();
+    docker.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "v1:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hello from the first container > /data/greeting && sync",
+    ]);
+    println!(
+        "first container (mkfs + mount + write) took {:?}",
+        t.elapsed()
+    );
+    let got = docker.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "v1:/data",
+        IMAGE,
+        "cat",
+        "/data/greeting",
+    ]);
+    assert_eq!(got, "hello from the first container");
+
+    // Two containers at once share one attach; stopping one keeps the
+    // other working.
+    let a = docker.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "-v",
+        "v1:/data",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let b = docker.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "-v",
+        "v1:/data",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let get = plugin_call(&socks[0], "/VolumeDriver.Get", &json!({"Name": "v1"}));
+    assert_eq!(get["Volume"]["Status"]["mounts"], 2, "{get}");
+    assert_eq!(get["Volume"]["Status"]["attached_to_node"], 1, "{get}");
+    docker.ok(&["exec", &b, "sh", "-c", "echo from b > /data/b && sync"]);
+    assert_eq!(docker.ok(&["exec", &a, "cat", "/data/b"]), "from b");
+    docker.ok(&["rm", "-f", &b]);
+    docker.ok(&["exec", &a, "sh", "-c", "echo still here > /data/a && sync"]);
+    assert_eq!(docker.ok(&["exec", &a, "cat", "/data/a"]), "still here");
+    let get = plugin_call(&socks[0], "/VolumeDriver.Get", &json!({"Name": "v1"}));
+    assert_eq!(get["Volume"]["Status"]["mounts"], 1, "{get}");
+
+    // Removal is refused while mounted: by dockerd, and by the plugin of
+    // another node (the volume is attached on node 1).
+    docker.fails(&["volume", "rm", "v1"]);
+    let e = plugin_call(&socks[1], "/VolumeDriver.Remove", &json!({"Name": "v1"}));
+    assert!(err_of(&e).contains("attached on node 1"), "{e}");
+    // Another node cannot mount it meanwhile (node 1 is alive).
+    let e = plugin_call(
+        &socks[2],
+        "/VolumeDriver.Mount",
+        &json!({"Name": "v1", "ID": "elsewhere"}),
+    );
+    assert!(err_of(&e).contains("attached on node 1"), "{e}");
+    // A re-sent Mount with a known ID and an Unmount with an unknown one
+    // change nothing.
+    let again = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Unmount",
+        &json!({"Name": "v1", "ID": "never-mounted"}),
+    );
+    assert_eq!(err_of(&again), "", "{again}");
+    assert_eq!(docker.ok(&["exec", &a, "cat", "/data/a"]), "still here");
+
+    docker.ok(&["rm", "-f", &a]);
+    let get = plugin_call(&socks[0], "/VolumeDriver.Get", &json!({"Name": "v1"}));
+    assert!(
+        get["Volume"]["Status"].get("attached_to_node").is_none(),
+        "{get}"
+    );
+    let dirs = data_dirs(&c);
+    assert!(
+        mounts_under(&dirs[0]).is_empty(),
+        "{:?}",
+        mounts_under(&dirs[0])
+    );
+    assert!(loops_under(&dirs[0]).is_empty());
+    docker.ok(&["volume", "rm", "v1"]);
+    for s in &socks {
+        let get = plugin_call(s, "/VolumeDriver.Get", &json!({"Name": "v1"}));
+        assert!(err_of(&get).contains("no such volume"), "{get}");
+    }
+    for s in &socks[1..] {
+        let _ = std::fs::remove_file(s);
+    }
+}
+
+/// Retries `docker run` until it succeeds (the volume is still held by the
+/// dead node during the grace period); returns its stdout.
+fn run_until_ok(docker: &DockerEngine, args: &[&str], within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = docker.docker(args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            Instant::now() < deadline,
+            "docker {} still failing after {within:?}: {err}",
+            args.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_volume_moves_to_another_node_when_its_node_dies() {
+    if !tools_present() {
+        return;
+    }
+    // Nodes 1 and 2 both want the one plugin socket dockerd knows: node 1
+    // serves it, node 2 stands by and takes it over when node 1 dies.
+    let (driver, socket) = driver_name("failover");
+    let sock = socket.display().to_string();
+    let mut c = TestCluster::start_each(3, move |id| {
+        let s = if id == 3 {
+            std::env::temp_dir()
+                .join(format!("rbit-{}-failover-3.sock", std::process::id()))
+                .display()
+                .to_string()
+        } else {
+            sock.clone()
+        };
+        vec![
+            "--plugin-socket".into(),
+            s,
+            "--attach-grace".into(),
+            "3s".into(),
+        ]
+    });
+    let _sweep = MountSweeper(data_dirs(&c));
+    wait_for_socket(&socket, Duration::from_secs(60));
+    let docker = DockerEngine::start();
+    docker.ok(&["volume", "create", "-d", &driver, "-o", "size=512M", "db"]);
+    let holder = docker.ok(&[
+        "run", "-d", "--network", "none", "-v", "db:/data", IMAGE, "sh", "-c",
+        "cd /data && dd if=/dev/urandom of=table bs=64k count=64 && sha256sum table > table.sum && sync && touch synced && sleep 600",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // `synced` appears once sync(2) returned: the data before it is durable.
+    let sum = loop {
+        let out = docker.docker(&[
+            "exec",
+            &holder,
+            "sh",
+            "-c",
+            "ls /data/synced && cat /data/table.sum",
+        ]);
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            break text.lines().last().unwrap_or("").trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "the holder never wrote its data");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let holder_pid = c.node(1).pid();
+    println!("node 1 (pid {holder_pid}) holds db; killing it with SIGKILL");
+    let died = Instant::now();
+    c.node(1).kill9();
+    // A new container (as Swarm would start on a surviving node) mounts db
+    // through node 2's plugin once node 1's lease has lapsed.
+    let got = run_until_ok(
+        &docker,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            "db:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "cd /data && sha256sum table",
+        ],
+        Duration::from_secs(120),
+    );
+    let took = died.elapsed();
+    println!("failover: node death to the new container reading its data took {took:?}");
+    assert_eq!(
+        got, sum,
+        "the data read on node 2 differs from what node 1 wrote"
+    );
+    let st = c.status();
+    let vol = st["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "db").cloned())
+        .expect("db in cluster status");
+    println!("db after failover: {vol}");
+    // Node 2 attached it with a new epoch (and detached when the container
+    // exited).
+    assert!(vol["attach_epoch"].as_u64() >= Some(2), "{vol}");
+    assert!(vol["attached_to"].is_null(), "{vol}");
+
+    // Node 1 comes back: its dead mounts are cleaned up, not re-served, and
+    // its stale attachment is not given back over node 2's.
+    let _ = docker.docker(&["rm", "-f", &holder]);
+    let dirs = data_dirs(&c);
+    c.node(1).restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(mounts_under(&dirs[0]).is_empty() && loops_under(&dirs[0]).is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 left {:?} and {:?} behind after its restart",
+            mounts_under(&dirs[0]),
+            loops_under(&dirs[0])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = c.node(1).log_text();
+    assert!(
+        log.contains("mount of the previous run was cleaned up"),
+        "{log}"
+    );
+    // Node 2 still serves the socket; the volume is free again and can be
+    // removed.
+    docker.ok(&["volume", "rm", "db"]);
+}
+
+#[test]
+fn a_frozen_holder_is_fenced_once_the_volume_moves() {
+    if !tools_present() {
+        return;
+    }
+    let socks: Vec<PathBuf> = (1..=2)
+        .map(|i| std::env::temp_dir().join(format!("rbit-{}-fence-{i}.sock", std::process::id())))
+        .collect();
+    let s2 = socks.clone();
+    let mut c = TestCluster::start_each(3, move |id| {
+        let s = match id {
+            1 | 2 => s2[(id - 1) as usize].display().to_string(),
+            _ => "off".into(),
+        };
+        vec![
+            "--plugin-socket".into(),
+            s,
+            "--attach-grace".into(),
+            "3s".into(),
+        ]
+    });
+    let _sweep = MountSweeper(data_dirs(&c));
+    for s in &socks {
+        wait_for_socket(s, Duration::from_secs(60));
+    }
+    let e = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Create",
+        &json!({"Name": "f", "Opts": {"size": "256M"}}),
+    );
+    assert_eq!(err_of(&e), "", "{e}");
+    let m = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Mount",
+        &json!({"Name": "f", "ID": "one"}),
+    );
+    assert_eq!(err_of(&m), "", "{m}");
+    let mp1 = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    std::fs::write(mp1.join("before"), b"written by node 1").expect("write on node 1");
+    sync_file(&mp1.join("before"));
+
+    // Freeze node 1 (a hung or cut-off node: alive, holding the volume).
+    let pid1 = c.node(1).pid() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid1, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mp2 = loop {
+        let m = plugin_call(
+            &socks[1],
+            "/VolumeDriver.Mount",
+            &json!({"Name": "f", "ID": "two"}),
+        );
+        if err_of(&m).is_empty() {
+            break PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+        }
+        assert!(err_of(&m).contains("attached on node 1"), "{m}");
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never took the volume: {m}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        std::fs::read(mp2.join("before")).expect("read on node 2"),
+        b"written by node 1"
+    );
+    // Node 1 wakes up and writes under its old epoch: every write reaching
+    // the cluster is refused.
+    let target = mp1.join("late");
+    let writer = std::thread::spawn(move || {
+        std::process::Command::new("dd")
+            .args([
+                "if=/dev/urandom",
+                "bs=4k",
+                "count=16",
+                "oflag=direct",
+                "conv=fsync",
+            ])
+            .arg(format!("of={}", target.display()))
+            .output()
+            .expect("dd")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid1, libc::SIGCONT) };
+    let out = writer.join().expect("writer thread");
+    assert!(
+        !out.status.success(),
+        "a write through node 1's stale attachment succeeded: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "node 1's late write failed as it must: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let log = c.node(1).log_text();
+    assert!(
+        log.contains("refused; the volume was attached again"),
+        "{log}"
+    );
+    // Node 2's filesystem is untouched by it and keeps working.
+    assert!(!mp2.join("late").exists());
+    std::fs::write(mp2.join("after"), b"node 2").expect("write on node 2");
+    sync_file(&mp2.join("after"));
+    let u = plugin_call(
+        &socks[1],
+        "/VolumeDriver.Unmount",
+        &json!({"Name": "f", "ID": "two"}),
+    );
+    assert_eq!(err_of(&u), "", "{u}");
+    let u = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Unmount",
+        &json!({"Name": "f", "ID": "one"}),
+    );
+    assert_eq!(err_of(&u), "", "{u}");
+    // Remounted on node 1 (the newest epoch now), the data is node 2's.
+    let m = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Mount",
+        &json!({"Name": "f", "ID": "three"}),
+    );
+    assert_eq!(err_of(&m), "", "{m}");
+    let mp = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    assert_eq!(std::fs::read(mp.join("after")).expect("read"), b"node 2");
+    assert!(!mp.join("late").exists());
+    let u = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Unmount",
+        &json!({"Name": "f", "ID": "three"}),
+    );
+    assert_eq!(err_of(&u), "", "{u}");
+}
+
+fn sync_file(p: &Path) {
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .unwrap_or_else(|e| panic!("fsync {}: {e}", p.display()));
+}
