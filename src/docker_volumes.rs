@@ -37,12 +37,18 @@ impl ClusterVolumes {
             replicas: rec.replicas,
             fs: rec.labels.get(FS_LABEL).cloned(),
             attached_to: rec.attachment.as_ref().map(|a| a.node),
+            attach_epoch: rec.attach_epoch,
+            created_unix: rec.meta.created_unix,
         }
     }
 }
 
 impl VolumeBackend for ClusterVolumes {
     type Volume = ClusterVolume;
+
+    fn local_node(&self) -> u64 {
+        self.cluster.node()
+    }
 
     async fn create(&self, name: &str, opts: &CreateOptions) -> Result<(), String> {
         validate_name(name).map_err(|e| e.to_string())?;

@@ -16,6 +16,10 @@ use crate::meta::{MetaCommand, MetaError};
 use crate::router::ClusterVolume;
 use crate::rpc::RouteError;
 
+/// A node unheard of for this long (pings go every second) is presumed
+/// dead enough that attach waits out its grace rather than failing.
+const SILENT: Duration = Duration::from_secs(2);
+
 /// Why a volume could not be attached here.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -52,7 +56,8 @@ pub enum AttachError {
 impl Cluster {
     /// Attaches `name` on this node with a new epoch, fences every shard at
     /// it, and returns the volume writing under that epoch. Taking it from
-    /// another node needs that node silent for `grace`.
+    /// another node needs that node silent for `grace`: a holder that still
+    /// answers is an error at once, one that went quiet is waited for.
     pub async fn attach_volume(
         self: &Arc<Self>,
         name: &str,
@@ -63,6 +68,7 @@ impl Cluster {
             source,
         };
         let mut attempts = 0;
+        let mut waits = 0;
         let epoch =
             loop {
                 attempts += 1;
@@ -77,6 +83,14 @@ impl Cluster {
                 let takeover = match &rec.attachment {
                     Some(a) if a.node != self.node() => {
                         let silent = self.silent_for(a.node);
+                        if silent < grace && silent >= SILENT && waits < 10 {
+                            // The holder stopped answering pings: likely dead. Wait
+                            // out its grace instead of failing (dockerd gives Mount
+                            // two minutes; Swarm would retry only after its delay).
+                            waits += 1;
+                            tokio::time::sleep(grace - silent + Duration::from_millis(100)).await;
+                            continue;
+                        }
                         if silent < grace {
                             return Err(AttachError::HeldElsewhere {
                                 name: name.to_string(),

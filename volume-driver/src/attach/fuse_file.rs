@@ -13,7 +13,7 @@ use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
 };
-use raftblock_storage::{ReadSegment, StorageError, VolumeIo};
+use raftblock_storage::{ReadSegment, StorageError, VolumeIo, ZeroMode};
 use tokio::runtime::Handle;
 
 /// Name of the one file.
@@ -187,13 +187,27 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
         if ino != FILE || offset < 0 || length < 0 {
             return reply.error(libc::EINVAL);
         }
-        if mode & libc::FALLOC_FL_PUNCH_HOLE == 0 {
-            // The volume has its full size already; nothing to allocate.
-            return reply.ok();
-        }
         let (off, len) = (offset as u64, length as u64);
         let len = len.min(self.volume.size().saturating_sub(off));
-        match self.rt.block_on(self.volume.trim(off, len, false)) {
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let r = if mode & !known != 0 {
+            // Collapse/insert range would move data: not for a block device.
+            return reply.error(libc::EOPNOTSUPP);
+        } else if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            // Discard: the range reads as zeros and gives its space back.
+            self.rt.block_on(self.volume.trim(off, len, false))
+        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+            // Write-zeroes from the loop device.
+            self.rt.block_on(
+                self.volume
+                    .write_zeroes(off, len, ZeroMode::Allocate, false),
+            )
+        } else {
+            // The volume has its full size already; nothing to allocate.
+            Ok(())
+        };
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }

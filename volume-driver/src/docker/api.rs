@@ -45,12 +45,39 @@ pub struct VolumeView {
     /// Name.
     #[serde(rename = "Name")]
     pub name: String,
+    /// Creation time, RFC 3339 (shown by `docker volume inspect`).
+    #[serde(rename = "CreatedAt", skip_serializing_if = "String::is_empty")]
+    pub created_at: String,
     /// Where it is mounted on this node, if it is.
     #[serde(rename = "Mountpoint", skip_serializing_if = "String::is_empty")]
     pub mountpoint: String,
     /// Free-form details shown by `docker volume inspect`.
     #[serde(rename = "Status", skip_serializing_if = "BTreeMap::is_empty")]
     pub status: BTreeMap<String, serde_json::Value>,
+}
+
+/// `secs` since the Unix epoch as RFC 3339 UTC (empty for 0).
+pub fn rfc3339(secs: u64) -> String {
+    if secs == 0 {
+        return String::new();
+    }
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Filesystem made on a volume's first mount.
@@ -145,6 +172,13 @@ impl CreateOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_creation_times() {
+        assert_eq!(rfc3339(0), "");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
 
     fn opts(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter()

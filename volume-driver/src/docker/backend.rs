@@ -24,12 +24,19 @@ pub struct VolumeInfo {
     pub fs: Option<String>,
     /// The node holding the volume's attachment, if any.
     pub attached_to: Option<u64>,
+    /// The volume's attach epoch (that of its attachment, if any).
+    pub attach_epoch: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
 }
 
 /// The store behind the plugin.
 pub trait VolumeBackend: Send + Sync + 'static {
     /// An opened volume.
     type Volume: VolumeIo;
+
+    /// This node's id, as attachments name it.
+    fn local_node(&self) -> u64;
 
     /// Creates `name`. A volume that exists with the same size is success
     /// (Swarm calls Create on every node a task lands on).

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::UnixListener;
 
 use crate::attach::{self, Attached};
@@ -29,6 +30,12 @@ use mounts::{MountTable, MountedVolume};
 
 /// Default path of the plugin socket (dockerd looks there for `raftblock`).
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/raftblock.sock";
+/// How long Mount may wait for the cluster to grant the attachment:
+/// dockerd gives a plugin call about a minute, and an answer it timed out
+/// on is lost.
+const ATTACH_BUDGET: Duration = Duration::from_secs(40);
+/// How often leases this node holds without a mount are given back.
+const LEASE_SWEEP: Duration = Duration::from_secs(15);
 
 /// The plugin's state on this node.
 pub struct Plugin<B: VolumeBackend> {
@@ -118,6 +125,7 @@ impl<B: VolumeBackend> Plugin<B> {
             status.insert("mounts".into(), json!(m.ids.len()));
         }
         VolumeView {
+            created_at: api::rfc3339(v.created_unix),
             name: v.name.clone(),
             mountpoint: mounted
                 .map(|m| m.mountpoint.display().to_string())
@@ -165,7 +173,14 @@ impl<B: VolumeBackend> Plugin<B> {
             Some(f) => Filesystem::parse(f)?,
             None => Filesystem::Ext4,
         };
-        let (volume, epoch) = self.backend.acquire(&name).await?;
+        let (volume, epoch) =
+            match tokio::time::timeout(ATTACH_BUDGET, self.backend.acquire(&name)).await {
+                Ok(r) => r?,
+                // A lease granted after this is given back by the sweep.
+                Err(_) => return Err(format!(
+                    "attaching volume {name}: no answer from the cluster within {ATTACH_BUDGET:?}"
+                )),
+            };
         let (work, mp) = (self.work_dir(&name), self.mountpoint(&name));
         let rt = tokio::runtime::Handle::current();
         let this = self.clone();
@@ -296,6 +311,37 @@ impl<B: VolumeBackend> Plugin<B> {
                 }
             }
         });
+    }
+
+    /// Gives back leases this node holds on volumes it has not mounted
+    /// (an attach that finished after Mount gave up on it, or a detach that
+    /// failed while the cluster was unreachable), so they do not block
+    /// other nodes.
+    async fn sweep_leases(self: Arc<Self>) {
+        let me = self.backend.local_node();
+        loop {
+            tokio::time::sleep(LEASE_SWEEP).await;
+            for v in self.backend.list() {
+                if v.attached_to != Some(me) {
+                    continue;
+                }
+                let guard = self.volume_lock(&v.name).await;
+                let _held = guard.lock().await;
+                if lock(&self.attached).contains_key(&v.name) {
+                    continue;
+                }
+                // Look again under the lock: a Mount may have just finished.
+                let Some(now) = self.backend.lookup(&v.name) else {
+                    continue;
+                };
+                if now.attached_to == Some(me) {
+                    tracing::warn!(volume = %v.name, epoch = now.attach_epoch, "giving back an attachment no mount uses");
+                    if let Err(e) = self.backend.release(&v.name, now.attach_epoch).await {
+                        tracing::warn!(volume = %v.name, error = %e, "giving back an unused attachment");
+                    }
+                }
+            }
+        }
     }
 
     fn path(&self, name: &str) -> Value {
@@ -430,6 +476,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
 /// another process serves it) and serves the plugin until the process ends.
 pub async fn serve<B: VolumeBackend>(socket: PathBuf, plugin: Arc<Plugin<B>>) {
     plugin.reconcile().await;
+    tokio::spawn(plugin.clone().sweep_leases());
     let listener = match bind(&socket).await {
         Ok(l) => l,
         Err(e) => {
