@@ -1,11 +1,13 @@
 //! Attaching a volume to this node as a block device, and the filesystem on
-//! it. The volume becomes a file in a FUSE filesystem served by the daemon,
-//! bound to a loop device: that works on machines without the kernel `nbd`
-//! module (the kernel NBD path for hosts that have it is still to come).
-//! The caller gets a `/dev/...` path and a handle that detaches.
+//! it. One interface, two backends chosen at run time: the kernel NBD
+//! device (`kernel_nbd`) where the `nbd` module is present, and otherwise
+//! the volume exposed as a file in a FUSE filesystem served by the daemon
+//! (`fuse_file`) bound to a loop device (`loop_dev`). Either way the
+//! caller gets a `/dev/...` path and a handle that detaches.
 
 pub mod fs;
 pub mod fuse_file;
+pub mod kernel_nbd;
 pub mod loop_dev;
 
 use std::path::{Path, PathBuf};
@@ -14,50 +16,97 @@ use std::sync::Arc;
 use raftblock_storage::VolumeIo;
 use tokio::runtime::Handle;
 
-/// How volumes are attached here, as the mount table records it.
-pub const METHOD: &str = "fuse-loop";
+/// The FUSE file + loop device backend, as the mount table records it.
+pub const FUSE_LOOP: &str = "fuse-loop";
+/// The kernel NBD backend, as the mount table records it.
+pub const KERNEL_NBD: &str = "kernel-nbd";
 
-/// Logs which attach path this machine gets. The kernel NBD path (for
-/// hosts with the `nbd` module) is not built yet: FUSE + loop everywhere.
-pub fn log_method() {
-    if Path::new("/sys/module/nbd").exists() {
-        tracing::info!("the nbd module is loaded, but kernel NBD attach is not built yet; attaching through FUSE + loop");
+/// Which backend attaches volumes on this host.
+pub fn method() -> &'static str {
+    if kernel_nbd::available() {
+        KERNEL_NBD
+    } else {
+        FUSE_LOOP
     }
+}
+
+/// Logs which attach path this machine gets.
+pub fn log_method() {
+    tracing::info!(
+        method = method(),
+        "volumes attach through {}",
+        match method() {
+            KERNEL_NBD => "kernel NBD devices",
+            _ => "a FUSE file on a loop device (no nbd kernel module here)",
+        }
+    );
+}
+
+enum Backend {
+    FuseLoop {
+        fuse_dir: PathBuf,
+        file: Option<fuse_file::MountedFile>,
+    },
+    KernelNbd(kernel_nbd::KernelDevice),
 }
 
 /// A volume attached as a block device; [`Attached::detach`] undoes it.
 pub struct Attached {
     /// The block device.
     pub device: PathBuf,
-    fuse_dir: PathBuf,
-    file: Option<fuse_file::MountedFile>,
+    /// Which backend ([`FUSE_LOOP`] or [`KERNEL_NBD`]).
+    pub method: &'static str,
+    backend: Backend,
 }
 
 impl Attached {
-    /// Releases the device and unmounts the FUSE file.
-    pub fn detach(mut self) -> Result<(), String> {
-        loop_dev::release(&self.device)?;
-        // Dropping the session unmounts the FUSE filesystem.
-        self.file.take();
-        let _ = std::fs::remove_dir(&self.fuse_dir);
-        Ok(())
+    /// Releases the device (and unmounts the FUSE file).
+    pub fn detach(self) -> Result<(), String> {
+        match self.backend {
+            Backend::FuseLoop { fuse_dir, mut file } => {
+                loop_dev::release(&self.device)?;
+                // Dropping the session unmounts the FUSE filesystem.
+                file.take();
+                let _ = std::fs::remove_dir(&fuse_dir);
+                Ok(())
+            }
+            Backend::KernelNbd(d) => d.detach(),
+        }
     }
 }
 
-/// Attaches `volume` under `work_dir` (where its FUSE file lives), doing
-/// its I/O on `rt`.
+/// Attaches `volume`, doing its I/O on `rt`; `work_dir` holds the FUSE
+/// file when that backend is used. Kernel NBD is tried first where the
+/// module is present; if it fails, FUSE + loop is used.
 pub fn attach<V: VolumeIo>(
     volume: Arc<V>,
     rt: Handle,
     work_dir: &Path,
 ) -> Result<Attached, String> {
+    if method() == KERNEL_NBD {
+        match kernel_nbd::attach(volume.clone(), rt.clone()) {
+            Ok(d) => {
+                return Ok(Attached {
+                    device: d.device.clone(),
+                    method: KERNEL_NBD,
+                    backend: Backend::KernelNbd(d),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(volume = volume.name(), error = %e, "kernel NBD attach failed; using FUSE + loop")
+            }
+        }
+    }
     let fuse_dir = work_dir.join("fuse");
     let file = fuse_file::mount(volume, rt, &fuse_dir)?;
     match loop_dev::bind(&fuse_dir.join(fuse_file::FILE_NAME)) {
         Ok(device) => Ok(Attached {
             device,
-            fuse_dir,
-            file: Some(file),
+            method: FUSE_LOOP,
+            backend: Backend::FuseLoop {
+                fuse_dir,
+                file: Some(file),
+            },
         }),
         Err(e) => {
             drop(file);

@@ -177,9 +177,11 @@ impl<B: VolumeBackend> Plugin<B> {
             match tokio::time::timeout(ATTACH_BUDGET, self.backend.acquire(&name)).await {
                 Ok(r) => r?,
                 // A lease granted after this is given back by the sweep.
-                Err(_) => return Err(format!(
+                Err(_) => {
+                    return Err(format!(
                     "attaching volume {name}: no answer from the cluster within {ATTACH_BUDGET:?}"
-                )),
+                ))
+                }
             };
         let (work, mp) = (self.work_dir(&name), self.mountpoint(&name));
         let rt = tokio::runtime::Handle::current();
@@ -187,7 +189,7 @@ impl<B: VolumeBackend> Plugin<B> {
         let name2 = name.clone();
         let done = tokio::task::spawn_blocking(move || -> Result<MountedVolume, String> {
             let a = attach::attach(volume, rt, &work)?;
-            let device = a.device.clone();
+            let (device, method) = (a.device.clone(), a.method);
             let prepared = (|| {
                 let found = attach::fs::probe(&device)?;
                 let fs_name = match found {
@@ -208,7 +210,7 @@ impl<B: VolumeBackend> Plugin<B> {
                 ids: Default::default(),
                 device,
                 mountpoint: mp,
-                attach: attach::METHOD.into(),
+                attach: method.into(),
                 epoch,
             })
         })

@@ -154,3 +154,30 @@ async fn serve_connection<C: ExportCatalog>(
         Err(e) => tracing::info!(%export, %peer, error = %e, "connection closed"),
     }
 }
+
+/// Serves `volume` on `sock` in the transmission phase directly, with no
+/// handshake and simple replies only: the kernel's NBD client, handed the
+/// other end of a socket pair, speaks exactly that.
+pub(crate) async fn serve_kernel_socket<V: VolumeIo>(
+    sock: tokio::net::UnixStream,
+    volume: Arc<V>,
+    metrics: Arc<NbdMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let n = handshake::Negotiated {
+        export: OpenExport {
+            volume,
+            guard: Box::new(()),
+            description: String::new(),
+        },
+        structured: false,
+        allocation_context: false,
+    };
+    transmission::serve(sock, n, metrics, shutdown).await
+}
+
+/// Transmission flags the kernel client is given (as a server would send
+/// them without structured replies).
+pub(crate) fn kernel_transmission_flags() -> u16 {
+    handshake::transmission_flags(false)
+}

@@ -9,9 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use raftblock_storage::{zeros, ReadSegment, StorageError, VolumeIo, ZeroMode, ZERO_RUN};
@@ -30,15 +28,17 @@ struct Conn<V> {
     counters: Arc<VolumeCounters>,
 }
 
-/// Serves requests until the client disconnects, sends garbage, or the
-/// server shuts down; in-flight requests always get their replies.
-pub async fn serve<V: VolumeIo>(
-    sock: TcpStream,
+/// Serves requests on `sock` (a TCP connection after the handshake, or
+/// the kernel's end of a socket pair) until the client disconnects, sends
+/// garbage, or the server shuts down; in-flight requests always get their
+/// replies.
+pub async fn serve<V: VolumeIo, S: AsyncRead + AsyncWrite + Send + 'static>(
+    sock: S,
     n: Negotiated<V>,
     metrics: Arc<NbdMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let (rd, wr) = sock.into_split();
+    let (rd, wr) = tokio::io::split(sock);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let (tx, rx) = mpsc::channel::<Vec<Bytes>>(MAX_INFLIGHT);
     let writer = tokio::spawn(write_replies(wr, rx));
@@ -122,8 +122,8 @@ async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> io::Resul
     Ok(buf.freeze())
 }
 
-async fn write_replies(
-    mut wr: OwnedWriteHalf,
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Vec<Bytes>>,
 ) -> io::Result<()> {
     let mut pending: Vec<Bytes> = Vec::new();
@@ -146,7 +146,10 @@ const MAX_IOVECS: usize = 1024;
 
 /// Writes every part with gathering writes (a reply header and its data in
 /// one system call, no copy into a staging buffer), then empties `parts`.
-async fn write_all_vectored(w: &mut OwnedWriteHalf, parts: &mut Vec<Bytes>) -> io::Result<()> {
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: &mut Vec<Bytes>,
+) -> io::Result<()> {
     let mut start = 0;
     while start < parts.len() {
         let mut n = {
