@@ -11,134 +11,15 @@
 //!   is behind must get many entries per append;
 //! - a follower must persist entries before acknowledging them.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use raftblock_consensus::driver::DriverMsg;
-use raftblock_consensus::{
-    Cluster, ClusterView, Driver, DriverConfig, DriverHandle, MetaCommand, NodeInfo, ReplicaError,
-    Transport, META_GROUP,
-};
-use raftblock_storage::engine::{Engine, EngineKind};
-use raftblock_storage::{ChunkStore, Wal, WalOptions};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use raftblock_consensus::{MetaCommand, ReplicaError, META_GROUP};
+use tokio::sync::oneshot;
 
-/// One running node.
-struct Node {
-    id: u64,
-    cluster: Arc<Cluster>,
-    driver: DriverHandle,
-    view: Arc<ClusterView>,
-    wal_dir: std::path::PathBuf,
-    stop: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.driver.stop();
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Addresses for nodes 1..=n, with their listeners.
-async fn listeners(n: u64) -> (HashMap<u64, SocketAddr>, HashMap<u64, TcpListener>) {
-    let mut addrs = HashMap::new();
-    let mut ls = HashMap::new();
-    for id in 1..=n {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        addrs.insert(id, l.local_addr().expect("addr"));
-        ls.insert(id, l);
-    }
-    (addrs, ls)
-}
-
-/// Starts node `id` of the cluster `peers` on `listener`.
-fn start(id: u64, peers: &HashMap<u64, SocketAddr>, listener: TcpListener) -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wal_dir = dir.path().join("wal");
-    let wal = Arc::new(Wal::open(&wal_dir, WalOptions::default()).expect("wal"));
-    let engine = Engine::start(Some(EngineKind::Threads), 1).expect("engine");
-    let store = Arc::new(ChunkStore::open(dir.path(), engine).expect("store"));
-    let (stop, stop_rx) = watch::channel(false);
-    let (transport, events) = Transport::start(id, listener, stop_rx);
-    let mut cfg = DriverConfig::new(id);
-    cfg.tick = Duration::from_millis(50);
-    let mut ids: Vec<u64> = peers.keys().copied().collect();
-    ids.sort_unstable();
-    cfg.bootstrap = Some(ids);
-    let (snap_tx, snap_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (driver, view, thread) = Driver::spawn(
-        cfg,
-        wal,
-        store.clone(),
-        transport.clone(),
-        dir.path().join("meta.json"),
-        peers,
-        snap_tx,
-    )
-    .expect("driver");
-    let cluster = Cluster::start(
-        id,
-        driver.clone(),
-        view.clone(),
-        transport,
-        store,
-        events,
-        snap_rx,
-        Duration::from_secs(5),
-    );
-    Node {
-        id,
-        cluster,
-        driver,
-        view,
-        wal_dir,
-        stop,
-        thread: Some(thread),
-        _dir: dir,
-    }
-}
-
-/// Starts every node of a cluster of `n`.
-async fn start_all(n: u64) -> Vec<Node> {
-    let (addrs, mut ls) = listeners(n).await;
-    (1..=n)
-        .map(|id| start(id, &addrs, ls.remove(&id).expect("listener")))
-        .collect()
-}
-
-/// The meta group's leader once every node agrees on one.
-async fn meta_leader(nodes: &[Node]) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen: Vec<Option<u64>> = nodes.iter().map(|n| n.view.leader(META_GROUP)).collect();
-        if let Some(Some(l)) = seen.first() {
-            if seen.iter().all(|s| *s == Some(*l)) {
-                return *l;
-            }
-        }
-        assert!(Instant::now() < deadline, "no meta leader: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn node_info(id: u64) -> NodeInfo {
-    NodeInfo {
-        id,
-        raft_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
-        nbd_addr: None,
-        admin_addr: None,
-    }
-}
-
+use common::{listeners, meta_leader, node_info, start, start_all};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_without_a_leader_is_answered_not_dropped() {
     let (addrs, mut ls) = listeners(3).await;
