@@ -172,7 +172,7 @@ impl Node {
                     let plugin = Plugin::new(backend, &self.data_dir.join("docker"))
                         .map_err(|e| anyhow::anyhow!(e))
                         .context("starting the Docker volume plugin")?;
-                    tokio::spawn(docker::serve(socket, plugin));
+                    tokio::spawn(docker::serve(socket, plugin, shutdown.clone()));
                 }
                 let exports = Arc::new(ClusterExports {
                     cluster: c.cluster.clone(),

@@ -290,3 +290,23 @@ impl Drop for MountSweeper {
         }
     }
 }
+
+/// Removes the given files (plugin sockets) when dropped, so a failed test
+/// leaves no dead socket for dockerd to retry on every `volume ls`.
+pub struct RemoveOnDrop(pub Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Serializes the tests that use dockerd: every dockerd on the host scans
+/// the one plugin directory, so one test's dying plugin would slow another
+/// test's `docker volume ls`.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

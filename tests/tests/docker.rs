@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use raftblock_tests::cluster::TestCluster;
 use raftblock_tests::docker::{
-    driver_name, loops_under, mounts_under, plugin_call, tools_present, wait_for_socket,
-    DockerEngine, MountSweeper, IMAGE,
+    driver_name, exclusive, loops_under, mounts_under, plugin_call, tools_present, wait_for_socket,
+    DockerEngine, MountSweeper, RemoveOnDrop, IMAGE,
 };
 
 fn data_dirs(c: &TestCluster) -> Vec<PathBuf> {
@@ -29,6 +29,7 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
     if !tools_present() {
         return;
     }
+    let _one_at_a_time = exclusive();
     let (driver, socket) = driver_name("basic");
     let socks: Vec<PathBuf> = (1..=3)
         .map(|i| {
@@ -39,8 +40,9 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
             }
         })
         .collect();
+    let _rm = RemoveOnDrop(socks.clone());
     let s2 = socks.clone();
-    let c = TestCluster::start_each(3, move |id| {
+    let mut c = TestCluster::start_each(3, move |id| {
         vec![
             "--plugin-socket".into(),
             s2[(id - 1) as usize].display().to_string(),
@@ -203,9 +205,25 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
         let get = plugin_call(s, "/VolumeDriver.Get", &json!({"Name": "v1"}));
         assert!(err_of(&get).contains("no such volume"), "{get}");
     }
-    for s in &socks[1..] {
-        let _ = std::fs::remove_file(s);
-    }
+
+    // With the cluster unreachable (nodes 2 and 3 gone, no quorum), Get and
+    // List still answer from node 1's view at once: an error there would
+    // make dockerd forget the volume.
+    docker.ok(&["volume", "create", "-d", &driver, "-o", "size=64M", "kept"]);
+    c.node(2).kill9();
+    c.node(3).kill9();
+    let t = Instant::now();
+    let get = plugin_call(&socks[0], "/VolumeDriver.Get", &json!({"Name": "kept"}));
+    println!("Get with the cluster down took {:?}: {get}", t.elapsed());
+    let t = Instant::now();
+    let inspect = docker.ok(&["volume", "inspect", "kept"]);
+    println!("inspect with the cluster down took {:?}", t.elapsed());
+    assert!(inspect.contains("\"kept\""), "{inspect}");
+    let ls = docker.ok(&["volume", "ls", "--format", "{{.Name}}"]);
+    assert!(ls.lines().any(|l| l == "kept"), "{ls}");
+    let took = t.elapsed();
+    println!("inspect + ls with the cluster down took {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
 /// Retries `docker run` until it succeeds (the volume is still held by the
@@ -234,7 +252,9 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
     }
     // Nodes 1 and 2 both want the one plugin socket dockerd knows: node 1
     // serves it, node 2 stands by and takes it over when node 1 dies.
+    let _one_at_a_time = exclusive();
     let (driver, socket) = driver_name("failover");
+    let _rm = RemoveOnDrop(vec![socket.clone()]);
     let sock = socket.display().to_string();
     let mut c = TestCluster::start_each(3, move |id| {
         let s = if id == 3 {
@@ -349,6 +369,7 @@ fn a_frozen_holder_is_fenced_once_the_volume_moves() {
     let socks: Vec<PathBuf> = (1..=2)
         .map(|i| std::env::temp_dir().join(format!("rbit-{}-fence-{i}.sock", std::process::id())))
         .collect();
+    let _rm = RemoveOnDrop(socks.clone());
     let s2 = socks.clone();
     let mut c = TestCluster::start_each(3, move |id| {
         let s = match id {

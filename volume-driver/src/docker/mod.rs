@@ -34,6 +34,11 @@ pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/raftblock.sock";
 /// dockerd gives a plugin call about a minute, and an answer it timed out
 /// on is lost.
 const ATTACH_BUDGET: Duration = Duration::from_secs(40);
+/// How long Unmount waits to give the lease back before leaving it to
+/// the sweep.
+const RELEASE_BUDGET: Duration = Duration::from_secs(10);
+/// How long Remove may wait for the cluster (dockerd allows a minute).
+const REMOVE_BUDGET: Duration = Duration::from_secs(45);
 /// How often leases this node holds without a mount are given back.
 const LEASE_SWEEP: Duration = Duration::from_secs(15);
 
@@ -145,7 +150,14 @@ impl<B: VolumeBackend> Plugin<B> {
         if lock(&self.table).volumes.contains_key(name) {
             return Err(format!("volume {name} is mounted on this node"));
         }
-        self.backend.remove(name).await?;
+        match tokio::time::timeout(REMOVE_BUDGET, self.backend.remove(name)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(format!(
+                    "removing volume {name}: no answer from the cluster within {REMOVE_BUDGET:?}"
+                ))
+            }
+        }
         Ok(json!({ "Err": "" }))
     }
 
@@ -273,7 +285,18 @@ impl<B: VolumeBackend> Plugin<B> {
             t.volumes.remove(&name);
             t.save()?;
         }
-        self.backend.release(&name, epoch).await?;
+        // The device is gone either way; if the cluster cannot take the
+        // lease back now, the sweep gives it back later (dockerd allows
+        // Unmount a minute, and a failed Unmount leaves it confused).
+        match tokio::time::timeout(RELEASE_BUDGET, self.backend.release(&name, epoch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(volume = %name, error = %e, "giving the attachment back failed; the lease sweep retries")
+            }
+            Err(_) => {
+                tracing::warn!(volume = %name, "giving the attachment back timed out; the lease sweep retries")
+            }
+        }
         tracing::info!(volume = %name, "unmounted and detached");
         Ok(json!({ "Err": "" }))
     }
@@ -475,19 +498,33 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
 }
 
 /// Cleans up the previous run's mounts, binds `socket` (standing by while
-/// another process serves it) and serves the plugin until the process ends.
-pub async fn serve<B: VolumeBackend>(socket: PathBuf, plugin: Arc<Plugin<B>>) {
+/// another process serves it) and serves the plugin until `shutdown` turns
+/// true; then removes the socket, so dockerd does not retry a dead one.
+pub async fn serve<B: VolumeBackend>(
+    socket: PathBuf,
+    plugin: Arc<Plugin<B>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     plugin.reconcile().await;
     tokio::spawn(plugin.clone().sweep_leases());
-    let listener = match bind(&socket).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "the Docker volume plugin is not served");
-            return;
-        }
+    let listener = tokio::select! {
+        l = bind(&socket) => match l {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "the Docker volume plugin is not served");
+                return;
+            }
+        },
+        _ = shutdown.wait_for(|s| *s) => return,
     };
     tracing::info!(socket = %socket.display(), "serving the Docker volume plugin");
-    if let Err(e) = axum::serve(listener, router(plugin)).await {
+    let served = axum::serve(listener, router(plugin))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = served {
         tracing::error!(error = %e, "volume plugin server stopped");
     }
+    let _ = std::fs::remove_file(&socket);
 }
