@@ -17,7 +17,7 @@ use crate::admin::{self, AdminState};
 use crate::cli::ServeArgs;
 use crate::docker_volumes::ClusterVolumes;
 use crate::replication::{self, ClusterExports, ClusterNode};
-use raftblock_volume_driver::docker::{self, Plugin};
+use raftblock_volume_driver::docker::{self, Plugin, PluginMetrics};
 
 /// How long in-flight NBD requests may take to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -164,14 +164,19 @@ impl Node {
         );
         let nbd_listener = self.nbd;
         let nbd_sd = shutdown.clone();
+        let plugin_metrics = Arc::new(PluginMetrics::default());
         let nbd_task = match &self.cluster {
             Some(c) => {
                 c.spawn_membership();
                 if let Some((socket, grace)) = self.plugin.clone() {
                     let backend = Arc::new(ClusterVolumes::new(c.cluster.clone(), grace));
-                    let plugin = Plugin::new(backend, &self.data_dir.join("docker"))
-                        .map_err(|e| anyhow::anyhow!(e))
-                        .context("starting the Docker volume plugin")?;
+                    let plugin = Plugin::new(
+                        backend,
+                        &self.data_dir.join("docker"),
+                        plugin_metrics.clone(),
+                    )
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .context("starting the Docker volume plugin")?;
                     tokio::spawn(docker::serve(socket, plugin, shutdown.clone()));
                 }
                 let exports = Arc::new(ClusterExports {
@@ -193,6 +198,7 @@ impl Node {
             metrics: self.metrics.clone(),
             nbd_addr: self.nbd_addr,
             cluster: self.cluster.as_ref().map(|c| c.cluster.clone()),
+            plugin: self.plugin.is_some().then_some(plugin_metrics),
         });
         let mut admin_sd = shutdown.clone();
         let admin_task = tokio::spawn(

@@ -217,6 +217,7 @@ async fn apply_entry(
         return Ok(0);
     }
     if fence.history.refuses(cmd.epoch) {
+        crate::fence::count_refused();
         let (_, shard) = shard_of_group(group);
         tracing::warn!(
             group,

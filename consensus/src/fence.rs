@@ -8,6 +8,19 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Writes refused by this process's replicas (for `/metrics`).
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many writes this process's shard replicas refused as fenced.
+pub fn refused_writes() -> u64 {
+    REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a refused write.
+pub fn count_refused() {
+    REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Fences remembered per replica (only the latest matters for new writes;
 /// older ones answer snapshots taken at older indexes).
 const KEEP: usize = 8;

@@ -33,6 +33,8 @@ pub struct AdminState {
     pub nbd_addr: SocketAddr,
     /// The cluster service, in cluster mode.
     pub cluster: Option<Arc<Cluster>>,
+    /// The Docker plugin's metrics, when it is served.
+    pub plugin: Option<Arc<raftblock_volume_driver::docker::PluginMetrics>>,
 }
 
 /// An error reply: status plus `{"error": message}`.
@@ -252,5 +254,21 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         }),
     );
     s.metrics.render(&mut out);
+    if let Some(p) = &s.plugin {
+        p.render(&mut out);
+    }
+    if s.cluster.is_some() {
+        metric_header(
+            &mut out,
+            "raftblock_fenced_writes_total",
+            "counter",
+            "Writes this node's shard replicas refused because their attach epoch was fenced off.",
+        );
+        let _ = writeln!(
+            out,
+            "raftblock_fenced_writes_total {}",
+            raftblock_consensus::fence::refused_writes()
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -156,6 +156,13 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
     ]);
     let get = plugin_call(&socks[0], "/VolumeDriver.Get", &json!({"Name": "v1"}));
     assert_eq!(get["Volume"]["Status"]["mounts"], 2, "{get}");
+    let n1 = &c.nodes[0];
+    assert_eq!(n1.metric("raftblock_plugin_mounted_volumes"), Some(1.0));
+    assert!(
+        n1.metric("raftblock_plugin_calls_total{endpoint=\"Mount\",result=\"ok\"}") >= Some(4.0),
+        "{}",
+        n1.metrics()
+    );
     assert_eq!(get["Volume"]["Status"]["attached_to_node"], 1, "{get}");
     docker.ok(&["exec", &b, "sh", "-c", "echo from b > /data/b && sync"]);
     assert_eq!(docker.ok(&["exec", &a, "cat", "/data/b"]), "from b");

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod metrics;
 pub mod mounts;
 
 use axum::body::Bytes;
@@ -26,6 +27,7 @@ use tokio::net::UnixListener;
 use crate::attach::{self, Attached};
 use api::{CreateOptions, CreateRequest, Filesystem, MountRequest, NameRequest, VolumeView};
 pub use backend::{VolumeBackend, VolumeInfo};
+pub use metrics::PluginMetrics;
 use mounts::{MountTable, MountedVolume};
 
 /// Default path of the plugin socket (dockerd looks there for `raftblock`).
@@ -51,6 +53,7 @@ pub struct Plugin<B: VolumeBackend> {
     attached: Mutex<HashMap<String, Attached>>,
     /// One Mount/Unmount at a time per volume.
     busy: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: Arc<PluginMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,7 +90,11 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, St
 
 impl<B: VolumeBackend> Plugin<B> {
     /// The plugin over `backend`, keeping its mounts under `root`.
-    pub fn new(backend: Arc<B>, root: &Path) -> Result<Arc<Plugin<B>>, String> {
+    pub fn new(
+        backend: Arc<B>,
+        root: &Path,
+        metrics: Arc<PluginMetrics>,
+    ) -> Result<Arc<Plugin<B>>, String> {
         let table = MountTable::load(&root.join("mounts.json"))?;
         attach::log_method();
         Ok(Arc::new(Plugin {
@@ -96,6 +103,7 @@ impl<B: VolumeBackend> Plugin<B> {
             table: Mutex::new(table),
             attached: Mutex::new(HashMap::new()),
             busy: tokio::sync::Mutex::new(HashMap::new()),
+            metrics,
         }))
     }
 
@@ -162,6 +170,7 @@ impl<B: VolumeBackend> Plugin<B> {
     }
 
     async fn mount(self: &Arc<Self>, req: MountRequest) -> Result<Value, String> {
+        let started = std::time::Instant::now();
         let name = req.name.clone();
         let guard = self.volume_lock(&name).await;
         let _held = guard.lock().await;
@@ -239,6 +248,8 @@ impl<B: VolumeBackend> Plugin<B> {
         let mp = mounted.mountpoint.clone();
         let mut t = lock(&self.table);
         t.volumes.insert(name.clone(), mounted);
+        self.metrics.set_mounted(t.volumes.len());
+        self.metrics.mount_took(started.elapsed());
         t.save()?;
         tracing::info!(volume = %name, mountpoint = %mp.display(), "mounted");
         Ok(json!({ "Mountpoint": mp, "Err": "" }))
@@ -283,6 +294,7 @@ impl<B: VolumeBackend> Plugin<B> {
         {
             let mut t = lock(&self.table);
             t.volumes.remove(&name);
+            self.metrics.set_mounted(t.volumes.len());
             t.save()?;
         }
         // The device is gone either way; if the cluster cannot take the
@@ -400,11 +412,12 @@ async fn capabilities() -> Response {
     ok(json!({ "Capabilities": { "Scope": "global" } }))
 }
 
-fn answer(r: Result<Value, String>) -> Response {
+fn answer(m: &PluginMetrics, endpoint: &'static str, r: Result<Value, String>) -> Response {
+    m.call(endpoint, r.is_ok());
     match r {
         Ok(v) => ok(v),
         Err(e) => {
-            tracing::warn!(error = %e, "volume plugin call failed");
+            tracing::warn!(endpoint, error = %e, "volume plugin call failed");
             err(e)
         }
     }
@@ -412,28 +425,28 @@ fn answer(r: Result<Value, String>) -> Response {
 
 async fn create<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<CreateRequest>(&body) {
-        Ok(r) => answer(p.create(r).await),
+        Ok(r) => answer(&p.metrics, "Create", p.create(r).await),
         Err(e) => err(e),
     }
 }
 
 async fn remove<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
-        Ok(r) => answer(p.remove(&r.name).await),
+        Ok(r) => answer(&p.metrics, "Remove", p.remove(&r.name).await),
         Err(e) => err(e),
     }
 }
 
 async fn mount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
-        Ok(r) => answer(p.mount(r).await),
+        Ok(r) => answer(&p.metrics, "Mount", p.mount(r).await),
         Err(e) => err(e),
     }
 }
 
 async fn unmount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
-        Ok(r) => answer(p.unmount(r).await),
+        Ok(r) => answer(&p.metrics, "Unmount", p.unmount(r).await),
         Err(e) => err(e),
     }
 }
@@ -447,7 +460,7 @@ async fn path<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) ->
 
 async fn get<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
-        Ok(r) => answer(p.get(&r.name)),
+        Ok(r) => answer(&p.metrics, "Get", p.get(&r.name)),
         Err(e) => err(e),
     }
 }
