@@ -66,8 +66,14 @@ impl<V: VolumeIo> VolumeFile<V> {
 
 impl<V: VolumeIo> Filesystem for VolumeFile<V> {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
-        // Fewer, larger requests from the loop device.
+        // Fewer, larger requests from the loop device, and many of them in
+        // flight (they are answered from tasks, out of order).
         let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(128);
+        let _ = config.set_congestion_threshold(96);
+        // Let the loop device's asynchronous direct I/O reach us as many
+        // requests at once instead of one at a time.
+        let _ = config.add_capabilities(fuser::consts::FUSE_ASYNC_DIO);
         Ok(())
     }
 
@@ -114,22 +120,27 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
         if len == 0 {
             return reply.data(&[]);
         }
-        match self.rt.block_on(self.volume.read(offset as u64, len)) {
-            Ok(segs) => {
-                let mut out = Vec::with_capacity(len as usize);
-                for s in segs {
-                    match s {
-                        ReadSegment::Data(b) => out.extend_from_slice(&b),
-                        ReadSegment::Hole(n) => out.resize(out.len() + n as usize, 0),
+        // Replies go out from the task, so the session thread takes the
+        // next request at once and requests run concurrently.
+        let v = self.volume.clone();
+        self.rt.spawn(async move {
+            match v.read(offset as u64, len).await {
+                Ok(segs) => {
+                    let mut out = Vec::with_capacity(len as usize);
+                    for s in segs {
+                        match s {
+                            ReadSegment::Data(b) => out.extend_from_slice(&b),
+                            ReadSegment::Hole(n) => out.resize(out.len() + n as usize, 0),
+                        }
                     }
+                    reply.data(&out);
                 }
-                reply.data(&out);
+                Err(e) => {
+                    tracing::warn!(volume = v.name(), offset, error = %e, "FUSE read failed");
+                    reply.error(errno(&e));
+                }
             }
-            Err(e) => {
-                tracing::warn!(volume = self.volume.name(), offset, error = %e, "FUSE read failed");
-                reply.error(errno(&e));
-            }
-        }
+        });
     }
 
     fn write(
@@ -151,16 +162,17 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
             return reply.error(libc::ENOSPC);
         }
         let bytes = Bytes::copy_from_slice(data);
-        match self
-            .rt
-            .block_on(self.volume.write(offset as u64, bytes, false))
-        {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => {
-                tracing::warn!(volume = self.volume.name(), offset, error = %e, "FUSE write failed");
-                reply.error(errno(&e));
+        let len = data.len() as u32;
+        let v = self.volume.clone();
+        self.rt.spawn(async move {
+            match v.write(offset as u64, bytes, false).await {
+                Ok(()) => reply.written(len),
+                Err(e) => {
+                    tracing::warn!(volume = v.name(), offset, error = %e, "FUSE write failed");
+                    reply.error(errno(&e));
+                }
             }
-        }
+        });
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _owner: u64, reply: ReplyEmpty) {
@@ -168,10 +180,15 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _ds: bool, reply: ReplyEmpty) {
-        match self.rt.block_on(self.volume.flush()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        // Every write was replied to after it was committed; the flush
+        // covers those that completed before this fsync was sent.
+        let v = self.volume.clone();
+        self.rt.spawn(async move {
+            match v.flush().await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn fallocate(
@@ -191,26 +208,27 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
         let len = len.min(self.volume.size().saturating_sub(off));
         let known =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
-        let r = if mode & !known != 0 {
+        if mode & !known != 0 {
             // Collapse/insert range would move data: not for a block device.
             return reply.error(libc::EOPNOTSUPP);
-        } else if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
-            // Discard: the range reads as zeros and gives its space back.
-            self.rt.block_on(self.volume.trim(off, len, false))
-        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
-            // Write-zeroes from the loop device.
-            self.rt.block_on(
-                self.volume
-                    .write_zeroes(off, len, ZeroMode::Allocate, false),
-            )
-        } else {
-            // The volume has its full size already; nothing to allocate.
-            Ok(())
-        };
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
         }
+        let v = self.volume.clone();
+        self.rt.spawn(async move {
+            let r = if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+                // Discard: the range reads as zeros and gives its space back.
+                v.trim(off, len, false).await
+            } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+                // Write-zeroes from the loop device.
+                v.write_zeroes(off, len, ZeroMode::Allocate, false).await
+            } else {
+                // The volume has its full size already; nothing to allocate.
+                Ok(())
+            };
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn readdir(

@@ -4,10 +4,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Binds `file` to a free loop device and returns the device.
+/// Binds `file` to a free loop device and returns the device. Direct I/O
+/// is asked for (the loop device then keeps many requests in flight and no
+/// second page cache); where it is refused, buffered I/O is used.
 pub fn bind(file: &Path) -> Result<PathBuf, String> {
+    bind_with(file, &["--direct-io=on"]).or_else(|e| {
+        tracing::debug!(error = %e, "loop device with direct I/O refused; binding without");
+        bind_with(file, &[])
+    })
+}
+
+fn bind_with(file: &Path, extra: &[&str]) -> Result<PathBuf, String> {
     let out = Command::new("losetup")
         .args(["--find", "--show"])
+        .args(extra)
         .arg(file)
         .output()
         .map_err(|e| format!("losetup: {e}"))?;
