@@ -33,6 +33,7 @@ pub fn tools_present() -> bool {
         "docker",
         "busybox",
         "mkfs.ext4",
+        "mkfs.xfs",
         "losetup",
         "fusermount3",
     ]

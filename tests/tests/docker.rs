@@ -166,6 +166,16 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
     assert_eq!(get["Volume"]["Status"]["attached_to_node"], 1, "{get}");
     docker.ok(&["exec", &b, "sh", "-c", "echo from b > /data/b && sync"]);
     assert_eq!(docker.ok(&["exec", &a, "cat", "/data/b"]), "from b");
+    let path = plugin_call(&socks[0], "/VolumeDriver.Path", &json!({"Name": "v1"}));
+    let mp = PathBuf::from(
+        path["Mountpoint"]
+            .as_str()
+            .expect("Path answers the mountpoint"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(mp.join("b")).expect("the mountpoint holds the files"),
+        "from b\n"
+    );
     docker.ok(&["rm", "-f", &b]);
     docker.ok(&["exec", &a, "sh", "-c", "echo still here > /data/a && sync"]);
     assert_eq!(docker.ok(&["exec", &a, "cat", "/data/a"]), "still here");
@@ -212,6 +222,49 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
         let get = plugin_call(s, "/VolumeDriver.Get", &json!({"Name": "v1"}));
         assert!(err_of(&get).contains("no such volume"), "{get}");
     }
+
+    // fs=xfs makes an XFS filesystem on first mount.
+    docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        &driver,
+        "-o",
+        "size=512M",
+        "-o",
+        "fs=xfs",
+        "-o",
+        "replicas=2",
+        "xfsvol",
+    ]);
+    let fs = docker.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "xfsvol:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo on xfs > /data/f && sync && cat /proc/mounts",
+    ]);
+    assert!(fs.lines().any(|l| l.contains(" /data xfs ")), "{fs}");
+    let got = docker.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "xfsvol:/data",
+        IMAGE,
+        "cat",
+        "/data/f",
+    ]);
+    assert_eq!(got, "on xfs");
+    let get = plugin_call(&socks[2], "/VolumeDriver.Get", &json!({"Name": "xfsvol"}));
+    assert_eq!(get["Volume"]["Status"]["fs"], "xfs", "{get}");
+    assert_eq!(get["Volume"]["Status"]["replicas"], 2, "{get}");
 
     // With the cluster unreachable (nodes 2 and 3 gone, no quorum), Get and
     // List still answer from node 1's view at once: an error there would
