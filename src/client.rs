@@ -1,8 +1,14 @@
-//! The admin API client the volume commands use: JSON over HTTP/1.1 to a
-//! daemon's admin listener, turning error bodies into plain messages.
+//! The clients of a daemon's two HTTP APIs: the admin API the volume
+//! commands use (JSON over HTTP/1.1 to the admin listener, turning error
+//! bodies into plain messages), and a minimal one for the Docker volume
+//! plugin on its unix socket ([`plugin_call`]), which the bench and the
+//! tests use to drive the plugin the way dockerd does.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 /// Talks to one daemon's admin API.
@@ -155,4 +161,161 @@ fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// How long [`plugin_request`] waits for an answer (Mount may make a
+/// filesystem, and the plugin gives the cluster up to 40 s to attach).
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One answer of the Docker volume plugin.
+#[derive(Debug, Clone)]
+pub struct PluginAnswer {
+    /// HTTP status (the plugin answers errors as 500 with `Err` set).
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+/// Posts `body` to `endpoint` (`/VolumeDriver.Mount` etc.) of the plugin
+/// listening on the unix socket `socket`, as dockerd does, and returns the
+/// answer whatever its status; fails only if the socket cannot be reached
+/// or the answer is not HTTP with a JSON body.
+pub fn plugin_request(socket: &Path, endpoint: &str, body: &Value) -> Result<PluginAnswer> {
+    let body = body.to_string();
+    let mut s = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to the plugin socket {}", socket.display()))?;
+    s.set_read_timeout(Some(PLUGIN_TIMEOUT))
+        .context("setting the plugin socket timeout")?;
+    let request = format!(
+        "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // One write. Handlers that ignore the body (List, Capabilities) may
+    // answer and close before all of it is sent: the answer is still there
+    // to read, so a closed pipe here is not yet a failure.
+    if let Err(e) = s.write_all(request.as_bytes()) {
+        if !matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ) {
+            return Err(e).with_context(|| format!("sending {endpoint} to {}", socket.display()));
+        }
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer to {endpoint} from {}", socket.display()))?;
+    let resp = String::from_utf8_lossy(&raw);
+    let (head, rest) = resp
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed plugin answer to {endpoint}: {resp:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("plugin answer to {endpoint} without a status line: {head:?}"))?;
+    let header = |name: &str| {
+        lines.clone().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let content_type = header("content-type");
+    let chunked = header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+    let json = if chunked {
+        dechunk(rest).with_context(|| format!("malformed chunked answer to {endpoint}"))?
+    } else {
+        rest.to_string()
+    };
+    let body = serde_json::from_str(&json).with_context(|| {
+        format!("plugin answer to {endpoint} (HTTP {status}) is not JSON: {json:?}")
+    })?;
+    Ok(PluginAnswer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// Like [`plugin_request`], but a failure answer (an HTTP error status or
+/// a non-empty `Err`) is an error carrying the plugin's message; returns
+/// the JSON body of a successful answer.
+pub fn plugin_call(socket: &Path, endpoint: &str, body: &Value) -> Result<Value> {
+    let a = plugin_request(socket, endpoint, body)?;
+    let err = a.body.get("Err").and_then(Value::as_str).unwrap_or("");
+    if !err.is_empty() {
+        bail!("{endpoint}: {err} (HTTP {})", a.status);
+    }
+    if !(200..300).contains(&a.status) {
+        bail!("{endpoint}: HTTP {}: {}", a.status, a.body);
+    }
+    Ok(a.body)
+}
+
+/// Joins the chunks of a chunked HTTP/1.1 body.
+fn dechunk(mut rest: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, after) = rest.split_once("\r\n").context("chunk size line")?;
+        let hex = size_line.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(hex, 16).with_context(|| format!("chunk size {hex:?}"))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let chunk = after.get(..n).context("truncated chunk")?;
+        out.push_str(chunk);
+        rest = after
+            .get(n..)
+            .context("truncated chunk")?
+            .trim_start_matches("\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// Serves one connection on a fresh socket with the canned `answer`.
+    fn serve_once(answer: &'static str) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("plugin.sock");
+        let listener = UnixListener::bind(&path)?;
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        Ok((dir, path))
+    }
+
+    #[test]
+    fn plugin_call_returns_body_or_err() -> Result<()> {
+        let (_d, ok) = serve_once(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.docker.plugins.v1.1+json\r\ncontent-length: 32\r\n\r\n{\"Mountpoint\":\"/mnt/x\",\"Err\":\"\"}",
+        )?;
+        let v = plugin_call(&ok, "/VolumeDriver.Mount", &json!({"Name": "x"}))?;
+        assert_eq!(v["Mountpoint"], "/mnt/x");
+
+        let (_d, failed) = serve_once(
+            "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\nf\r\n{\"Err\":\"no such\r\n8\r\n volume\"\r\n1\r\n}\r\n0\r\n\r\n",
+        )?;
+        let a = plugin_request(&failed, "/VolumeDriver.Mount", &json!({}))?;
+        assert_eq!(a.status, 500);
+        assert_eq!(a.body["Err"], "no such volume");
+        let (_d, failed) = serve_once(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 15\r\n\r\n{\"Err\":\"nope\"}",
+        )?;
+        let e = plugin_call(&failed, "/VolumeDriver.Mount", &json!({}))
+            .err()
+            .context("an Err answer must fail")?;
+        assert!(e.to_string().contains("nope"), "{e}");
+        Ok(())
+    }
 }

@@ -1,4 +1,5 @@
-//! Running fio with its `nbd` ioengine and parsing its JSON output: the four
+//! Running fio and parsing its JSON output: against an NBD server with fio's
+//! `nbd` ioengine, or against a file with `libaio` and direct I/O; the four
 //! benchmark workloads (4k random write/read at queue depth 32, 1 MiB
 //! sequential write/read at depth 8), the sequential prefill that makes reads
 //! hit written data, and extraction of IOPS, bandwidth and completion-latency
@@ -7,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,14 +76,32 @@ impl Workload {
     }
 }
 
-/// One timed fio run against one NBD URI.
+/// What fio does I/O to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IoTarget {
+    /// An NBD export, `nbd://host:port/export` (fio's `nbd` engine).
+    Nbd(String),
+    /// A file, opened with `O_DIRECT` and driven by `libaio`.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for IoTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoTarget::Nbd(uri) => f.write_str(uri),
+            IoTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// One timed fio run against one target.
 #[derive(Debug)]
 pub struct FioJob<'a> {
     /// What to run.
     pub workload: Workload,
-    /// `nbd://host:port/export`.
-    pub uri: &'a str,
-    /// Bytes of the device the job covers.
+    /// Where to run it.
+    pub target: &'a IoTarget,
+    /// Bytes of the device (or file) the job covers.
     pub size: u64,
     /// Measured seconds (after the ramp).
     pub runtime_s: u64,
@@ -101,12 +120,22 @@ pub struct FioResult {
     pub p99_ms: f64,
 }
 
-fn base_command(uri: &str, size: u64, out: &Path) -> Command {
+fn base_command(target: &IoTarget, size: u64, out: &Path) -> Command {
     let mut cmd = Command::new("fio");
-    cmd.arg("--name=bench")
-        .arg("--ioengine=nbd")
-        .arg(format!("--uri={uri}"))
-        .arg(format!("--size={size}"))
+    cmd.arg("--name=bench");
+    match target {
+        IoTarget::Nbd(uri) => {
+            cmd.arg("--ioengine=nbd").arg(format!("--uri={uri}"));
+        }
+        IoTarget::File(path) => {
+            // fio splits file names at ':' unless escaped.
+            let name = path.to_string_lossy().replace(':', "\\:");
+            cmd.arg("--ioengine=libaio")
+                .arg("--direct=1")
+                .arg(format!("--filename={name}"));
+        }
+    }
+    cmd.arg(format!("--size={size}"))
         .arg("--numjobs=1")
         .arg("--output-format=json")
         .arg(format!("--output={}", out.display()));
@@ -116,7 +145,7 @@ fn base_command(uri: &str, size: u64, out: &Path) -> Command {
 /// Runs one timed workload and parses its result; `out` receives fio's JSON.
 pub fn run(job: &FioJob<'_>, out: &Path) -> Result<FioResult> {
     let w = job.workload;
-    let mut cmd = base_command(job.uri, job.size, out);
+    let mut cmd = base_command(job.target, job.size, out);
     cmd.arg(format!("--rw={}", w.rw()))
         .arg(format!("--bs={}", w.block_size()))
         .arg(format!("--iodepth={}", w.iodepth()))
@@ -136,10 +165,10 @@ pub fn run(job: &FioJob<'_>, out: &Path) -> Result<FioResult> {
     parse(&text, w.is_read())
 }
 
-/// Writes the whole device once with 1 MiB sequential writes, so later reads
-/// hit data rather than holes.
-pub fn prefill(uri: &str, size: u64, out: &Path) -> Result<()> {
-    let mut cmd = base_command(uri, size, out);
+/// Writes the whole device (or file) once with 1 MiB sequential writes, so
+/// later reads hit data rather than holes.
+pub fn prefill(target: &IoTarget, size: u64, out: &Path) -> Result<()> {
+    let mut cmd = base_command(target, size, out);
     cmd.arg("--rw=write").arg("--bs=1M").arg("--iodepth=8");
     // At least 10 MiB/s, plus setup slack.
     let limit = Duration::from_secs(size / (10 << 20) + 60);

@@ -3,9 +3,14 @@
 //! raftblock rows, a per-workload "vs best baseline" summary and the servers'
 //! CPU time and peak RSS. Rendered as an aligned markdown table for the
 //! terminal and serialised as JSON for later comparison.
+//!
+//! Which targets are ours is [`TargetKind::OURS`]; every other target in the
+//! results is a baseline, and gets a "ratio vs <baseline>" column, in the
+//! order the baselines first appear in the results.
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::fio::FioResult;
@@ -45,10 +50,9 @@ pub struct ResultRow {
     pub p50_ms: f64,
     /// 99th-percentile completion latency (ms).
     pub p99_ms: f64,
-    /// raftblock IOPS / nbdkit IOPS (raftblock rows only).
-    pub ratio_vs_nbdkit: Option<f64>,
-    /// raftblock IOPS / qemu-nbd IOPS (raftblock rows only).
-    pub ratio_vs_qemu_nbd: Option<f64>,
+    /// Our IOPS / the baseline's IOPS, by baseline name (our rows only;
+    /// empty on baseline rows).
+    pub ratio_vs: BTreeMap<String, f64>,
 }
 
 impl ResultRow {
@@ -61,8 +65,7 @@ impl ResultRow {
             mib_s: r.mib_s,
             p50_ms: r.p50_ms,
             p99_ms: r.p99_ms,
-            ratio_vs_nbdkit: None,
-            ratio_vs_qemu_nbd: None,
+            ratio_vs: BTreeMap::new(),
         }
     }
 }
@@ -72,7 +75,7 @@ impl ResultRow {
 pub struct Summary {
     /// Workload name.
     pub workload: String,
-    /// Our target (raftblock, raftblock-r3, raftblock-r1).
+    /// Our target (raftblock, raftblock-r3, raftblock-r1-mount, ...).
     pub target: String,
     /// The baseline with the higher IOPS.
     pub best_baseline: String,
@@ -98,6 +101,8 @@ pub struct ProcessRow {
 pub struct Report {
     /// Settings.
     pub config: ReportConfig,
+    /// The baseline targets in the results, in first-appearance order.
+    pub baselines: Vec<String>,
     /// Per workload and target results, in run order.
     pub results: Vec<ResultRow>,
     /// raftblock vs best baseline per workload.
@@ -108,14 +113,36 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-fn iops_of(rows: &[ResultRow], workload: &str, target: TargetKind) -> Option<f64> {
+/// Whether `target` names one of our targets (the rest are baselines).
+pub fn is_ours(target: &str) -> bool {
+    TargetKind::OURS.iter().any(|k| k.as_str() == target)
+}
+
+fn iops_of(rows: &[ResultRow], workload: &str, target: &str) -> Option<f64> {
     rows.iter()
-        .find(|r| r.workload == workload && r.target == target.as_str())
+        .find(|r| r.workload == workload && r.target == target)
         .map(|r| r.iops)
 }
 
 fn ratio(ours: f64, theirs: Option<f64>) -> Option<f64> {
     theirs.filter(|t| *t > 0.0).map(|t| ours / t)
+}
+
+/// The distinct values of `f` over `rows` that satisfy `keep`, in
+/// first-appearance order.
+fn distinct(
+    rows: &[ResultRow],
+    f: impl Fn(&ResultRow) -> &String,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in rows {
+        let v = f(r);
+        if keep(v) && !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
 }
 
 impl Report {
@@ -125,47 +152,45 @@ impl Report {
         mut results: Vec<ResultRow>,
         processes: Vec<ProcessRow>,
     ) -> Self {
+        let workloads = distinct(&results, |r| &r.workload, |_| true);
+        let ours = distinct(&results, |r| &r.target, is_ours);
+        let baselines = distinct(&results, |r| &r.target, |t| !is_ours(t));
         let mut summary = Vec::new();
-        let mut workloads: Vec<String> = Vec::new();
-        for r in &results {
-            if !workloads.contains(&r.workload) {
-                workloads.push(r.workload.clone());
-            }
-        }
-        for (w, ours_kind) in workloads
-            .iter()
-            .flat_map(|w| TargetKind::OURS.into_iter().map(move |k| (w, k)))
-            .collect::<Vec<_>>()
-        {
-            let nbdkit = iops_of(&results, w, TargetKind::Nbdkit);
-            let qemu = iops_of(&results, w, TargetKind::QemuNbd);
-            let Some(ours) = iops_of(&results, w, ours_kind) else {
-                continue;
-            };
-            for r in results
-                .iter_mut()
-                .filter(|r| &r.workload == w && r.target == ours_kind.as_str())
-            {
-                r.ratio_vs_nbdkit = ratio(ours, nbdkit);
-                r.ratio_vs_qemu_nbd = ratio(ours, qemu);
-            }
-            let best = [(TargetKind::Nbdkit, nbdkit), (TargetKind::QemuNbd, qemu)]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            if let Some((kind, iops)) = best {
-                if let Some(ratio) = ratio(ours, Some(iops)) {
-                    summary.push(Summary {
-                        workload: w.clone(),
-                        target: ours_kind.to_string(),
-                        best_baseline: kind.to_string(),
-                        ratio,
-                    });
+        for w in &workloads {
+            let theirs: Vec<(&String, f64)> = baselines
+                .iter()
+                .filter_map(|b| iops_of(&results, w, b).map(|v| (b, v)))
+                .collect();
+            for target in &ours {
+                let Some(mine) = iops_of(&results, w, target) else {
+                    continue;
+                };
+                for r in results
+                    .iter_mut()
+                    .filter(|r| &r.workload == w && &r.target == target)
+                {
+                    r.ratio_vs = theirs
+                        .iter()
+                        .filter_map(|(b, v)| ratio(mine, Some(*v)).map(|x| ((*b).clone(), x)))
+                        .collect();
+                }
+                // The first of equally fast baselines wins.
+                let best = theirs.iter().rev().max_by(|a, b| a.1.total_cmp(&b.1));
+                if let Some((name, iops)) = best {
+                    if let Some(ratio) = ratio(mine, Some(*iops)) {
+                        summary.push(Summary {
+                            workload: w.clone(),
+                            target: target.clone(),
+                            best_baseline: (*name).clone(),
+                            ratio,
+                        });
+                    }
                 }
             }
         }
         Report {
             config,
+            baselines,
             results,
             summary,
             processes,
@@ -175,31 +200,26 @@ impl Report {
 
     /// The aligned markdown table, the summary lines and the process stats.
     pub fn render_text(&self) -> String {
-        let header = [
-            "workload",
-            "target",
-            "IOPS",
-            "MiB/s",
-            "p50 ms",
-            "p99 ms",
-            "ratio vs nbdkit",
-            "ratio vs qemu-nbd",
-        ];
-        let fmt_ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_default();
-        let cells: Vec<[String; 8]> = self
+        let mut header: Vec<String> = ["workload", "target", "IOPS", "MiB/s", "p50 ms", "p99 ms"]
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        header.extend(self.baselines.iter().map(|b| format!("ratio vs {b}")));
+        let fmt_ratio = |r: Option<&f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_default();
+        let cells: Vec<Vec<String>> = self
             .results
             .iter()
             .map(|r| {
-                [
+                let mut row = vec![
                     r.workload.clone(),
                     r.target.clone(),
                     format!("{:.0}", r.iops),
                     format!("{:.1}", r.mib_s),
                     format!("{:.3}", r.p50_ms),
                     format!("{:.3}", r.p99_ms),
-                    fmt_ratio(r.ratio_vs_nbdkit),
-                    fmt_ratio(r.ratio_vs_qemu_nbd),
-                ]
+                ];
+                row.extend(self.baselines.iter().map(|b| fmt_ratio(r.ratio_vs.get(b))));
+                row
             })
             .collect();
         let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -225,7 +245,6 @@ impl Report {
             format!("| {} |", parts.join(" | "))
         };
         let mut out = String::new();
-        let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
         out.push_str(&line(&header));
         out.push('\n');
         let sep: Vec<String> = widths
@@ -285,19 +304,18 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn row(target: TargetKind, iops: f64) -> ResultRow {
+    fn row(workload: &str, target: TargetKind, iops: f64) -> ResultRow {
         let r = FioResult {
             iops,
             mib_s: iops * 4.0 / 1024.0,
             p50_ms: 0.5,
             p99_ms: 1.5,
         };
-        ResultRow::new("4k randwrite", target, &r)
+        ResultRow::new(workload, target, &r)
     }
 
-    #[test]
-    fn fills_ratios_and_summary() {
-        let config = ReportConfig {
+    fn config() -> ReportConfig {
+        ReportConfig {
             size_bytes: 1 << 30,
             runtime_s: 5,
             rounds: 1,
@@ -305,21 +323,97 @@ mod tests {
             engine: None,
             fio_version: "fio-3.33".into(),
             unix_time: 0,
-        };
+        }
+    }
+
+    /// Every table line (header, separator, rows) has the same width.
+    fn assert_aligned(text: &str, lines: usize) {
+        let widths: Vec<usize> = text.lines().take(lines).map(str::len).collect();
+        assert_eq!(widths.len(), lines, "{text}");
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+
+    #[test]
+    fn fills_ratios_and_summary() {
         let rows = vec![
-            row(TargetKind::Raftblock, 90.0),
-            row(TargetKind::Nbdkit, 100.0),
-            row(TargetKind::QemuNbd, 45.0),
+            row("4k randwrite", TargetKind::Raftblock, 90.0),
+            row("4k randwrite", TargetKind::Nbdkit, 100.0),
+            row("4k randwrite", TargetKind::QemuNbd, 45.0),
         ];
-        let rep = Report::new(config, rows, Vec::new());
-        assert_eq!(rep.results[0].ratio_vs_nbdkit, Some(0.9));
-        assert_eq!(rep.results[0].ratio_vs_qemu_nbd, Some(2.0));
-        assert_eq!(rep.results[1].ratio_vs_nbdkit, None);
+        let rep = Report::new(config(), rows, Vec::new());
+        assert_eq!(rep.baselines, ["nbdkit", "qemu-nbd"]);
+        assert_eq!(rep.results[0].ratio_vs.get("nbdkit"), Some(&0.9));
+        assert_eq!(rep.results[0].ratio_vs.get("qemu-nbd"), Some(&2.0));
+        assert!(rep.results[1].ratio_vs.is_empty());
         assert_eq!(rep.summary.len(), 1);
         assert_eq!(rep.summary[0].best_baseline, "nbdkit");
         let text = rep.render_text();
+        let header = text.lines().next().unwrap_or_default();
+        assert!(
+            header.ends_with("| ratio vs nbdkit | ratio vs qemu-nbd |"),
+            "{text}"
+        );
         assert!(text.contains("raftblock vs best baseline: 0.90x"), "{text}");
-        let widths: Vec<usize> = text.lines().take(5).map(str::len).collect();
-        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
+        assert_aligned(&text, 5);
+    }
+
+    #[test]
+    fn cluster_report_keeps_its_columns() {
+        let mut rows = Vec::new();
+        for w in ["4k randwrite", "4k randread"] {
+            rows.push(row(w, TargetKind::ClusterR3, 50.0));
+            rows.push(row(w, TargetKind::ClusterR1, 80.0));
+            rows.push(row(w, TargetKind::Nbdkit, 100.0));
+            rows.push(row(w, TargetKind::QemuNbd, 200.0));
+        }
+        let rep = Report::new(config(), rows, Vec::new());
+        assert_eq!(rep.baselines, ["nbdkit", "qemu-nbd"]);
+        let targets: Vec<&str> = rep.summary.iter().map(|s| s.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "raftblock-r3",
+                "raftblock-r1",
+                "raftblock-r3",
+                "raftblock-r1"
+            ]
+        );
+        assert!(rep.summary.iter().all(|s| s.best_baseline == "qemu-nbd"));
+        let text = rep.render_text();
+        assert!(
+            text.contains("4k randread: raftblock-r1 vs best baseline: 0.40x (qemu-nbd)"),
+            "{text}"
+        );
+        assert_aligned(&text, 10);
+    }
+
+    #[test]
+    fn mount_report_against_ext4_loop() -> Result<()> {
+        let rows = vec![
+            row("1M seqwrite", TargetKind::MountR3, 60.0),
+            row("1M seqwrite", TargetKind::MountR1, 120.0),
+            row("1M seqwrite", TargetKind::Ext4Loop, 240.0),
+        ];
+        let rep = Report::new(config(), rows, Vec::new());
+        assert_eq!(rep.baselines, ["ext4-loop"]);
+        assert_eq!(rep.results[0].ratio_vs.get("ext4-loop"), Some(&0.25));
+        assert_eq!(rep.results[1].ratio_vs.get("ext4-loop"), Some(&0.5));
+        assert!(rep.results[2].ratio_vs.is_empty());
+        let text = rep.render_text();
+        let header = text.lines().next().unwrap_or_default();
+        assert!(
+            header.ends_with("| p99 ms | ratio vs ext4-loop |"),
+            "{text}"
+        );
+        assert!(!text.contains("nbdkit"), "{text}");
+        assert!(
+            text.contains("1M seqwrite: raftblock-r3-mount vs best baseline: 0.25x (ext4-loop)"),
+            "{text}"
+        );
+        assert_aligned(&text, 5);
+        let json: serde_json::Value = serde_json::to_value(&rep)?;
+        assert_eq!(json["results"][1]["ratio_vs"]["ext4-loop"], 0.5);
+        assert_eq!(json["baselines"][0], "ext4-loop");
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Starting, probing and stopping the NBD servers under test: the raftblock
-//! daemon (built from the workspace, volume created over its admin API) and
-//! the baselines nbdkit (`file` plugin) and qemu-nbd, each serving a file of
+//! daemon (built from the workspace, volume created over its admin API), a
+//! local 3-node cluster of them (optionally serving the Docker plugin, for
+//! the `mount` suite), and the baselines nbdkit (`file` plugin) and qemu-nbd, each serving a file of
 //! the same size in the same scratch directory. A [`Server`] kills its
 //! process when dropped, so every exit path tears the servers down; the
 //! children also get SIGTERM if the benchmark process dies.
@@ -38,6 +39,15 @@ pub enum TargetKind {
     /// A volume with 1 replica on the same cluster.
     #[value(name = "raftblock-r1")]
     ClusterR1,
+    /// ext4 on a 3-replica cluster volume mounted through the Docker plugin.
+    #[value(name = "raftblock-r3-mount")]
+    MountR3,
+    /// ext4 on a 1-replica cluster volume mounted through the Docker plugin.
+    #[value(name = "raftblock-r1-mount")]
+    MountR1,
+    /// ext4 on a loop device over a file (the `mount` suite's baseline).
+    #[value(name = "ext4-loop")]
+    Ext4Loop,
 }
 
 impl TargetKind {
@@ -48,11 +58,13 @@ impl TargetKind {
         TargetKind::QemuNbd,
     ];
 
-    /// Our targets (rows that get ratio columns).
-    pub const OURS: [TargetKind; 3] = [
+    /// Our targets (rows that get ratio columns); every other one is a baseline.
+    pub const OURS: [TargetKind; 5] = [
         TargetKind::Raftblock,
         TargetKind::ClusterR3,
         TargetKind::ClusterR1,
+        TargetKind::MountR3,
+        TargetKind::MountR1,
     ];
 
     /// Name used in tables, JSON and file names.
@@ -63,6 +75,9 @@ impl TargetKind {
             TargetKind::QemuNbd => "qemu-nbd",
             TargetKind::ClusterR3 => "raftblock-r3",
             TargetKind::ClusterR1 => "raftblock-r1",
+            TargetKind::MountR3 => "raftblock-r3-mount",
+            TargetKind::MountR1 => "raftblock-r1-mount",
+            TargetKind::Ext4Loop => "ext4-loop",
         }
     }
 }
@@ -208,13 +223,18 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr().context("probe port address")?.port())
 }
 
-/// Spawns `cmd` with output going to `log` and SIGTERM on our death.
+/// Spawns `cmd` with output going to `log`, in its own process group (a
+/// Ctrl-C is ours to handle, so we can unmount before the servers stop),
+/// and with SIGTERM on our death.
 fn spawn(kind: TargetKind, mut cmd: Command, log: PathBuf, uri: String) -> Result<Server> {
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out
         .try_clone()
         .with_context(|| format!("duplicating {}", log.display()))?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
     // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -237,7 +257,7 @@ fn spawn(kind: TargetKind, mut cmd: Command, log: PathBuf, uri: String) -> Resul
 }
 
 /// Polls `ready` until it holds, the process dies, or the timeout passes.
-fn wait_ready(server: &mut Server, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_ready(server: &mut Server, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     let started = Instant::now();
     loop {
         server.check_alive()?;
@@ -269,7 +289,7 @@ fn nbd_greets(addr: SocketAddr) -> bool {
 }
 
 /// Creates a sparse file of `size` bytes for a baseline server.
-fn backing_file(dir: &Path, name: &str, size: u64) -> Result<PathBuf> {
+pub fn backing_file(dir: &Path, name: &str, size: u64) -> Result<PathBuf> {
     let path = dir.join(name);
     let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     f.set_len(size)
@@ -277,11 +297,33 @@ fn backing_file(dir: &Path, name: &str, size: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The nodes of a local cluster started by [`start_nodes`].
+pub struct Nodes {
+    /// One `raftblock serve` process per node.
+    pub servers: Vec<Server>,
+    /// Admin API address of every node.
+    pub admin: Vec<SocketAddr>,
+    /// NBD listener of every node.
+    pub nbd: Vec<SocketAddr>,
+}
+
+/// The plugin socket node `n` (1-based) of a cluster in `dir` serves.
+pub fn plugin_socket(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("node{n}.sock"))
+}
+
 /// Starts a local 3-node cluster (one `raftblock serve` process per node,
-/// each with its own data directory and loopback ports) and creates volumes
-/// `bench-r3` (3 replicas) and `bench-r1` (1 replica); returns the node
-/// processes and the NBD URIs (through node 1) of both volumes.
-pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, String, String)> {
+/// each with its own data directory under `dir` and loopback ports) and
+/// waits until every node answers `/health`. With `plugin_grace` (an
+/// `--attach-grace` such as `3s`) node N serves the Docker plugin on
+/// [`plugin_socket`]`(dir, N)`, else none; `kind` names the processes in
+/// error messages.
+pub fn start_nodes(
+    bin: &Path,
+    dir: &Path,
+    kind: TargetKind,
+    plugin_grace: Option<&str>,
+) -> Result<Nodes> {
     let mut raft = Vec::new();
     for _ in 0..3 {
         raft.push(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)));
@@ -292,9 +334,11 @@ pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, 
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let mut nodes = Vec::new();
-    let mut admins = Vec::new();
-    let mut nbds = Vec::new();
+    let mut nodes = Nodes {
+        servers: Vec::new(),
+        admin: Vec::new(),
+        nbd: Vec::new(),
+    };
     for (i, listen) in raft.iter().enumerate() {
         let data = dir.join(format!("node{}", i + 1));
         std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
@@ -307,23 +351,40 @@ pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, 
             .arg("--node-id")
             .arg((i + 1).to_string())
             .arg("--listen")
-            .arg(listen.to_string())
-            .args(["--plugin-socket", "off"])
-            .arg("--peers")
+            .arg(listen.to_string());
+        match plugin_grace {
+            Some(grace) => {
+                cmd.arg("--plugin-socket")
+                    .arg(plugin_socket(dir, i + 1))
+                    .args(["--attach-grace", grace]);
+            }
+            None => {
+                cmd.args(["--plugin-socket", "off"]);
+            }
+        }
+        cmd.arg("--peers")
             .arg(&peers)
             .arg("--nbd-listen")
             .arg(nbd.to_string())
             .arg("--admin-listen")
             .arg(admin.to_string());
         let log = dir.join(format!("node{}.log", i + 1));
-        let mut server = spawn(TargetKind::ClusterR3, cmd, log, format!("nbd://{nbd}/"))?;
+        let mut server = spawn(kind, cmd, log, format!("nbd://{nbd}/"))?;
         let client = AdminClient::new(&admin.to_string());
         wait_ready(&mut server, "GET /health", || client.healthy())?;
-        nodes.push(server);
-        admins.push(admin);
-        nbds.push(nbd);
+        nodes.servers.push(server);
+        nodes.admin.push(admin);
+        nodes.nbd.push(nbd);
     }
-    let client = AdminClient::new(&admins[0].to_string());
+    Ok(nodes)
+}
+
+/// Starts a local 3-node cluster ([`start_nodes`], no plugin) and creates
+/// volumes `bench-r3` (3 replicas) and `bench-r1` (1 replica); returns the
+/// node processes and the NBD URIs (through node 1) of both volumes.
+pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, String, String)> {
+    let mut nodes = start_nodes(bin, dir, TargetKind::ClusterR3, None)?;
+    let client = AdminClient::new(&nodes.admin[0].to_string());
     for (name, replicas) in [("bench-r3", 3), ("bench-r1", 1)] {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -336,11 +397,12 @@ pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, 
             }
         }
     }
-    wait_ready(&mut nodes[0], "NBD listener", || nbd_greets(nbds[0]))?;
+    let nbd = nodes.nbd[0];
+    wait_ready(&mut nodes.servers[0], "NBD listener", || nbd_greets(nbd))?;
     Ok((
-        nodes,
-        format!("nbd://{}/bench-r3", nbds[0]),
-        format!("nbd://{}/bench-r1", nbds[0]),
+        nodes.servers,
+        format!("nbd://{nbd}/bench-r3"),
+        format!("nbd://{nbd}/bench-r1"),
     ))
 }
 

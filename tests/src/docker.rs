@@ -1,11 +1,11 @@
 //! A real Docker engine for the volume-plugin tests: a private `dockerd`
 //! (its own socket, data root and exec root under a temporary directory, no
 //! networking) started per test and stopped on drop, a tiny image imported
-//! from a tarball holding the static busybox binary, and a client for the
-//! plugin's HTTP API on its unix socket (to ask a node's plugin directly).
+//! from a tarball holding the static busybox binary, and [`plugin_call`] to
+//! ask a node's plugin directly (a panicking wrapper over
+//! `raftblock::client::plugin_request` that also checks the content type).
 
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -207,30 +207,18 @@ pub fn driver_name(tag: &str) -> (String, PathBuf) {
 }
 
 /// Calls the plugin on `socket` (`/VolumeDriver.Get` etc.) with a JSON
-/// body; returns the answer's JSON.
+/// body; returns the answer's JSON whatever its status (error answers carry
+/// `Err`). Panics if the plugin cannot be reached or answers without the
+/// plugin content type.
 pub fn plugin_call(socket: &Path, endpoint: &str, body: &Value) -> Value {
-    let body = body.to_string();
-    let mut s = UnixStream::connect(socket)
-        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
-    s.set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("socket timeout");
-    write!(
-        s,
-        "POST {endpoint} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send the request");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read the answer");
-    let (head, json) = resp
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("malformed plugin answer: {resp}"));
+    let a = raftblock::client::plugin_request(socket, endpoint, body)
+        .unwrap_or_else(|e| panic!("{endpoint} on {}: {e:#}", socket.display()));
+    let content_type = a.content_type.unwrap_or_default();
     assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/vnd.docker.plugins.v1.1+json"),
-        "plugin answer without the plugin content type: {head}"
+        content_type.eq_ignore_ascii_case("application/vnd.docker.plugins.v1.1+json"),
+        "plugin answer without the plugin content type: {content_type:?}"
     );
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("plugin answer {json:?}: {e}"))
+    a.body
 }
 
 /// Waits until something answers on `socket`.
