@@ -218,9 +218,18 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
     );
     assert!(loops_under(&dirs[0]).is_empty());
     docker.ok(&["volume", "rm", "v1"]);
+    // Get answers from each node's copy of the metadata without waiting,
+    // so the other nodes see the removal once they applied it.
+    let deadline = Instant::now() + Duration::from_secs(10);
     for s in &socks {
-        let get = plugin_call(s, "/VolumeDriver.Get", &json!({"Name": "v1"}));
-        assert!(err_of(&get).contains("no such volume"), "{get}");
+        loop {
+            let get = plugin_call(s, "/VolumeDriver.Get", &json!({"Name": "v1"}));
+            if err_of(&get).contains("no such volume") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {get}", s.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     // fs=xfs makes an XFS filesystem on first mount.
@@ -411,11 +420,17 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let log = c.node(1).log_text();
-    assert!(
-        log.contains("mount of the previous run was cleaned up"),
-        "{log}"
-    );
+    // The attachment is given back in the background once the socket is
+    // served; its log line may come a moment after the mounts are gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c
+        .node(1)
+        .log_text()
+        .contains("mount of the previous run was cleaned up")
+    {
+        assert!(Instant::now() < deadline, "{}", c.node(1).log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Node 2 still serves the socket; the volume is free again and can be
     // removed.
     docker.ok(&["volume", "rm", "db"]);

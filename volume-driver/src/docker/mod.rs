@@ -32,10 +32,10 @@ use mounts::{MountTable, MountedVolume};
 
 /// Default path of the plugin socket (dockerd looks there for `raftblock`).
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/raftblock.sock";
-/// How long Mount may wait for the cluster to grant the attachment:
-/// dockerd gives a plugin call about a minute, and an answer it timed out
-/// on is lost.
-const ATTACH_BUDGET: Duration = Duration::from_secs(40);
+/// How long Mount may wait for the cluster to grant the attachment
+/// (including waiting out a silent holder's grace): dockerd gives Mount two
+/// minutes, and an answer it timed out on is lost.
+const ATTACH_BUDGET: Duration = Duration::from_secs(90);
 /// How long Unmount waits to give the lease back before leaving it to
 /// the sweep.
 const RELEASE_BUDGET: Duration = Duration::from_secs(10);
