@@ -124,6 +124,8 @@ fn killing_a_shard_leader_during_fio_verify_loses_no_write() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("fio.json");
     let mut fio = Command::new("fio")
+        // fio drops a verify state file into its working directory.
+        .current_dir(tmp.path())
         .args([
             "--name=failover",
             "--ioengine=nbd",
