@@ -216,7 +216,7 @@ async fn apply_entry(
         fence.raise(index, cmd.epoch, driver);
         return Ok(0);
     }
-    if fence.history.refuses(cmd.epoch) {
+    if fence.history.refuses(cmd.epoch, index) {
         crate::fence::count_refused();
         let (_, shard) = shard_of_group(group);
         tracing::warn!(

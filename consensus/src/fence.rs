@@ -79,10 +79,14 @@ impl FenceHistory {
         true
     }
 
-    /// Whether a write with `epoch` must be refused (epoch 0: unfenced writers
-    /// such as plain NBD clients).
-    pub fn refuses(&self, epoch: u64) -> bool {
-        epoch != 0 && epoch < self.current()
+    /// Whether a write with `epoch` at log index `index` must be refused:
+    /// its epoch is below the fence in force at that index (epoch 0:
+    /// unfenced writers such as plain NBD clients). Deciding by the entry's
+    /// own index keeps a replay after a crash (entries since the last
+    /// durable applied index, some of them before a fence the file already
+    /// holds) deciding exactly as the first apply did.
+    pub fn refuses(&self, epoch: u64, index: u64) -> bool {
+        epoch != 0 && epoch < self.at(index)
     }
 }
 
@@ -108,11 +112,13 @@ mod tests {
     #[test]
     fn history_answers_by_index_and_survives_a_reload() {
         let mut h = FenceHistory::default();
-        assert!(!h.refuses(5));
+        assert!(!h.refuses(5, 1));
         assert!(h.record(10, 2));
         assert!(!h.record(11, 2), "same epoch is no new fence");
         assert!(h.record(20, 3));
-        assert!(h.refuses(2) && !h.refuses(3) && !h.refuses(0));
+        assert!(h.refuses(2, 21) && !h.refuses(3, 21) && !h.refuses(0, 21));
+        // Replayed entries from before the fence decide as they did then.
+        assert!(!h.refuses(2, 15) && h.refuses(1, 15) && !h.refuses(1, 9));
         assert_eq!((h.at(9), h.at(10), h.at(19), h.at(25)), (0, 2, 2, 3));
         for i in 0..20 {
             h.record(100 + i, 10 + i);
