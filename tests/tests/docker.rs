@@ -576,3 +576,123 @@ fn sync_file(p: &Path) {
         .and_then(|f| f.sync_all())
         .unwrap_or_else(|e| panic!("fsync {}: {e}", p.display()));
 }
+
+/// Every `fence-<shard>.json` under `dir`, with the epoch of its newest fence.
+fn fences_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("fence-") && n.ends_with(".json"))
+            {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).expect("fence file"))
+                        .expect("fence JSON");
+                let epoch = v["fences"]
+                    .as_array()
+                    .and_then(|f| f.last())
+                    .and_then(|f| f[1].as_u64())
+                    .unwrap_or(0);
+                out.push((p, epoch));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_replica_caught_up_by_snapshot_gets_the_fence() {
+    if !tools_present() {
+        return;
+    }
+    let socks: Vec<PathBuf> = (1..=2)
+        .map(|i| std::env::temp_dir().join(format!("rbit-{}-snap-{i}.sock", std::process::id())))
+        .collect();
+    let _rm = RemoveOnDrop(socks.clone());
+    let s2 = socks.clone();
+    let mut c = TestCluster::start_each(3, move |id| {
+        let s = match id {
+            1 | 2 => s2[(id - 1) as usize].display().to_string(),
+            _ => "off".into(),
+        };
+        vec!["--plugin-socket".into(), s]
+    });
+    let _sweep = MountSweeper(data_dirs(&c));
+    for s in &socks {
+        wait_for_socket(s, Duration::from_secs(60));
+    }
+    let e = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Create",
+        &json!({"Name": "snap", "Opts": {"size": "512M"}}),
+    );
+    assert_eq!(err_of(&e), "", "{e}");
+    c.wait_converged("snap", Duration::from_secs(60));
+    c.node(3).kill9();
+    // Epoch 1 on node 1, handed over cleanly to node 2 (epoch 2): the
+    // fence goes into every shard's log while node 3 is down.
+    let m = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Mount",
+        &json!({"Name": "snap", "ID": "a"}),
+    );
+    assert_eq!(err_of(&m), "", "{m}");
+    let u = plugin_call(
+        &socks[0],
+        "/VolumeDriver.Unmount",
+        &json!({"Name": "snap", "ID": "a"}),
+    );
+    assert_eq!(err_of(&u), "", "{u}");
+    let m = plugin_call(
+        &socks[1],
+        "/VolumeDriver.Mount",
+        &json!({"Name": "snap", "ID": "b"}),
+    );
+    assert_eq!(err_of(&m), "", "{m}");
+    let mp = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    // Enough writes after the fence that the leaders compact their logs
+    // past it: node 3 must be caught up by snapshot.
+    let out = std::process::Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            "bs=1M",
+            "count=256",
+            "oflag=direct",
+            "conv=fsync",
+        ])
+        .arg(format!("of={}", mp.join("data").display()))
+        .output()
+        .expect("dd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    c.node(3).restart();
+    c.wait_converged("snap", Duration::from_secs(120));
+    let log = c.node(3).log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("shard snapshot installed") && l.contains("fence=2")),
+        "node 3 should be caught up by a snapshot carrying fence 2: {log}"
+    );
+    let fences = fences_under(c.node(3).data_dir());
+    assert!(!fences.is_empty(), "node 3 has no fence files");
+    for (path, epoch) in &fences {
+        assert_eq!(*epoch, 2, "{}", path.display());
+    }
+    let u = plugin_call(
+        &socks[1],
+        "/VolumeDriver.Unmount",
+        &json!({"Name": "snap", "ID": "b"}),
+    );
+    assert_eq!(err_of(&u), "", "{u}");
+}
