@@ -146,6 +146,19 @@ impl VolumeBackend for ClusterVolumes {
         Ok((Arc::new(v), epoch))
     }
 
+    async fn renew(&self, held: Vec<(String, u64)>) -> Result<(), String> {
+        self.cluster
+            .renew_attachments(held)
+            .await
+            .map_err(|e| format!("renewing attachments: {e}"))
+    }
+
+    fn renew_every(&self) -> Duration {
+        // Three renewals per grace period, so one lost renewal never looks
+        // like a dead holder.
+        (self.grace / 3).max(Duration::from_millis(500))
+    }
+
     async fn release(&self, name: &str, epoch: u64) -> Result<(), String> {
         self.cluster
             .detach_volume(name, epoch)

@@ -4,7 +4,8 @@
 //! shard's log, so a node that lost the volume (cut off, frozen, or dead and
 //! later restarted) has its late writes refused by every replica. Another
 //! node may take the volume over only once the holder has not been heard
-//! from for the grace period.
+//! from for the grace period, neither directly nor through the renewals it
+//! writes into the metadata.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +69,7 @@ impl Cluster {
             source,
         };
         let mut attempts = 0;
-        let mut waits = 0;
+        let mut waited = Duration::ZERO;
         let epoch =
             loop {
                 attempts += 1;
@@ -82,13 +83,17 @@ impl Cluster {
                     .ok_or_else(|| AttachError::NotFound(name.to_string()))?;
                 let takeover = match &rec.attachment {
                     Some(a) if a.node != self.node() => {
-                        let silent = self.silent_for(a.node);
-                        if silent < grace && silent >= SILENT && waits < 10 {
+                        // Silent both to this node and to the metadata
+                        // quorum (no renewals): a holder that another
+                        // node can still reach keeps renewing.
+                        let silent = self.silent_for(a.node).min(self.lease_silent_for(name));
+                        if silent < grace && silent >= SILENT && waited < grace + SILENT {
                             // The holder stopped answering pings: likely dead. Wait
                             // out its grace instead of failing (dockerd gives Mount
                             // two minutes; Swarm would retry only after its delay).
-                            waits += 1;
-                            tokio::time::sleep(grace - silent + Duration::from_millis(100)).await;
+                            let nap = grace - silent + Duration::from_millis(100);
+                            waited += nap;
+                            tokio::time::sleep(nap).await;
                             continue;
                         }
                         if silent < grace {
@@ -148,6 +153,19 @@ impl Cluster {
         }
         tracing::info!(volume = name, epoch, "attached here");
         Ok(ClusterVolume::new(self.clone(), rec).with_epoch(epoch))
+    }
+
+    /// Renews this node's attachments (`(volume, epoch)` pairs), so other
+    /// nodes see it is alive through the metadata quorum.
+    pub async fn renew_attachments(&self, volumes: Vec<(String, u64)>) -> Result<(), RouteError> {
+        if volumes.is_empty() {
+            return Ok(());
+        }
+        self.propose_meta(MetaCommand::Renew {
+            node: self.node(),
+            volumes,
+        })
+        .await
     }
 
     /// Ends this node's attachment of `name` at `epoch` (a no-op once the

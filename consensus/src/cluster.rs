@@ -78,6 +78,9 @@ pub struct Cluster {
     hints: RwLock<HashMap<u64, u64>>,
     leader_wait: Duration,
     started: Instant,
+    /// Per attached volume: the attachment's (epoch, renewals) as last
+    /// seen here, and when they last changed by this node's clock.
+    leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
 }
 
 impl Cluster {
@@ -105,9 +108,21 @@ impl Cluster {
             hints: RwLock::new(HashMap::new()),
             leader_wait,
             started: Instant::now(),
+            leases: Mutex::new(HashMap::new()),
         });
         tokio::spawn(route_events(c.clone(), events));
         tokio::spawn(fetch_snapshots(c.clone(), snapshots));
+        let watcher = c.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                if Arc::strong_count(&watcher) == 1 {
+                    return;
+                }
+                watcher.watch_leases();
+            }
+        });
         let pinger = c.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -172,6 +187,37 @@ impl Cluster {
             .copied()
             .unwrap_or(self.started)
             .elapsed()
+    }
+
+    /// Notes which attachments renewed since the last look.
+    fn watch_leases(&self) {
+        let meta = self.view.meta();
+        let mut leases = lock(&self.leases);
+        leases.retain(|name, _| {
+            meta.volumes
+                .get(name)
+                .is_some_and(|v| v.attachment.is_some())
+        });
+        for (name, v) in &meta.volumes {
+            let Some(a) = &v.attachment else { continue };
+            let now = (a.epoch, a.renewed);
+            match leases.get_mut(name) {
+                Some(l) if (l.0, l.1) == now => {}
+                Some(l) => *l = (now.0, now.1, Instant::now()),
+                None => {
+                    leases.insert(name.clone(), (now.0, now.1, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// How long the attachment of `name` has gone without a renewal, by
+    /// this node's clock (zero for one it has not watched yet).
+    pub fn lease_silent_for(&self, name: &str) -> Duration {
+        self.watch_leases();
+        lock(&self.leases)
+            .get(name)
+            .map_or(Duration::ZERO, |l| l.2.elapsed())
     }
 
     fn seen(&self, node: u64) {

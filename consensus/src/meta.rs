@@ -72,6 +72,12 @@ pub struct Attachment {
     pub epoch: u64,
     /// When it was attached (seconds since the epoch, from the proposer).
     pub since_unix: u64,
+    /// Bumped by every renewal of the holder. Other nodes watch it change
+    /// (by their own clocks, so clock skew does not matter): a holder that
+    /// still renews through the metadata quorum is alive, whatever one
+    /// other node can or cannot hear from it.
+    #[serde(default)]
+    pub renewed: u64,
 }
 
 impl VolumeRecord {
@@ -137,6 +143,14 @@ pub enum MetaCommand {
         takeover: bool,
         /// Time of the attach (seconds since the epoch).
         since_unix: u64,
+    },
+    /// The holder `node` renews its attachments: `(volume, epoch)` pairs;
+    /// those that are no longer its own are skipped.
+    Renew {
+        /// The holder.
+        node: u64,
+        /// Volumes with the epoch the holder attached them at.
+        volumes: Vec<(String, u64)>,
     },
     /// Ends the attachment with epoch `epoch` (a no-op once it moved on).
     Detach {
@@ -319,7 +333,21 @@ impl MetaState {
                     node,
                     epoch: rec.attach_epoch,
                     since_unix,
+                    renewed: 0,
                 });
+                Ok(MetaEffect::None)
+            }
+            MetaCommand::Renew { node, volumes } => {
+                for (name, epoch) in volumes {
+                    let held = self
+                        .volumes
+                        .get_mut(&name)
+                        .and_then(|v| v.attachment.as_mut())
+                        .filter(|a| a.node == node && a.epoch == epoch);
+                    if let Some(a) = held {
+                        a.renewed += 1;
+                    }
+                }
                 Ok(MetaEffect::None)
             }
             MetaCommand::Detach { name, epoch } => {
@@ -562,7 +590,26 @@ mod tests {
         .expect("detach");
         assert_eq!(m.volumes["v"].attachment, None);
         assert_eq!(m.volumes["v"].attach_epoch, 2);
-        m.apply(11, MetaCommand::DeleteVolume { name: "v".into() })
+        m.apply(11, attach("v", 1, 2, false)).expect("attach again");
+        // Renewals count only for the current holder and epoch.
+        let renew = |node, epoch| MetaCommand::Renew {
+            node,
+            volumes: vec![("v".into(), epoch), ("gone".into(), 1)],
+        };
+        m.apply(12, renew(1, 3)).expect("renew");
+        m.apply(13, renew(2, 3)).expect("not the holder");
+        m.apply(14, renew(1, 2)).expect("old epoch");
+        let a = m.volumes["v"].attachment.clone().expect("attached");
+        assert_eq!((a.node, a.epoch, a.renewed), (1, 3, 1));
+        m.apply(
+            15,
+            MetaCommand::Detach {
+                name: "v".into(),
+                epoch: 3,
+            },
+        )
+        .expect("detach");
+        m.apply(16, MetaCommand::DeleteVolume { name: "v".into() })
             .expect("delete");
     }
 

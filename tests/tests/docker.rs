@@ -323,14 +323,12 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
     // serves it, node 2 stands by and takes it over when node 1 dies.
     let _one_at_a_time = exclusive();
     let (driver, socket) = driver_name("failover");
-    let _rm = RemoveOnDrop(vec![socket.clone()]);
+    let third = std::env::temp_dir().join(format!("rbit-{}-failover-3.sock", std::process::id()));
+    let _rm = RemoveOnDrop(vec![socket.clone(), third.clone()]);
     let sock = socket.display().to_string();
     let mut c = TestCluster::start_each(3, move |id| {
         let s = if id == 3 {
-            std::env::temp_dir()
-                .join(format!("rbit-{}-failover-3.sock", std::process::id()))
-                .display()
-                .to_string()
+            third.display().to_string()
         } else {
             sock.clone()
         };

@@ -65,6 +65,13 @@ pub trait VolumeBackend: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<(Arc<Self::Volume>, u64), String>> + Send;
 
+    /// Renews this node's attachments (`(volume, epoch)` pairs) so other
+    /// nodes see the holder is alive.
+    fn renew(&self, held: Vec<(String, u64)>) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// How often attachments must be renewed.
+    fn renew_every(&self) -> std::time::Duration;
+
     /// Gives up the attachment of `name` at `epoch` (after its last local
     /// user unmounted, or when a restart finds it stale).
     fn release(&self, name: &str, epoch: u64) -> impl Future<Output = Result<(), String>> + Send;

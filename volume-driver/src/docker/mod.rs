@@ -350,6 +350,30 @@ impl<B: VolumeBackend> Plugin<B> {
         });
     }
 
+    /// Renews the attachments of the volumes mounted here, so other nodes
+    /// (through the metadata) see this node still holds them.
+    async fn renew_leases(self: Arc<Self>) {
+        let every = self.backend.renew_every();
+        loop {
+            tokio::time::sleep(every).await;
+            let held: Vec<(String, u64)> = lock(&self.table)
+                .volumes
+                .iter()
+                .map(|(n, m)| (n.clone(), m.epoch))
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            match tokio::time::timeout(every.max(Duration::from_secs(5)), self.backend.renew(held))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing attachments failed"),
+                Err(_) => tracing::warn!("renewing attachments timed out"),
+            }
+        }
+    }
+
     /// Gives back leases this node holds on volumes it has not mounted
     /// (an attach that finished after Mount gave up on it, or a detach that
     /// failed while the cluster was unreachable), so they do not block
@@ -520,6 +544,7 @@ pub async fn serve<B: VolumeBackend>(
 ) {
     plugin.reconcile().await;
     tokio::spawn(plugin.clone().sweep_leases());
+    tokio::spawn(plugin.clone().renew_leases());
     let listener = tokio::select! {
         l = bind(&socket) => match l {
             Ok(l) => l,
