@@ -694,3 +694,60 @@ fn a_replica_caught_up_by_snapshot_gets_the_fence() {
     );
     assert_eq!(err_of(&u), "", "{u}");
 }
+
+#[test]
+fn an_unmount_that_finds_the_filesystem_busy_is_finished_later() {
+    if !tools_present() {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("rbit-{}-busy.sock", std::process::id()));
+    let _rm = RemoveOnDrop(vec![sock.clone()]);
+    let s1 = sock.clone();
+    let c = TestCluster::start_each(3, move |id| {
+        let s = if id == 1 {
+            s1.display().to_string()
+        } else {
+            "off".into()
+        };
+        vec!["--plugin-socket".into(), s]
+    });
+    let _sweep = MountSweeper(data_dirs(&c));
+    wait_for_socket(&sock, Duration::from_secs(60));
+    let e = plugin_call(
+        &sock,
+        "/VolumeDriver.Create",
+        &json!({"Name": "busy", "Opts": {"size": "128M"}}),
+    );
+    assert_eq!(err_of(&e), "", "{e}");
+    let m = plugin_call(
+        &sock,
+        "/VolumeDriver.Mount",
+        &json!({"Name": "busy", "ID": "c1"}),
+    );
+    assert_eq!(err_of(&m), "", "{m}");
+    let mp = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    // Something outside Docker keeps a file open in the filesystem.
+    let holder = std::fs::File::create(mp.join("open")).expect("open a file");
+    let u = plugin_call(
+        &sock,
+        "/VolumeDriver.Unmount",
+        &json!({"Name": "busy", "ID": "c1"}),
+    );
+    assert!(err_of(&u).contains("busy"), "{u}");
+    let get = plugin_call(&sock, "/VolumeDriver.Get", &json!({"Name": "busy"}));
+    assert_eq!(get["Volume"]["Status"]["attached_to_node"], 1, "{get}");
+    // Once it is closed, the sweep finishes the unmount and gives the
+    // attachment back.
+    drop(holder);
+    let dir = c.nodes[0].data_dir().to_path_buf();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let get = plugin_call(&sock, "/VolumeDriver.Get", &json!({"Name": "busy"}));
+        let free = get["Volume"]["Status"].get("attached_to_node").is_none();
+        if free && mounts_under(&dir).is_empty() && loops_under(&dir).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still mounted: {get}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -277,8 +277,22 @@ impl<B: VolumeBackend> Plugin<B> {
         let Some((mp, epoch)) = last else {
             return Ok(json!({ "Err": "" }));
         };
+        self.tear_down(&name, mp, epoch).await?;
+        Ok(json!({ "Err": "" }))
+    }
+
+    /// Unmounts the filesystem of `name`, detaches its device and gives the
+    /// attachment back: what the last Unmount does. Called with the
+    /// volume's lock held. If the filesystem is busy the volume stays in
+    /// the table with no IDs, and the sweep tries again.
+    async fn tear_down(
+        self: &Arc<Self>,
+        name: &str,
+        mp: PathBuf,
+        epoch: u64,
+    ) -> Result<(), String> {
         let this = self.clone();
-        let name2 = name.clone();
+        let name2 = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             if attach::fs::is_mounted(&mp) {
                 attach::fs::unmount(&mp)?;
@@ -293,14 +307,14 @@ impl<B: VolumeBackend> Plugin<B> {
         .map_err(|e| format!("unmounting volume {name}: {e}"))?;
         {
             let mut t = lock(&self.table);
-            t.volumes.remove(&name);
+            t.volumes.remove(name);
             self.metrics.set_mounted(t.volumes.len());
             t.save()?;
         }
         // The device is gone either way; if the cluster cannot take the
         // lease back now, the sweep gives it back later (dockerd allows
         // Unmount a minute, and a failed Unmount leaves it confused).
-        match tokio::time::timeout(RELEASE_BUDGET, self.backend.release(&name, epoch)).await {
+        match tokio::time::timeout(RELEASE_BUDGET, self.backend.release(name, epoch)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(volume = %name, error = %e, "giving the attachment back failed; the lease sweep retries")
@@ -310,7 +324,7 @@ impl<B: VolumeBackend> Plugin<B> {
             }
         }
         tracing::info!(volume = %name, "unmounted and detached");
-        Ok(json!({ "Err": "" }))
+        Ok(())
     }
 
     /// Cleans up what an earlier run of the daemon left mounted: its FUSE
@@ -374,14 +388,35 @@ impl<B: VolumeBackend> Plugin<B> {
         }
     }
 
-    /// Gives back leases this node holds on volumes it has not mounted
-    /// (an attach that finished after Mount gave up on it, or a detach that
-    /// failed while the cluster was unreachable), so they do not block
-    /// other nodes.
+    /// Finishes unmounts that found the filesystem busy, and gives back
+    /// leases this node holds on volumes it has not mounted (an attach that
+    /// finished after Mount gave up on it, or a detach that failed while
+    /// the cluster was unreachable), so they do not block other nodes.
     async fn sweep_leases(self: Arc<Self>) {
         let me = self.backend.local_node();
         loop {
             tokio::time::sleep(LEASE_SWEEP).await;
+            // Volumes whose last Unmount could not unmount (busy): again.
+            let unused: Vec<String> = lock(&self.table)
+                .volumes
+                .iter()
+                .filter(|(_, m)| m.ids.is_empty())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in unused {
+                let guard = self.volume_lock(&name).await;
+                let _held = guard.lock().await;
+                let again = lock(&self.table)
+                    .volumes
+                    .get(&name)
+                    .filter(|m| m.ids.is_empty())
+                    .map(|m| (m.mountpoint.clone(), m.epoch));
+                if let Some((mp, epoch)) = again {
+                    if let Err(e) = self.tear_down(&name, mp, epoch).await {
+                        tracing::warn!(volume = %name, error = %e, "unmounting an unused volume failed; trying again later");
+                    }
+                }
+            }
             for v in self.backend.list() {
                 if v.attached_to != Some(me) {
                     continue;
