@@ -246,6 +246,9 @@ pub struct DemoArgs {
     /// Admin listen address (a free port is picked if this one is taken).
     #[arg(long, default_value = "127.0.0.1:7480")]
     pub admin_listen: SocketAddr,
+    /// Docker volume plugin socket served by node 1 (`off`: none).
+    #[arg(long, default_value = raftblock_volume_driver::docker::DEFAULT_SOCKET)]
+    pub plugin_socket: String,
 }
 
 /// Runs a parsed command line.

@@ -56,6 +56,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         serve.nbd_listen = free_or(port_plus(args.nbd_listen, i)).await;
         serve.admin_listen = free_or(port_plus(args.admin_listen, i)).await;
         serve.worker_threads = Some(2);
+        if *id == 1 {
+            // One socket path, one node: the others could only stand by.
+            serve.plugin_socket = args.plugin_socket.clone();
+        }
         nodes.push(Node::bind(&serve).await?);
     }
     let nbd: Vec<SocketAddr> = nodes.iter().map(|n| n.nbd_addr).collect();
@@ -122,6 +126,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         println!("  fio --name=t --ioengine=nbd --uri={uri} --rw=randwrite --bs=4k --iodepth=32 --size=256M --verify=crc32c");
         println!("  raftblock cluster status --server {a}");
         println!("  raftblock volume list --server {a}");
+        if args.plugin_socket != "off" {
+            println!("  docker volume create -d raftblock -o size=1G data   # node 1 serves {} (as root)", args.plugin_socket);
+            println!("  docker run --rm -v data:/data busybox sh -c 'echo hello > /data/f && cat /data/f'");
+        }
         let _ = stopped.wait_for(|s| *s).await;
     }
     let _ = stop_tx.send(true);
