@@ -83,7 +83,7 @@ pub fn volume_view(s: &AdminState, c: &Cluster, rec: &VolumeRecord) -> Value {
         "attach_epoch": rec.attach_epoch,
         "attached_to": rec.attachment.as_ref().map(|a| a.node),
         "allocated_bytes": allocated.unwrap_or(0),
-        "connections": 0,
+        "connections": s.metrics.connections(&rec.meta.name),
         "nbd_uri": format!("nbd://{}/{}", s.nbd_addr, rec.meta.name),
         "nbd_uris": uris,
     })
@@ -138,7 +138,54 @@ pub async fn create(
 }
 
 /// `DELETE /v1/volumes/{name}`.
-pub async fn delete(c: &Cluster, name: &str) -> Result<(), ApiError> {
+/// `DELETE /v1/volumes/{name}`: refused while NBD clients are connected to
+/// the volume through any node that answers (a node that cannot be reached
+/// has no live clients to lose, or they are cut off anyway).
+pub async fn delete(s: &AdminState, c: &Cluster, name: &str) -> Result<(), ApiError> {
+    let meta = c.view().meta();
+    let mut busy = Vec::new();
+    let mut asks = Vec::new();
+    for n in meta.nodes.values() {
+        if n.id == c.node() {
+            let here = s.metrics.connections(name);
+            if here > 0 {
+                busy.push((n.id, here));
+            }
+            continue;
+        }
+        let Some(addr) = n.admin_addr else { continue };
+        let (id, vol) = (n.id, name.to_string());
+        asks.push(tokio::task::spawn_blocking(move || {
+            let there = AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(2))
+                .local_replicas()
+                .ok()
+                .and_then(|v| v["nbd_connections"][vol.as_str()].as_i64())
+                .unwrap_or(0);
+            (id, there)
+        }));
+    }
+    for a in asks {
+        if let Ok((id, n)) = a.await {
+            if n > 0 {
+                busy.push((id, n));
+            }
+        }
+    }
+    if !busy.is_empty() {
+        busy.sort_unstable();
+        let total: i64 = busy.iter().map(|b| b.1).sum();
+        let on: Vec<String> = busy
+            .iter()
+            .map(|(id, n)| format!("node {id}: {n}"))
+            .collect();
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "volume {name} has {total} NBD client(s) connected ({}); disconnect them first",
+                on.join(", ")
+            ),
+        ));
+    }
     c.delete_volume(name).await?;
     Ok(())
 }
@@ -165,8 +212,20 @@ pub async fn join(c: &Cluster, info: NodeInfo) -> Result<Value, ApiError> {
 }
 
 /// `GET /v1/cluster/local`.
-pub async fn local(c: &Cluster) -> Value {
-    json!({ "node": c.node(), "groups": c.driver().status().await })
+pub async fn local(s: &AdminState, c: &Cluster) -> Value {
+    let connections: BTreeMap<String, i64> = c
+        .view()
+        .meta()
+        .volumes
+        .keys()
+        .map(|v| (v.clone(), s.metrics.connections(v)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    json!({
+        "node": c.node(),
+        "groups": c.driver().status().await,
+        "nbd_connections": connections,
+    })
 }
 
 /// `GET /v1/cluster`: every node's replicas gathered into nodes and shards.

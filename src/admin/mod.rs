@@ -117,7 +117,7 @@ async fn cluster_status(State(s): State<Arc<AdminState>>) -> Result<Json<Value>,
 
 async fn cluster_local(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
     let c = need_cluster(&s)?;
-    Ok(Json(cluster::local(c).await))
+    Ok(Json(cluster::local(&s, c).await))
 }
 
 async fn cluster_join(
@@ -194,7 +194,7 @@ async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if let Some(c) = &s.cluster {
-        cluster::delete(c, &name).await?;
+        cluster::delete(&s, c, &name).await?;
         s.metrics.remove(&name);
         return Ok(StatusCode::NO_CONTENT);
     }

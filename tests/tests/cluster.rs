@@ -80,6 +80,36 @@ fn volumes_are_cluster_wide_and_served_by_every_node() {
         // A write through node 3 is read back through node 1 at once.
         qemu_io(&c.nodes[2].uri("r3"), &["write -P 0x77 1M 4k"]);
         qemu_io(&c.nodes[0].uri("r3"), &["read -P 0x77 1M 4k"]);
+
+        // Deleting a volume an NBD client uses through another node is
+        // refused, naming where; once it disconnects the delete goes through.
+        let mut client = Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .arg(c.nodes[2].uri("r2"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-io");
+        let sample = "raftblock_nbd_connections{volume=\"r2\"}";
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.nodes[2].metric(sample) != Some(1.0) {
+            assert!(Instant::now() < deadline, "{}", c.nodes[2].metrics());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = c.nodes[0].cli(&["volume", "delete", "r2"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("1 NBD client(s) connected (node 3: 1)"),
+            "{err}"
+        );
+        drop(client.stdin.take());
+        let _ = client.wait();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.nodes[2].metric(sample) != Some(0.0) {
+            assert!(Instant::now() < deadline, "{}", c.nodes[2].metrics());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     let out = c.nodes[2].cli(&["cluster", "status", "--json"]);
@@ -101,7 +131,12 @@ fn volumes_are_cluster_wide_and_served_by_every_node() {
     );
 
     // Deleting removes it everywhere.
-    assert!(c.nodes[1].cli(&["volume", "delete", "r2"]).status.success());
+    let out = c.nodes[1].cli(&["volume", "delete", "r2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!c.nodes[0].cli(&["volume", "info", "r2"]).status.success());
 }
 

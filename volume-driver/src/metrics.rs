@@ -126,6 +126,15 @@ impl NbdMetrics {
             .remove(volume);
     }
 
+    /// Open NBD connections to `volume` on this node.
+    pub fn connections(&self, volume: &str) -> i64 {
+        self.volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(volume)
+            .map_or(0, |c| c.connections.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn connection_opened(&self, volume: &str) {
         self.volume(volume)
             .connections
