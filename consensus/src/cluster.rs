@@ -22,6 +22,8 @@ use crate::transport::{Transport, TransportEvent};
 
 /// How long a forwarded request may go unanswered before it is retried.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Corrupt blocks one read may repair from other replicas before failing.
+const MAX_REPAIRS: u32 = 64;
 /// A node counts as up while it was heard from this recently.
 const LIVE_WINDOW: Duration = Duration::from_secs(5);
 
@@ -342,8 +344,28 @@ impl Cluster {
             ShardOp::Read { offset, len } => {
                 self.driver.read_barrier(group).await?;
                 let v = self.local_volume(group)?;
-                let segs = v.read(*offset, *len).await.map_err(io_error)?;
-                Ok(rpc::segments_of_read(segs))
+                // A block whose bytes went bad here is repaired from another
+                // replica and the read tried again (a few blocks per read).
+                let mut repaired = 0;
+                loop {
+                    match v.read(*offset, *len).await {
+                        Ok(segs) => return Ok(rpc::segments_of_read(segs)),
+                        Err(StorageError::Checksum { offset: bad, .. })
+                            if repaired < MAX_REPAIRS =>
+                        {
+                            if !self.repair_block(group, &v, bad).await {
+                                let e = v.read(*offset, *len).await.err();
+                                return Err(io_error(e.unwrap_or(StorageError::Checksum {
+                                    volume: v.name().to_string(),
+                                    chunk: bad / v.meta().chunk_size,
+                                    offset: bad,
+                                })));
+                            }
+                            repaired += 1;
+                        }
+                        Err(e) => return Err(io_error(e)),
+                    }
+                }
             }
             ShardOp::ReadLocal { offset, len } => {
                 let v = self.local_volume(group)?;
@@ -357,6 +379,66 @@ impl Cluster {
                 Ok(rpc::segments_of_extents(ext))
             }
         }
+    }
+
+    /// Fetches the block at volume offset `bad` from the shard's other
+    /// replicas and rewrites this node's copy with the first one whose bytes
+    /// match the block's recorded checksum (a stale replica's older bytes
+    /// do not match, so only the committed content is ever written back).
+    async fn repair_block(&self, group: u64, v: &LocalVolume, bad: u64) -> bool {
+        let (vol, _) = shard_of_group(group);
+        let replicas: Vec<u64> = {
+            let meta = self.view.meta();
+            let Some(rec) = meta.volumes.values().find(|r| r.meta.id == vol) else {
+                return false;
+            };
+            let (_, index) = shard_of_group(group);
+            rec.shards.get(index as usize).cloned().unwrap_or_default()
+        };
+        let block = raftblock_storage::BLOCK_SIZE;
+        for n in replicas.into_iter().filter(|n| *n != self.node) {
+            let op = ShardOp::ReadLocal {
+                offset: bad,
+                len: block,
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let Ok(segs) = self.call(n, group, &op, deadline).await else {
+                continue;
+            };
+            let mut data = Vec::with_capacity(block as usize);
+            for s in segs {
+                if s.hole {
+                    data.resize(data.len() + s.len as usize, 0);
+                } else {
+                    data.extend_from_slice(&s.data);
+                }
+            }
+            if data.len() as u64 != block {
+                continue;
+            }
+            match v.repair_block(bad, Bytes::from(data)).await {
+                Ok(true) => {
+                    tracing::warn!(
+                        group,
+                        offset = bad,
+                        from = n,
+                        "corrupt block repaired from a replica"
+                    );
+                    return true;
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(group, offset = bad, error = %e, "repairing a corrupt block");
+                    return false;
+                }
+            }
+        }
+        tracing::error!(
+            group,
+            offset = bad,
+            "no replica holds a good copy of a corrupt block"
+        );
+        false
     }
 
     fn local_volume(&self, group: u64) -> Result<Arc<LocalVolume>, RouteError> {

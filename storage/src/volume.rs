@@ -92,6 +92,39 @@ impl LocalVolume {
         self.handles.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Rewrites the 4 KiB block at volume offset `offset` with `data` if,
+    /// and only if, `data` matches the checksum the block is recorded with:
+    /// repairing a block whose stored bytes went bad from a good copy held
+    /// elsewhere (another replica), without changing what the block holds.
+    /// Returns whether the block was rewritten.
+    pub async fn repair_block(&self, offset: u64, data: Bytes) -> Result<bool> {
+        if offset % BLOCK_SIZE != 0 || data.len() as u64 != BLOCK_SIZE || offset >= self.meta.size {
+            return Err(StorageError::OutOfRange {
+                volume: self.meta.name.clone(),
+                offset,
+                len: data.len() as u64,
+                size: self.meta.size,
+            });
+        }
+        let (chunk, off) = (offset / self.meta.chunk_size, offset % self.meta.chunk_size);
+        let Some(c) = self.chunk(chunk, false)? else {
+            return Ok(false);
+        };
+        let block = off / BLOCK_SIZE;
+        let _g = self.locks.lock(chunk, off, BLOCK_SIZE).await;
+        let slot = c.slot(block);
+        if slot == HOLE || !checksum::verify(slot, &data) {
+            return Ok(false);
+        }
+        self.engine
+            .write_at(&c.data, data, off)
+            .await
+            .map_err(|e| self.io_err(chunk, "repair write", e))?;
+        c.dirty.store(true, Ordering::Release);
+        tracing::warn!(volume = %self.meta.name, chunk, offset, "repaired a corrupt block from a good copy");
+        Ok(true)
+    }
+
     /// Bytes of blocks that hold data (sparse allocation), over open chunks
     /// and chunk files on disk.
     pub fn allocated_bytes(&self) -> Result<u64> {

@@ -1,11 +1,15 @@
 //! Corruption on disk is caught, not served: a byte flipped inside a chunk
 //! file makes reads of that 4 KiB block fail with EIO while the blocks around
-//! it still read correctly, and the checksum-error metric counts it.
+//! it still read correctly, and the checksum-error metric counts it. In a
+//! cluster the shard leader repairs such a block from another replica and
+//! the read succeeds.
 
+use raftblock_tests::cluster::TestCluster;
 use raftblock_tests::nbd::{RawNbd, EIO};
 use raftblock_tests::{pattern, Daemon};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Every `*.data` chunk file under the node's data directory.
 fn chunk_files(dir: &Path) -> Vec<PathBuf> {
@@ -90,5 +94,61 @@ fn flipped_byte_fails_its_block_only() {
         c.read(0, 3 * 4096).expect("read").ok(),
         Some(blocks.concat()),
         "healed"
+    );
+}
+
+#[test]
+fn a_corrupt_block_on_the_shard_leader_is_repaired_from_a_replica() {
+    let mut c = TestCluster::start(3);
+    c.create_volume("heal", 16 << 20, 3, Some(1));
+    let blocks: Vec<Vec<u8>> = (0..3).map(|i| pattern(200 + i, 4096)).collect();
+    {
+        let mut n = RawNbd::connect(c.nodes[0].nbd, "heal").expect("connect");
+        assert_eq!(n.write(0, &blocks.concat(), false).expect("write"), 0);
+        assert_eq!(n.flush().expect("flush"), 0);
+    }
+    c.wait_converged("heal", Duration::from_secs(30));
+    let leader = c.leader("heal", 0).expect("shard leader");
+    let files = chunk_files(c.node(leader).data_dir());
+    assert_eq!(files.len(), 1, "one chunk written: {files:?}");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&files[0])
+        .expect("open chunk");
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, 4096 + 99).expect("read byte");
+    byte[0] ^= 0x10;
+    f.write_all_at(&byte, 4096 + 99).expect("flip byte");
+    f.sync_all().expect("sync chunk");
+
+    // Read through another node: the leader finds the bad block, fetches it
+    // from a follower whose bytes match the recorded checksum, rewrites it.
+    let other = if leader == 1 { 2 } else { 1 };
+    let mut n = RawNbd::connect(c.node(other).nbd, "heal").expect("connect");
+    assert_eq!(
+        n.read(0, 3 * 4096).expect("read").ok(),
+        Some(blocks.concat()),
+        "the read over the corrupt block returns the written data"
+    );
+    let mut back = vec![0u8; 4096];
+    f.read_exact_at(&mut back, 4096)
+        .expect("read repaired block");
+    assert_eq!(
+        back, blocks[1],
+        "the leader's chunk file holds the good block again"
+    );
+    let log = c.node(leader).log_text();
+    assert!(
+        log.contains("corrupt block repaired from a replica"),
+        "{log}"
+    );
+    let errors = c
+        .node(leader)
+        .metric("raftblock_checksum_errors_total{volume=\"heal\"}")
+        .expect("checksum error metric");
+    assert!(
+        errors >= 1.0,
+        "the checksum error is still counted: {errors}"
     );
 }
