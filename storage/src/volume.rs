@@ -98,7 +98,10 @@ impl LocalVolume {
     /// elsewhere (another replica), without changing what the block holds.
     /// Returns whether the block was rewritten.
     pub async fn repair_block(&self, offset: u64, data: Bytes) -> Result<bool> {
-        if offset % BLOCK_SIZE != 0 || data.len() as u64 != BLOCK_SIZE || offset >= self.meta.size {
+        if offset & (BLOCK_SIZE - 1) != 0
+            || data.len() as u64 != BLOCK_SIZE
+            || offset >= self.meta.size
+        {
             return Err(StorageError::OutOfRange {
                 volume: self.meta.name.clone(),
                 offset,
