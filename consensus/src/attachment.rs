@@ -64,95 +64,103 @@ impl Cluster {
         name: &str,
         grace: Duration,
     ) -> Result<ClusterVolume, AttachError> {
-        let route = |source| AttachError::Route {
-            name: name.to_string(),
-            source,
-        };
-        let mut attempts = 0;
-        let mut waited = Duration::ZERO;
-        let epoch =
-            loop {
-                attempts += 1;
-                self.meta_barrier(Duration::from_secs(5)).await;
-                let rec = self
-                    .view()
-                    .meta()
-                    .volumes
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| AttachError::NotFound(name.to_string()))?;
-                let takeover = match &rec.attachment {
-                    Some(a) if a.node != self.node() => {
-                        // Silent both to this node and to the metadata
-                        // quorum (no renewals): a holder that another
-                        // node can still reach keeps renewing.
-                        let silent = self.silent_for(a.node).min(self.lease_silent_for(name));
-                        if silent < grace && silent >= SILENT && waited < grace + SILENT {
-                            // The holder stopped answering pings: likely dead. Wait
-                            // out its grace instead of failing (dockerd gives Mount
-                            // two minutes; Swarm would retry only after its delay).
-                            let nap = grace - silent + Duration::from_millis(100);
-                            waited += nap;
-                            tokio::time::sleep(nap).await;
-                            continue;
-                        }
-                        if silent < grace {
-                            return Err(AttachError::HeldElsewhere {
-                                name: name.to_string(),
-                                node: a.node,
-                                epoch: a.epoch,
-                                silent_ms: silent.as_millis(),
-                                grace_ms: grace.as_millis(),
-                            });
-                        }
-                        tracing::warn!(
-                            volume = name,
-                            holder = a.node,
-                            epoch = a.epoch,
-                            silent_ms = silent.as_millis() as u64,
-                            "taking over a volume from a silent node"
-                        );
-                        true
-                    }
-                    _ => false,
-                };
-                let cmd = MetaCommand::Attach {
-                    name: name.to_string(),
-                    node: self.node(),
-                    expect_epoch: rec.attach_epoch,
-                    takeover,
-                    since_unix: raftblock_storage::catalog::unix_now(),
-                };
-                match self.propose_meta(cmd).await {
-                    Ok(()) => {}
-                    Err(RouteError::Replica(ReplicaError::Meta(MetaError::EpochMoved {
-                        ..
-                    }))) if attempts < 3 => continue,
-                    Err(e) => return Err(route(e)),
-                }
-                let meta = self.view().meta();
-                match meta.volumes.get(name).and_then(|v| v.attachment.clone()) {
-                    Some(a) if a.node == self.node() => break a.epoch,
-                    _ if attempts < 3 => continue,
-                    _ => return Err(AttachError::NotFound(name.to_string())),
-                }
-            };
-        let rec = self
-            .view()
-            .meta()
-            .volumes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| AttachError::NotFound(name.to_string()))?;
+        let epoch = self.take_lease(name, grace).await?;
+        let rec = self.record(name)?;
         // Fence every shard before the first write under the new epoch.
         for (group, replicas) in rec.groups() {
             let cmd = ShardCommand::fence(rec.meta.id, epoch).encode_bytes();
             self.execute(group, replicas, ShardOp::Propose(cmd))
                 .await
-                .map_err(route)?;
+                .map_err(|source| AttachError::Route {
+                    name: name.to_string(),
+                    source,
+                })?;
         }
         tracing::info!(volume = name, epoch, "attached here");
         Ok(ClusterVolume::new(self.clone(), rec).with_epoch(epoch))
+    }
+
+    /// `name`'s record in this node's metadata.
+    fn record(&self, name: &str) -> Result<crate::meta::VolumeRecord, AttachError> {
+        self.view()
+            .meta()
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AttachError::NotFound(name.to_string()))
+    }
+
+    /// Commits this node's attachment of `name`; returns its epoch.
+    async fn take_lease(&self, name: &str, grace: Duration) -> Result<u64, AttachError> {
+        let mut attempts = 0;
+        let mut waited = Duration::ZERO;
+        loop {
+            attempts += 1;
+            self.meta_barrier(Duration::from_secs(5)).await;
+            let rec = self.record(name)?;
+            let takeover = match &rec.attachment {
+                Some(a) if a.node != self.node() => {
+                    // Silent both to this node and to the metadata quorum
+                    // (no renewals): a holder that another node can still
+                    // reach keeps renewing.
+                    let silent = self.silent_for(a.node).min(self.lease_silent_for(name));
+                    if silent < grace && silent >= SILENT && waited < grace + SILENT {
+                        // Likely dead: wait out its grace instead of failing
+                        // (dockerd gives Mount two minutes; Swarm would
+                        // retry only after its restart delay).
+                        let nap = grace - silent + Duration::from_millis(100);
+                        waited += nap;
+                        tokio::time::sleep(nap).await;
+                        continue;
+                    }
+                    if silent < grace {
+                        return Err(AttachError::HeldElsewhere {
+                            name: name.to_string(),
+                            node: a.node,
+                            epoch: a.epoch,
+                            silent_ms: silent.as_millis(),
+                            grace_ms: grace.as_millis(),
+                        });
+                    }
+                    tracing::warn!(
+                        volume = name,
+                        holder = a.node,
+                        epoch = a.epoch,
+                        silent_ms = silent.as_millis() as u64,
+                        "taking over a volume from a silent node"
+                    );
+                    true
+                }
+                _ => false,
+            };
+            let cmd = MetaCommand::Attach {
+                name: name.to_string(),
+                node: self.node(),
+                expect_epoch: rec.attach_epoch,
+                takeover,
+                since_unix: raftblock_storage::catalog::unix_now(),
+            };
+            match self.propose_meta(cmd).await {
+                Ok(()) => {}
+                // Someone attached it meanwhile: look again.
+                Err(RouteError::Replica(ReplicaError::Meta(MetaError::EpochMoved { .. })))
+                    if attempts < 3 =>
+                {
+                    continue
+                }
+                Err(source) => {
+                    return Err(AttachError::Route {
+                        name: name.to_string(),
+                        source,
+                    })
+                }
+            }
+            match self.record(name)?.attachment {
+                Some(a) if a.node == self.node() => return Ok(a.epoch),
+                _ if attempts < 3 => continue,
+                _ => return Err(AttachError::NotFound(name.to_string())),
+            }
+        }
     }
 
     /// Renews this node's attachments (`(volume, epoch)` pairs), so other

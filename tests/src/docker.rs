@@ -299,3 +299,104 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A plugin socket for node `node` of a test, in the temporary directory.
+pub fn temp_socket(tag: &str, node: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("rbit-{}-{tag}-{node}.sock", std::process::id()))
+}
+
+/// A 3-node test cluster whose nodes serve the plugin on the given
+/// sockets (`None`: no plugin), started with `extra` `serve` arguments;
+/// dropping it stops the nodes, then sweeps their mounts and sockets.
+pub struct PluginCluster {
+    /// The nodes.
+    pub c: crate::cluster::TestCluster,
+    /// Node `i + 1`'s socket.
+    pub socks: Vec<Option<PathBuf>>,
+    _sweep: MountSweeper,
+    _rm: RemoveOnDrop,
+}
+
+impl PluginCluster {
+    /// Starts the nodes and waits until every socket answers.
+    pub fn start(socks: Vec<Option<PathBuf>>, extra: &[&str]) -> PluginCluster {
+        let rm = RemoveOnDrop(socks.iter().flatten().cloned().collect());
+        let (s2, extra): (Vec<Option<PathBuf>>, Vec<String>) =
+            (socks.clone(), extra.iter().map(|s| s.to_string()).collect());
+        let c = crate::cluster::TestCluster::start_each(socks.len(), move |id| {
+            let sock = s2[(id - 1) as usize]
+                .as_ref()
+                .map_or_else(|| "off".to_string(), |p| p.display().to_string());
+            let mut args = vec!["--plugin-socket".to_string(), sock];
+            args.extend(extra.iter().cloned());
+            args
+        });
+        let sweep = MountSweeper(c.nodes.iter().map(|d| d.data_dir().to_path_buf()).collect());
+        for s in socks.iter().flatten() {
+            wait_for_socket(s, Duration::from_secs(60));
+        }
+        PluginCluster {
+            c,
+            socks,
+            _sweep: sweep,
+            _rm: rm,
+        }
+    }
+
+    /// Node `node`'s socket (panics for a node without one).
+    pub fn sock(&self, node: u64) -> &Path {
+        self.socks[(node - 1) as usize]
+            .as_deref()
+            .unwrap_or_else(|| panic!("node {node} serves no plugin"))
+    }
+
+    /// The nodes' data directories.
+    pub fn data_dirs(&self) -> Vec<PathBuf> {
+        self.c
+            .nodes
+            .iter()
+            .map(|d| d.data_dir().to_path_buf())
+            .collect()
+    }
+}
+
+/// The plugin answer's `Err`, empty on success.
+pub fn err_of(v: &Value) -> String {
+    v["Err"].as_str().unwrap_or("").to_string()
+}
+
+/// Creates `name` through the plugin on `socket` with options `opts`.
+pub fn create(socket: &Path, name: &str, opts: Value) {
+    let e = plugin_call(
+        socket,
+        "/VolumeDriver.Create",
+        &serde_json::json!({"Name": name, "Opts": opts}),
+    );
+    assert_eq!(err_of(&e), "", "Create {name}: {e}");
+}
+
+/// Mounts `name` for mount ID `id` through the plugin on `socket`; returns
+/// the mountpoint.
+pub fn mount(socket: &Path, name: &str, id: &str) -> PathBuf {
+    let m = plugin_call(
+        socket,
+        "/VolumeDriver.Mount",
+        &serde_json::json!({"Name": name, "ID": id}),
+    );
+    assert_eq!(err_of(&m), "", "Mount {name}: {m}");
+    PathBuf::from(
+        m["Mountpoint"]
+            .as_str()
+            .expect("Mount answers a mountpoint"),
+    )
+}
+
+/// Unmounts `name` for mount ID `id` through the plugin on `socket`.
+pub fn unmount(socket: &Path, name: &str, id: &str) {
+    let u = plugin_call(
+        socket,
+        "/VolumeDriver.Unmount",
+        &serde_json::json!({"Name": name, "ID": id}),
+    );
+    assert_eq!(err_of(&u), "", "Unmount {name}: {u}");
+}

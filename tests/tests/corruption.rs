@@ -28,6 +28,22 @@ fn chunk_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Flips the bits `mask` of the byte at `offset` of `path` on disk; returns
+/// the open file.
+fn flip_bit(path: &Path, offset: u64, mask: u8) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open chunk");
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, offset).expect("read byte");
+    byte[0] ^= mask;
+    f.write_all_at(&byte, offset).expect("flip byte");
+    f.sync_all().expect("sync chunk");
+    f
+}
+
 #[test]
 fn flipped_byte_fails_its_block_only() {
     let d = Daemon::start();
@@ -40,16 +56,7 @@ fn flipped_byte_fails_its_block_only() {
 
     let files = chunk_files(d.data_dir());
     assert_eq!(files.len(), 1, "one chunk written: {files:?}");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&files[0])
-        .expect("open chunk");
-    let mut byte = [0u8; 1];
-    f.read_exact_at(&mut byte, 4096 + 1234).expect("read byte");
-    byte[0] ^= 0x40;
-    f.write_all_at(&byte, 4096 + 1234).expect("flip byte");
-    f.sync_all().expect("sync chunk");
+    flip_bit(&files[0], 4096 + 1234, 0x40);
 
     assert_eq!(
         c.read(4096, 4096).expect("read").err(),
@@ -111,16 +118,7 @@ fn a_corrupt_block_on_the_shard_leader_is_repaired_from_a_replica() {
     let leader = c.leader("heal", 0).expect("shard leader");
     let files = chunk_files(c.node(leader).data_dir());
     assert_eq!(files.len(), 1, "one chunk written: {files:?}");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&files[0])
-        .expect("open chunk");
-    let mut byte = [0u8; 1];
-    f.read_exact_at(&mut byte, 4096 + 99).expect("read byte");
-    byte[0] ^= 0x10;
-    f.write_all_at(&byte, 4096 + 99).expect("flip byte");
-    f.sync_all().expect("sync chunk");
+    let f = flip_bit(&files[0], 4096 + 99, 0x10);
 
     // Read through another node: the leader finds the bad block, fetches it
     // from a follower whose bytes match the recorded checksum, rewrites it.

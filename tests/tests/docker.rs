@@ -9,20 +9,10 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use raftblock_tests::cluster::TestCluster;
 use raftblock_tests::docker::{
-    driver_name, exclusive, loops_under, mounts_under, plugin_call, tools_present, wait_for_socket,
-    DockerEngine, MountSweeper, RemoveOnDrop, IMAGE,
+    create, driver_name, err_of, exclusive, loops_under, mount, mounts_under, plugin_call,
+    temp_socket, tools_present, unmount, DockerEngine, PluginCluster, IMAGE,
 };
-
-fn data_dirs(c: &TestCluster) -> Vec<PathBuf> {
-    c.nodes.iter().map(|d| d.data_dir().to_path_buf()).collect()
-}
-
-/// The plugin answer's `Err`, empty on success.
-fn err_of(v: &serde_json::Value) -> String {
-    v["Err"].as_str().unwrap_or("").to_string()
-}
 
 #[test]
 fn docker_volumes_are_created_shared_between_containers_and_removed() {
@@ -30,28 +20,17 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
         return;
     }
     let _one_at_a_time = exclusive();
+    // Node 1 serves the socket dockerd looks for; the others their own.
     let (driver, socket) = driver_name("basic");
-    let socks: Vec<PathBuf> = (1..=3)
-        .map(|i| {
-            if i == 1 {
-                socket.clone()
-            } else {
-                std::env::temp_dir().join(format!("{}-{i}.sock", driver))
-            }
-        })
-        .collect();
-    let _rm = RemoveOnDrop(socks.clone());
-    let s2 = socks.clone();
-    let mut c = TestCluster::start_each(3, move |id| {
+    let mut pc = PluginCluster::start(
         vec![
-            "--plugin-socket".into(),
-            s2[(id - 1) as usize].display().to_string(),
-        ]
-    });
-    let _sweep = MountSweeper(data_dirs(&c));
-    for s in &socks {
-        wait_for_socket(s, Duration::from_secs(60));
-    }
+            Some(socket),
+            Some(temp_socket("basic", 2)),
+            Some(temp_socket("basic", 3)),
+        ],
+        &[],
+    );
+    let socks: Vec<PathBuf> = pc.socks.iter().flatten().cloned().collect();
     let docker = DockerEngine::start();
 
     // Create through dockerd; every node's plugin knows the volume.
@@ -156,7 +135,7 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
     ]);
     let get = plugin_call(&socks[0], "/VolumeDriver.Get", &json!({"Name": "v1"}));
     assert_eq!(get["Volume"]["Status"]["mounts"], 2, "{get}");
-    let n1 = &c.nodes[0];
+    let n1 = &pc.c.nodes[0];
     assert_eq!(n1.metric("raftblock_plugin_mounted_volumes"), Some(1.0));
     assert!(
         n1.metric("raftblock_plugin_calls_total{endpoint=\"Mount\",result=\"ok\"}") >= Some(4.0),
@@ -210,7 +189,7 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
         get["Volume"]["Status"].get("attached_to_node").is_none(),
         "{get}"
     );
-    let dirs = data_dirs(&c);
+    let dirs = pc.data_dirs();
     assert!(
         mounts_under(&dirs[0]).is_empty(),
         "{:?}",
@@ -279,8 +258,8 @@ fn docker_volumes_are_created_shared_between_containers_and_removed() {
     // List still answer from node 1's view at once: an error there would
     // make dockerd forget the volume.
     docker.ok(&["volume", "create", "-d", &driver, "-o", "size=64M", "kept"]);
-    c.node(2).kill9();
-    c.node(3).kill9();
+    pc.c.node(2).kill9();
+    pc.c.node(3).kill9();
     let t = Instant::now();
     let get = plugin_call(&socks[0], "/VolumeDriver.Get", &json!({"Name": "kept"}));
     println!("Get with the cluster down took {:?}: {get}", t.elapsed());
@@ -323,24 +302,14 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
     // serves it, node 2 stands by and takes it over when node 1 dies.
     let _one_at_a_time = exclusive();
     let (driver, socket) = driver_name("failover");
-    let third = std::env::temp_dir().join(format!("rbit-{}-failover-3.sock", std::process::id()));
-    let _rm = RemoveOnDrop(vec![socket.clone(), third.clone()]);
-    let sock = socket.display().to_string();
-    let mut c = TestCluster::start_each(3, move |id| {
-        let s = if id == 3 {
-            third.display().to_string()
-        } else {
-            sock.clone()
-        };
+    let mut pc = PluginCluster::start(
         vec![
-            "--plugin-socket".into(),
-            s,
-            "--attach-grace".into(),
-            "3s".into(),
-        ]
-    });
-    let _sweep = MountSweeper(data_dirs(&c));
-    wait_for_socket(&socket, Duration::from_secs(60));
+            Some(socket.clone()),
+            Some(socket),
+            Some(temp_socket("failover", 3)),
+        ],
+        &["--attach-grace", "3s"],
+    );
     let docker = DockerEngine::start();
     docker.ok(&["volume", "create", "-d", &driver, "-o", "size=512M", "db"]);
     let holder = docker.ok(&[
@@ -364,10 +333,10 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
         assert!(Instant::now() < deadline, "the holder never wrote its data");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let holder_pid = c.node(1).pid();
+    let holder_pid = pc.c.node(1).pid();
     println!("node 1 (pid {holder_pid}) holds db; killing it with SIGKILL");
     let died = Instant::now();
-    c.node(1).kill9();
+    pc.c.node(1).kill9();
     // A new container (as Swarm would start on a surviving node) mounts db
     // through node 2's plugin once node 1's lease has lapsed.
     let got = run_until_ok(
@@ -392,7 +361,7 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
         got, sum,
         "the data read on node 2 differs from what node 1 wrote"
     );
-    let st = c.status();
+    let st = pc.c.status();
     let vol = st["volumes"]
         .as_array()
         .and_then(|v| v.iter().find(|v| v["name"] == "db").cloned())
@@ -406,8 +375,8 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
     // Node 1 comes back: its dead mounts are cleaned up, not re-served, and
     // its stale attachment is not given back over node 2's.
     let _ = docker.docker(&["rm", "-f", &holder]);
-    let dirs = data_dirs(&c);
-    c.node(1).restart();
+    let dirs = pc.data_dirs();
+    pc.c.node(1).restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(mounts_under(&dirs[0]).is_empty() && loops_under(&dirs[0]).is_empty()) {
         assert!(
@@ -421,12 +390,13 @@ fn a_volume_moves_to_another_node_when_its_node_dies() {
     // The attachment is given back in the background once the socket is
     // served; its log line may come a moment after the mounts are gone.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !c
+    while !pc
+        .c
         .node(1)
         .log_text()
         .contains("mount of the previous run was cleaned up")
     {
-        assert!(Instant::now() < deadline, "{}", c.node(1).log_text());
+        assert!(Instant::now() < deadline, "{}", pc.c.node(1).log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
     // Node 2 still serves the socket; the volume is free again and can be
@@ -439,45 +409,22 @@ fn a_frozen_holder_is_fenced_once_the_volume_moves() {
     if !tools_present() {
         return;
     }
-    let socks: Vec<PathBuf> = (1..=2)
-        .map(|i| std::env::temp_dir().join(format!("rbit-{}-fence-{i}.sock", std::process::id())))
-        .collect();
-    let _rm = RemoveOnDrop(socks.clone());
-    let s2 = socks.clone();
-    let mut c = TestCluster::start_each(3, move |id| {
-        let s = match id {
-            1 | 2 => s2[(id - 1) as usize].display().to_string(),
-            _ => "off".into(),
-        };
+    let mut pc = PluginCluster::start(
         vec![
-            "--plugin-socket".into(),
-            s,
-            "--attach-grace".into(),
-            "3s".into(),
-        ]
-    });
-    let _sweep = MountSweeper(data_dirs(&c));
-    for s in &socks {
-        wait_for_socket(s, Duration::from_secs(60));
-    }
-    let e = plugin_call(
-        &socks[0],
-        "/VolumeDriver.Create",
-        &json!({"Name": "f", "Opts": {"size": "256M"}}),
+            Some(temp_socket("fence", 1)),
+            Some(temp_socket("fence", 2)),
+            None,
+        ],
+        &["--attach-grace", "3s"],
     );
-    assert_eq!(err_of(&e), "", "{e}");
-    let m = plugin_call(
-        &socks[0],
-        "/VolumeDriver.Mount",
-        &json!({"Name": "f", "ID": "one"}),
-    );
-    assert_eq!(err_of(&m), "", "{m}");
-    let mp1 = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    let socks: Vec<PathBuf> = pc.socks.iter().flatten().cloned().collect();
+    create(&socks[0], "f", json!({"size": "256M"}));
+    let mp1 = mount(&socks[0], "f", "one");
     std::fs::write(mp1.join("before"), b"written by node 1").expect("write on node 1");
     sync_file(&mp1.join("before"));
 
     // Freeze node 1 (a hung or cut-off node: alive, holding the volume).
-    let pid1 = c.node(1).pid() as libc::pid_t;
+    let pid1 = pc.c.node(1).pid() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(pid1, libc::SIGSTOP) };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -530,7 +477,7 @@ fn a_frozen_holder_is_fenced_once_the_volume_moves() {
         "node 1's late write failed as it must: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    let log = c.node(1).log_text();
+    let log = pc.c.node(1).log_text();
     assert!(
         log.contains("refused; the volume was attached again"),
         "{log}"
@@ -539,34 +486,13 @@ fn a_frozen_holder_is_fenced_once_the_volume_moves() {
     assert!(!mp2.join("late").exists());
     std::fs::write(mp2.join("after"), b"node 2").expect("write on node 2");
     sync_file(&mp2.join("after"));
-    let u = plugin_call(
-        &socks[1],
-        "/VolumeDriver.Unmount",
-        &json!({"Name": "f", "ID": "two"}),
-    );
-    assert_eq!(err_of(&u), "", "{u}");
-    let u = plugin_call(
-        &socks[0],
-        "/VolumeDriver.Unmount",
-        &json!({"Name": "f", "ID": "one"}),
-    );
-    assert_eq!(err_of(&u), "", "{u}");
+    unmount(&socks[1], "f", "two");
+    unmount(&socks[0], "f", "one");
     // Remounted on node 1 (the newest epoch now), the data is node 2's.
-    let m = plugin_call(
-        &socks[0],
-        "/VolumeDriver.Mount",
-        &json!({"Name": "f", "ID": "three"}),
-    );
-    assert_eq!(err_of(&m), "", "{m}");
-    let mp = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    let mp = mount(&socks[0], "f", "three");
     assert_eq!(std::fs::read(mp.join("after")).expect("read"), b"node 2");
     assert!(!mp.join("late").exists());
-    let u = plugin_call(
-        &socks[0],
-        "/VolumeDriver.Unmount",
-        &json!({"Name": "f", "ID": "three"}),
-    );
-    assert_eq!(err_of(&u), "", "{u}");
+    unmount(&socks[0], "f", "three");
 }
 
 fn sync_file(p: &Path) {
@@ -610,30 +536,18 @@ fn a_replica_caught_up_by_snapshot_gets_the_fence() {
     if !tools_present() {
         return;
     }
-    let socks: Vec<PathBuf> = (1..=2)
-        .map(|i| std::env::temp_dir().join(format!("rbit-{}-snap-{i}.sock", std::process::id())))
-        .collect();
-    let _rm = RemoveOnDrop(socks.clone());
-    let s2 = socks.clone();
-    let mut c = TestCluster::start_each(3, move |id| {
-        let s = match id {
-            1 | 2 => s2[(id - 1) as usize].display().to_string(),
-            _ => "off".into(),
-        };
-        vec!["--plugin-socket".into(), s]
-    });
-    let _sweep = MountSweeper(data_dirs(&c));
-    for s in &socks {
-        wait_for_socket(s, Duration::from_secs(60));
-    }
-    let e = plugin_call(
-        &socks[0],
-        "/VolumeDriver.Create",
-        &json!({"Name": "snap", "Opts": {"size": "512M"}}),
+    let mut pc = PluginCluster::start(
+        vec![
+            Some(temp_socket("snap", 1)),
+            Some(temp_socket("snap", 2)),
+            None,
+        ],
+        &[],
     );
-    assert_eq!(err_of(&e), "", "{e}");
-    c.wait_converged("snap", Duration::from_secs(60));
-    c.node(3).kill9();
+    let socks: Vec<PathBuf> = pc.socks.iter().flatten().cloned().collect();
+    create(&socks[0], "snap", json!({"size": "512M"}));
+    pc.c.wait_converged("snap", Duration::from_secs(60));
+    pc.c.node(3).kill9();
     // Epoch 1 on node 1, handed over cleanly to node 2 (epoch 2): the
     // fence goes into every shard's log while node 3 is down.
     let m = plugin_call(
@@ -642,19 +556,8 @@ fn a_replica_caught_up_by_snapshot_gets_the_fence() {
         &json!({"Name": "snap", "ID": "a"}),
     );
     assert_eq!(err_of(&m), "", "{m}");
-    let u = plugin_call(
-        &socks[0],
-        "/VolumeDriver.Unmount",
-        &json!({"Name": "snap", "ID": "a"}),
-    );
-    assert_eq!(err_of(&u), "", "{u}");
-    let m = plugin_call(
-        &socks[1],
-        "/VolumeDriver.Mount",
-        &json!({"Name": "snap", "ID": "b"}),
-    );
-    assert_eq!(err_of(&m), "", "{m}");
-    let mp = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    unmount(&socks[0], "snap", "a");
+    let mp = mount(&socks[1], "snap", "b");
     // Enough writes after the fence that the leaders compact their logs
     // past it: node 3 must be caught up by snapshot.
     let out = std::process::Command::new("dd")
@@ -674,25 +577,20 @@ fn a_replica_caught_up_by_snapshot_gets_the_fence() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::thread::sleep(Duration::from_secs(5));
-    c.node(3).restart();
-    c.wait_converged("snap", Duration::from_secs(120));
-    let log = c.node(3).log_text();
+    pc.c.node(3).restart();
+    pc.c.wait_converged("snap", Duration::from_secs(120));
+    let log = pc.c.node(3).log_text();
     assert!(
         log.lines()
             .any(|l| l.contains("shard snapshot installed") && l.contains("fence=2")),
         "node 3 should be caught up by a snapshot carrying fence 2: {log}"
     );
-    let fences = fences_under(c.node(3).data_dir());
+    let fences = fences_under(pc.c.node(3).data_dir());
     assert!(!fences.is_empty(), "node 3 has no fence files");
     for (path, epoch) in &fences {
         assert_eq!(*epoch, 2, "{}", path.display());
     }
-    let u = plugin_call(
-        &socks[1],
-        "/VolumeDriver.Unmount",
-        &json!({"Name": "snap", "ID": "b"}),
-    );
-    assert_eq!(err_of(&u), "", "{u}");
+    unmount(&socks[1], "snap", "b");
 }
 
 #[test]
@@ -700,32 +598,10 @@ fn an_unmount_that_finds_the_filesystem_busy_is_finished_later() {
     if !tools_present() {
         return;
     }
-    let sock = std::env::temp_dir().join(format!("rbit-{}-busy.sock", std::process::id()));
-    let _rm = RemoveOnDrop(vec![sock.clone()]);
-    let s1 = sock.clone();
-    let c = TestCluster::start_each(3, move |id| {
-        let s = if id == 1 {
-            s1.display().to_string()
-        } else {
-            "off".into()
-        };
-        vec!["--plugin-socket".into(), s]
-    });
-    let _sweep = MountSweeper(data_dirs(&c));
-    wait_for_socket(&sock, Duration::from_secs(60));
-    let e = plugin_call(
-        &sock,
-        "/VolumeDriver.Create",
-        &json!({"Name": "busy", "Opts": {"size": "128M"}}),
-    );
-    assert_eq!(err_of(&e), "", "{e}");
-    let m = plugin_call(
-        &sock,
-        "/VolumeDriver.Mount",
-        &json!({"Name": "busy", "ID": "c1"}),
-    );
-    assert_eq!(err_of(&m), "", "{m}");
-    let mp = PathBuf::from(m["Mountpoint"].as_str().expect("mountpoint"));
+    let pc = PluginCluster::start(vec![Some(temp_socket("busy", 1)), None, None], &[]);
+    let sock = pc.sock(1).to_path_buf();
+    create(&sock, "busy", json!({"size": "128M"}));
+    let mp = mount(&sock, "busy", "c1");
     // Something outside Docker keeps a file open in the filesystem.
     let holder = std::fs::File::create(mp.join("open")).expect("open a file");
     let u = plugin_call(
@@ -739,7 +615,7 @@ fn an_unmount_that_finds_the_filesystem_busy_is_finished_later() {
     // Once it is closed, the sweep finishes the unmount and gives the
     // attachment back.
     drop(holder);
-    let dir = c.nodes[0].data_dir().to_path_buf();
+    let dir = pc.c.nodes[0].data_dir().to_path_buf();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let get = plugin_call(&sock, "/VolumeDriver.Get", &json!({"Name": "busy"}));
@@ -747,7 +623,12 @@ fn an_unmount_that_finds_the_filesystem_busy_is_finished_later() {
         if free && mounts_under(&dir).is_empty() && loops_under(&dir).is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "still mounted: {get}");
+        assert!(
+            Instant::now() < deadline,
+            "still mounted: {get} {:?} {:?}",
+            mounts_under(&dir),
+            loops_under(&dir)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -53,6 +53,24 @@ pub fn release(dev: &Path) -> Result<(), String> {
     }
 }
 
+/// Waits (up to `within`) until `dev` no longer holds its backing file:
+/// `losetup -d` of a device still in use only marks it for release, and the
+/// file below it cannot be unmounted before that happens.
+pub fn wait_released(dev: &Path, within: std::time::Duration) -> bool {
+    let Some(name) = dev.file_name().and_then(|n| n.to_str()) else {
+        return true;
+    };
+    let backing = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let deadline = std::time::Instant::now() + within;
+    while backing.exists() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
 /// Loop devices bound to files under `dir` (left over from an earlier run).
 pub fn bound_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     let Ok(out) = Command::new("losetup")

@@ -65,8 +65,15 @@ impl Attached {
         match self.backend {
             Backend::FuseLoop { fuse_dir, mut file } => {
                 loop_dev::release(&self.device)?;
-                // Dropping the session unmounts the FUSE filesystem.
+                if !loop_dev::wait_released(&self.device, std::time::Duration::from_secs(10)) {
+                    tracing::warn!(device = %self.device.display(), "loop device still busy after release");
+                }
+                // Dropping the session unmounts the FUSE filesystem; if the
+                // kernel still held the file, finish that lazily.
                 file.take();
+                if fs::is_mounted(&fuse_dir) {
+                    fs::unmount_lazy(&fuse_dir)?;
+                }
                 let _ = std::fs::remove_dir(&fuse_dir);
                 Ok(())
             }
