@@ -266,7 +266,7 @@ fn run_nbd(args: NbdArgs, cluster: bool) -> Result<()> {
                 if !cluster_started {
                     cluster_started = true;
                     let bin = bin.context("raftblock binary missing")?;
-                    let (procs, r3, r1) = targets::start_cluster(bin, dir, size)?;
+                    let (procs, r3, r1) = targets::start_cluster(bin, dir, size, args.engine)?;
                     let first = servers.len();
                     for (i, p) in procs.into_iter().enumerate() {
                         eprintln!("started cluster node {} (pid {})", i + 1, p.pid());
@@ -353,7 +353,8 @@ fn run_mount(args: MountArgs) -> Result<()> {
         set.runtime
     );
 
-    let mut mt = mount::MountTargets::start(raftblock_bin.as_deref(), dir, set.size, &kinds)?;
+    let mut mt =
+        mount::MountTargets::start(raftblock_bin.as_deref(), dir, set.size, &kinds, args.engine)?;
     // The raftblock targets count all three nodes, as in `cluster`.
     let all_nodes: Vec<usize> = (0..mt.nodes.len()).collect();
     let tgts: Vec<Target> = mt

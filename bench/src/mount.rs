@@ -170,7 +170,13 @@ impl MountTargets {
     /// Sets up `kinds` under the scratch directory `dir`, with fio files of
     /// `size` bytes; `bin` is the raftblock binary (needed unless only
     /// `ext4-loop` runs).
-    pub fn start(bin: Option<&Path>, dir: &Path, size: u64, kinds: &[TargetKind]) -> Result<Self> {
+    pub fn start(
+        bin: Option<&Path>,
+        dir: &Path,
+        size: u64,
+        kinds: &[TargetKind],
+        engine: Option<targets::EngineArg>,
+    ) -> Result<Self> {
         let fs_size = size + FS_OVERHEAD;
         let mut me = MountTargets {
             targets: Vec::new(),
@@ -190,7 +196,8 @@ impl MountTargets {
         let mut mounted = Vec::new();
         if !volumes.is_empty() {
             let bin = bin.context("raftblock binary missing")?;
-            let nodes = targets::start_nodes(bin, dir, TargetKind::MountR3, Some(ATTACH_GRACE))?;
+            let nodes =
+                targets::start_nodes(bin, dir, TargetKind::MountR3, Some(ATTACH_GRACE), engine)?;
             me.nodes = nodes.servers;
             for (i, p) in me.nodes.iter().enumerate() {
                 eprintln!("started cluster node {} (pid {})", i + 1, p.pid());

@@ -323,6 +323,7 @@ pub fn start_nodes(
     dir: &Path,
     kind: TargetKind,
     plugin_grace: Option<&str>,
+    engine: Option<EngineArg>,
 ) -> Result<Nodes> {
     let mut raft = Vec::new();
     for _ in 0..3 {
@@ -352,6 +353,9 @@ pub fn start_nodes(
             .arg((i + 1).to_string())
             .arg("--listen")
             .arg(listen.to_string());
+        if let Some(e) = engine {
+            cmd.arg("--io-engine").arg(e.to_string());
+        }
         match plugin_grace {
             Some(grace) => {
                 cmd.arg("--plugin-socket")
@@ -382,8 +386,13 @@ pub fn start_nodes(
 /// Starts a local 3-node cluster ([`start_nodes`], no plugin) and creates
 /// volumes `bench-r3` (3 replicas) and `bench-r1` (1 replica); returns the
 /// node processes and the NBD URIs (through node 1) of both volumes.
-pub fn start_cluster(bin: &Path, dir: &Path, size: u64) -> Result<(Vec<Server>, String, String)> {
-    let mut nodes = start_nodes(bin, dir, TargetKind::ClusterR3, None)?;
+pub fn start_cluster(
+    bin: &Path,
+    dir: &Path,
+    size: u64,
+    engine: Option<EngineArg>,
+) -> Result<(Vec<Server>, String, String)> {
+    let mut nodes = start_nodes(bin, dir, TargetKind::ClusterR3, None, engine)?;
     let client = AdminClient::new(&nodes.admin[0].to_string());
     for (name, replicas) in [("bench-r3", 3), ("bench-r1", 1)] {
         let deadline = Instant::now() + READY_TIMEOUT;
