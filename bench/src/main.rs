@@ -353,8 +353,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         set.runtime
     );
 
-    let mut mt =
-        mount::MountTargets::start(raftblock_bin.as_deref(), dir, set.size, &kinds, args.engine)?;
+    let mut mt = mount::MountTargets::start(raftblock_bin.as_deref(), dir, set.size, &kinds)?;
     // The raftblock targets count all three nodes, as in `cluster`.
     let all_nodes: Vec<usize> = (0..mt.nodes.len()).collect();
     let tgts: Vec<Target> = mt

@@ -170,13 +170,7 @@ impl MountTargets {
     /// Sets up `kinds` under the scratch directory `dir`, with fio files of
     /// `size` bytes; `bin` is the raftblock binary (needed unless only
     /// `ext4-loop` runs).
-    pub fn start(
-        bin: Option<&Path>,
-        dir: &Path,
-        size: u64,
-        kinds: &[TargetKind],
-        engine: Option<targets::EngineArg>,
-    ) -> Result<Self> {
+    pub fn start(bin: Option<&Path>, dir: &Path, size: u64, kinds: &[TargetKind]) -> Result<Self> {
         let fs_size = size + FS_OVERHEAD;
         let mut me = MountTargets {
             targets: Vec::new(),
@@ -197,7 +191,7 @@ impl MountTargets {
         if !volumes.is_empty() {
             let bin = bin.context("raftblock binary missing")?;
             let nodes =
-                targets::start_nodes(bin, dir, TargetKind::MountR3, Some(ATTACH_GRACE), engine)?;
+                targets::start_nodes(bin, dir, TargetKind::MountR3, Some(ATTACH_GRACE), None)?;
             me.nodes = nodes.servers;
             for (i, p) in me.nodes.iter().enumerate() {
                 eprintln!("started cluster node {} (pid {})", i + 1, p.pid());
