@@ -229,6 +229,15 @@ enum VolumeCommand {
         /// Volume name.
         name: String,
     },
+    /// Verify every node's copy of a volume against its checksums and
+    /// repair bad blocks from other replicas (cluster mode).
+    Scrub {
+        /// Volume name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `raftblock demo`.
@@ -359,6 +368,36 @@ fn volume(v: VolumeArgs) -> Result<()> {
         VolumeCommand::Delete { name } => {
             client.delete_volume(&name)?;
             println!("deleted volume {name}");
+        }
+        VolumeCommand::Scrub { name, json } => {
+            let v = client.scrub_volume(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<6} {:>8} {:>6} {:>9} {:>11}",
+                    "NODE", "CHUNKS", "BAD", "REPAIRED", "UNREPAIRED"
+                );
+                for n in v["nodes"].as_array().into_iter().flatten() {
+                    match n["error"].as_str() {
+                        Some(e) => println!("{:<6} error: {e}", n["node"]),
+                        None => println!(
+                            "{:<6} {:>8} {:>6} {:>9} {:>11}",
+                            n["node"],
+                            n["chunks"],
+                            n["bad"],
+                            n["repaired"],
+                            n["unrepaired"].as_array().map_or(0, |u| u.len())
+                        ),
+                    }
+                }
+            }
+            let unrepaired = v["nodes"].as_array().into_iter().flatten().any(|n| {
+                n["error"].is_string() || n["unrepaired"].as_array().is_some_and(|u| !u.is_empty())
+            });
+            if unrepaired {
+                anyhow::bail!("volume {name}: some blocks could not be verified or repaired");
+            }
         }
     }
     Ok(())

@@ -128,6 +128,20 @@ impl AdminClient {
         self.call("GET", "/v1/cluster/local", None)
     }
 
+    /// Scrubs every node's copy of `name` (`POST /v1/volumes/{name}/scrub`).
+    pub fn scrub_volume(&self, name: &str) -> Result<Value> {
+        self.call("POST", &format!("/v1/volumes/{}/scrub", encode(name)), None)
+    }
+
+    /// Scrubs this node's copy of `name` only.
+    pub fn scrub_local(&self, name: &str) -> Result<Value> {
+        self.call(
+            "POST",
+            &format!("/v1/cluster/local/scrub/{}", encode(name)),
+            None,
+        )
+    }
+
     /// Asks a member to add a node (`--join`).
     pub fn join(&self, node: &Value) -> Result<Value> {
         self.call("POST", "/v1/cluster/nodes", Some(node.clone()))

@@ -66,6 +66,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a scrub of one node's copy of a volume found.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ScrubReport {
+    /// The node.
+    pub node: u64,
+    /// Chunks verified.
+    pub chunks: u64,
+    /// Blocks whose bytes did not match their checksum.
+    pub bad: u64,
+    /// Of those, repaired from another replica.
+    pub repaired: u64,
+    /// Volume offsets of bad blocks no replica had a good copy of.
+    pub unrepaired: Vec<u64>,
+}
+
 /// The replication service of one node.
 pub struct Cluster {
     node: u64,
@@ -379,6 +394,56 @@ impl Cluster {
                 Ok(rpc::segments_of_extents(ext))
             }
         }
+    }
+
+    /// Verifies this node's copy of every shard of `name` it holds against
+    /// the recorded checksums, and repairs bad blocks from other replicas
+    /// (as a read on the leader does): Ceph's deep scrub, on demand.
+    pub async fn scrub_volume(&self, name: &str) -> Result<ScrubReport, RouteError> {
+        let rec = self
+            .view
+            .meta()
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ReplicaError::Meta(MetaError::VolumeNotFound(name.to_string())))?;
+        let v = self.store.volume(name).map_err(io_error)?;
+        let layout = rec.layout();
+        let mut report = ScrubReport {
+            node: self.node,
+            ..ScrubReport::default()
+        };
+        let started = Instant::now();
+        for (index, nodes) in rec.shards.iter().enumerate() {
+            if !nodes.contains(&self.node) {
+                continue;
+            }
+            let group = crate::meta::shard_group(rec.meta.id, index as u32);
+            let shard = crate::layout::ShardId {
+                volume: rec.meta.id,
+                index: index as u32,
+            };
+            for chunk in layout.chunks_of(shard) {
+                report.chunks += 1;
+                for bad in v.scrub_chunk(chunk).await.map_err(io_error)? {
+                    report.bad += 1;
+                    if self.repair_block(group, &v, bad).await {
+                        report.repaired += 1;
+                    } else {
+                        report.unrepaired.push(bad);
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            volume = name,
+            chunks = report.chunks,
+            bad = report.bad,
+            repaired = report.repaired,
+            secs = started.elapsed().as_secs_f64(),
+            "scrub done"
+        );
+        Ok(report)
     }
 
     /// Fetches the block at volume offset `bad` from the shard's other

@@ -24,7 +24,7 @@ pub mod snapshot;
 pub mod transport;
 
 pub use attachment::AttachError;
-pub use cluster::{Cluster, ShardOp};
+pub use cluster::{Cluster, ScrubReport, ShardOp};
 pub use driver::{ClusterView, Driver, DriverConfig, DriverHandle, GroupStatus, ReplicaError};
 pub use layout::{ShardId, ShardLayout};
 pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, VolumeRecord, META_GROUP};

@@ -190,6 +190,51 @@ pub async fn delete(s: &AdminState, c: &Cluster, name: &str) -> Result<(), ApiEr
     Ok(())
 }
 
+/// `POST /v1/volumes/{name}/scrub`: every member scrubs its own copy (in
+/// parallel); a member that cannot be reached is reported as such.
+pub async fn scrub(c: &Cluster, name: &str) -> Result<Value, ApiError> {
+    c.meta_barrier(Duration::from_secs(3)).await;
+    let meta = c.view().meta();
+    let rec = meta.volumes.get(name).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("volume `{name}` does not exist"),
+        )
+    })?;
+    let holders: std::collections::BTreeSet<u64> = rec.shards.iter().flatten().copied().collect();
+    let mut asks = Vec::new();
+    for id in holders.iter().copied().filter(|id| *id != c.node()) {
+        let addr = meta.nodes.get(&id).and_then(|n| n.admin_addr);
+        let vol = name.to_string();
+        asks.push(tokio::task::spawn_blocking(move || {
+            let Some(addr) = addr else {
+                return json!({ "node": id, "error": "no admin address" });
+            };
+            // A scrub reads the whole copy: allow it time.
+            match AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(3600))
+                .scrub_local(&vol)
+            {
+                Ok(v) => v,
+                Err(e) => json!({ "node": id, "error": e.to_string() }),
+            }
+        }));
+    }
+    let mut nodes = Vec::new();
+    if holders.contains(&c.node()) {
+        nodes.push(match c.scrub_volume(name).await {
+            Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+            Err(e) => json!({ "node": c.node(), "error": e.to_string() }),
+        });
+    }
+    for a in asks {
+        if let Ok(v) = a.await {
+            nodes.push(v);
+        }
+    }
+    nodes.sort_by_key(|n| n["node"].as_u64().unwrap_or(0));
+    Ok(json!({ "volume": name, "nodes": nodes }))
+}
+
 /// `POST /v1/cluster/nodes`.
 pub async fn join(c: &Cluster, info: NodeInfo) -> Result<Value, ApiError> {
     if info.id == 0 {

@@ -79,6 +79,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/volumes/{name}", get(info).delete(delete))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/local", get(cluster_local))
+        .route("/v1/volumes/{name}/scrub", post(scrub))
+        .route("/v1/cluster/local/scrub/{name}", post(scrub_local))
         .route("/v1/cluster/nodes", post(cluster_join))
         .with_state(state)
 }
@@ -118,6 +120,23 @@ async fn cluster_status(State(s): State<Arc<AdminState>>) -> Result<Json<Value>,
 async fn cluster_local(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
     let c = need_cluster(&s)?;
     Ok(Json(cluster::local(&s, c).await))
+}
+
+async fn scrub(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    Ok(Json(cluster::scrub(c, &name).await?))
+}
+
+async fn scrub_local(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    let r = c.scrub_volume(&name).await?;
+    Ok(Json(serde_json::to_value(r).unwrap_or_default()))
 }
 
 async fn cluster_join(

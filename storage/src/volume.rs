@@ -92,6 +92,54 @@ impl LocalVolume {
         self.handles.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Verifies every block of chunk `chunk` held on this node against its
+    /// recorded checksum; returns the volume offsets of the blocks that
+    /// fail (each confirmed once more under the block lock, so a block
+    /// being written meanwhile is not reported).
+    pub async fn scrub_chunk(&self, chunk: u64) -> Result<Vec<u64>> {
+        let Some(c) = self.chunk(chunk, false)? else {
+            return Ok(Vec::new());
+        };
+        let blocks = self
+            .meta
+            .size
+            .saturating_sub(chunk * self.meta.chunk_size)
+            .min(self.meta.chunk_size)
+            / BLOCK_SIZE;
+        const BATCH: u64 = 256; // 1 MiB per read
+        let mut bad = Vec::new();
+        let mut b = 0;
+        while b < blocks {
+            let end = (b + BATCH).min(blocks);
+            if (b..end).all(|i| c.slot(i) == HOLE) {
+                b = end;
+                continue;
+            }
+            let buf = self
+                .engine
+                .read_at(&c.data, ((end - b) * BLOCK_SIZE) as usize, b * BLOCK_SIZE)
+                .await
+                .map_err(|e| self.io_err(chunk, "scrub read", e))?;
+            for (i, block) in buf.chunks_exact(BLOCK_SIZE as usize).enumerate() {
+                let blk = b + i as u64;
+                let slot = c.slot(blk);
+                if slot != HOLE && !checksum::verify(slot, block) {
+                    bad.push(blk);
+                }
+            }
+            b = end;
+        }
+        let mut confirmed = Vec::new();
+        for blk in bad {
+            if let Err(StorageError::Checksum { offset, .. }) =
+                self.read_verified(&c, blk, blk + 1, false).await
+            {
+                confirmed.push(offset);
+            }
+        }
+        Ok(confirmed)
+    }
+
     /// Rewrites the 4 KiB block at volume offset `offset` with `data` if,
     /// and only if, `data` matches the checksum the block is recorded with:
     /// repairing a block whose stored bytes went bad from a good copy held

@@ -150,3 +150,65 @@ fn a_corrupt_block_on_the_shard_leader_is_repaired_from_a_replica() {
         "the checksum error is still counted: {errors}"
     );
 }
+
+#[test]
+fn scrub_finds_and_repairs_a_corrupt_block_on_a_follower() {
+    let mut c = TestCluster::start(3);
+    c.create_volume("scrub", 16 << 20, 3, Some(1));
+    let data = pattern(300, 4 * 4096);
+    {
+        let mut n = RawNbd::connect(c.nodes[0].nbd, "scrub").expect("connect");
+        assert_eq!(n.write(0, &data, false).expect("write"), 0);
+        assert_eq!(n.flush().expect("flush"), 0);
+    }
+    c.wait_converged("scrub", Duration::from_secs(30));
+    let leader = c.leader("scrub", 0).expect("shard leader");
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    let files = chunk_files(c.node(follower).data_dir());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let f = flip_bit(&files[0], 2 * 4096 + 7, 0x01);
+
+    // A clean scrub of the other nodes, one bad block repaired on the follower.
+    let out = c.nodes[0].cli(&["volume", "scrub", "scrub", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("scrub JSON");
+    for n in v["nodes"].as_array().expect("nodes") {
+        let (bad, repaired) = (n["bad"].as_u64(), n["repaired"].as_u64());
+        if n["node"] == follower {
+            assert_eq!((bad, repaired), (Some(1), Some(1)), "{v}");
+        } else {
+            assert_eq!((bad, repaired), (Some(0), Some(0)), "{v}");
+        }
+    }
+    let mut back = vec![0u8; 4096];
+    f.read_exact_at(&mut back, 2 * 4096)
+        .expect("read repaired block");
+    assert_eq!(
+        back,
+        data[2 * 4096..3 * 4096],
+        "the follower's block is good again"
+    );
+
+    // The same block bad everywhere: nothing to repair from, said clearly.
+    for n in 1..=3 {
+        let files = chunk_files(c.node(n).data_dir());
+        flip_bit(&files[0], 4096 + 11, 0x80);
+    }
+    let out = c.nodes[1].cli(&["volume", "scrub", "scrub"]);
+    assert!(
+        !out.status.success(),
+        "a scrub that could not repair must fail"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not be verified or repaired"), "{err}");
+    assert_eq!(
+        text.lines().count(),
+        4,
+        "a header and one line per node: {text}"
+    );
+}
