@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// another node may take the volume over, e.g. 15s.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub attach_grace: std::time::Duration,
+    /// How often this node verifies its copy of every volume against the
+    /// checksums and repairs bad blocks from replicas (`off`: only on
+    /// `volume scrub`), e.g. 7d.
+    #[arg(long, default_value = "7d", value_parser = parse_every)]
+    pub scrub_interval: Every,
 }
 
 impl ServeArgs {
@@ -134,6 +139,7 @@ impl ServeArgs {
             raft_tick: std::time::Duration::from_millis(100),
             plugin_socket: "off".into(),
             attach_grace: std::time::Duration::from_secs(15),
+            scrub_interval: Every(None),
         }
     }
 }
@@ -171,9 +177,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ))
+        }
     };
-    if !(secs.is_finite() && secs > 0.0 && secs < 86400.0) {
+    if !(secs.is_finite() && secs > 0.0 && secs <= 366.0 * 86400.0) {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
@@ -238,6 +250,19 @@ enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A period, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Every(pub Option<std::time::Duration>);
+
+/// Parses a duration, or `off` for none.
+pub fn parse_every(s: &str) -> Result<Every, String> {
+    if s.trim() == "off" {
+        Ok(Every(None))
+    } else {
+        parse_duration(s).map(|d| Every(Some(d)))
+    }
 }
 
 /// Options of `raftblock demo`.

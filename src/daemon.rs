@@ -105,6 +105,7 @@ pub struct Node {
     /// Docker plugin socket (cluster mode) and the attach grace period.
     plugin: Option<(PathBuf, Duration)>,
     data_dir: PathBuf,
+    scrub_interval: Option<Duration>,
 }
 
 impl Node {
@@ -141,6 +142,7 @@ impl Node {
         Ok(Node {
             plugin,
             data_dir: args.data_dir.clone(),
+            scrub_interval: args.scrub_interval.0,
             nbd_addr,
             admin_addr,
             store,
@@ -168,6 +170,9 @@ impl Node {
         let nbd_task = match &self.cluster {
             Some(c) => {
                 c.spawn_membership();
+                if let Some(every) = self.scrub_interval {
+                    tokio::spawn(scrub_periodically(c.cluster.clone(), every));
+                }
                 if let Some((socket, grace)) = self.plugin.clone() {
                     let backend = Arc::new(ClusterVolumes::new(c.cluster.clone(), grace));
                     let plugin = Plugin::new(
@@ -222,6 +227,35 @@ impl Node {
             .context("syncing volumes at shutdown")?;
         tracing::info!("raftblock stopped; all data synced");
         Ok(())
+    }
+}
+
+/// Scrubs this node's copy of every volume it holds once per `every`,
+/// starting at a random point of the first period so nodes do not all read
+/// their disks at once.
+async fn scrub_periodically(cluster: Arc<raftblock_consensus::Cluster>, every: Duration) {
+    let first = every.mul_f64(rand::random::<f64>());
+    tokio::time::sleep(first).await;
+    loop {
+        let me = cluster.node();
+        let names: Vec<String> = cluster
+            .view()
+            .meta()
+            .volumes
+            .values()
+            .filter(|v| v.is_on(me))
+            .map(|v| v.meta.name.clone())
+            .collect();
+        for name in names {
+            match cluster.scrub_volume(&name).await {
+                Ok(r) if r.unrepaired.is_empty() => {}
+                Ok(r) => {
+                    tracing::error!(volume = %name, unrepaired = ?r.unrepaired, "scrub found blocks no replica could repair")
+                }
+                Err(e) => tracing::warn!(volume = %name, error = %e, "scrub failed"),
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

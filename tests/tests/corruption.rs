@@ -212,3 +212,33 @@ fn scrub_finds_and_repairs_a_corrupt_block_on_a_follower() {
         "a header and one line per node: {text}"
     );
 }
+
+#[test]
+fn the_periodic_scrub_repairs_a_follower_on_its_own() {
+    let mut c = TestCluster::start_each(3, |_| vec!["--scrub-interval".into(), "1s".into()]);
+    c.create_volume("bg", 16 << 20, 3, Some(1));
+    let data = pattern(400, 2 * 4096);
+    {
+        let mut n = RawNbd::connect(c.nodes[0].nbd, "bg").expect("connect");
+        assert_eq!(n.write(0, &data, false).expect("write"), 0);
+        assert_eq!(n.flush().expect("flush"), 0);
+    }
+    c.wait_converged("bg", Duration::from_secs(30));
+    let leader = c.leader("bg", 0).expect("shard leader");
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    let files = chunk_files(c.node(follower).data_dir());
+    let f = flip_bit(&files[0], 4096 + 5, 0x02);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut back = vec![0u8; 4096];
+    loop {
+        f.read_exact_at(&mut back, 4096).expect("read block");
+        if back == data[4096..] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the periodic scrub did not repair node {follower}'s block"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
