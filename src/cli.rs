@@ -320,6 +320,7 @@ fn cluster(c: ClusterArgs) -> Result<()> {
 
 fn volume(v: VolumeArgs) -> Result<()> {
     let client = AdminClient::new(&v.server);
+    let v_server = v.server.clone();
     match v.command {
         VolumeCommand::Create {
             name,
@@ -395,7 +396,9 @@ fn volume(v: VolumeArgs) -> Result<()> {
             println!("deleted volume {name}");
         }
         VolumeCommand::Scrub { name, json } => {
-            let v = client.scrub_volume(&name)?;
+            // Every node reads its whole copy: no 60 s limit.
+            let v = AdminClient::with_timeout(&v_server, std::time::Duration::from_secs(24 * 3600))
+                .scrub_volume(&name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -414,6 +414,21 @@ impl Cluster {
             ..ScrubReport::default()
         };
         let started = Instant::now();
+        let mine: u64 = rec
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, nodes)| nodes.contains(&self.node))
+            .map(|(i, _)| {
+                layout
+                    .chunks_of(crate::layout::ShardId {
+                        volume: rec.meta.id,
+                        index: i as u32,
+                    })
+                    .count() as u64
+            })
+            .sum();
+        let mut last_report = Instant::now();
         for (index, nodes) in rec.shards.iter().enumerate() {
             if !nodes.contains(&self.node) {
                 continue;
@@ -425,6 +440,16 @@ impl Cluster {
             };
             for chunk in layout.chunks_of(shard) {
                 report.chunks += 1;
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    last_report = Instant::now();
+                    tracing::info!(
+                        volume = name,
+                        done = report.chunks,
+                        of = mine,
+                        bad = report.bad,
+                        "scrubbing"
+                    );
+                }
                 for bad in v.scrub_chunk(chunk).await.map_err(io_error)? {
                     report.bad += 1;
                     if self.repair_block(group, &v, bad).await {
