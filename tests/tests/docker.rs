@@ -632,3 +632,70 @@ fn an_unmount_that_finds_the_filesystem_busy_is_finished_later() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn a_swarm_service_mounts_a_raftblock_volume() {
+    if !tools_present() {
+        return;
+    }
+    let _one_at_a_time = exclusive();
+    let (driver, socket) = driver_name("swarm");
+    let _pc = PluginCluster::start(vec![Some(socket), None, None], &[]);
+    let docker = DockerEngine::start();
+    docker.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+    // Swarm places a task only on nodes that report the volume driver, and
+    // dockerd reports a legacy plugin once it has activated it: any volume
+    // call does that (on a real host, the first `docker volume ls`).
+    docker.ok(&["volume", "ls"]);
+    // The README's service example: Swarm creates the volume with its
+    // options on the node the task lands on, then mounts it.
+    let mount = format!(
+        "type=volume,source=swdata,target=/data,volume-driver={driver},volume-opt=size=256M,volume-opt=replicas=3"
+    );
+    docker.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "sw",
+        "--replicas",
+        "1",
+        "--mount",
+        &mount,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo from-swarm > /data/f && sync && sleep 600",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let got = loop {
+        let id = docker.ok(&["ps", "-q", "--filter", "name=sw.1"]);
+        if !id.is_empty() {
+            let out = docker.docker(&["exec", &id, "cat", "/data/f"]);
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service task never ran: {}",
+            docker.ok(&["service", "ps", "--no-trunc", "sw"])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got, "from-swarm");
+    let inspect = docker.ok(&["volume", "inspect", "swdata"]);
+    assert!(
+        inspect.contains(&driver) && inspect.contains("268435456"),
+        "{inspect}"
+    );
+    docker.ok(&["service", "rm", "sw"]);
+    // The task's container goes away, the volume is unmounted, then it can
+    // be removed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !docker.docker(&["volume", "rm", "swdata"]).status.success() {
+        assert!(Instant::now() < deadline, "swdata never became free");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = docker.docker(&["swarm", "leave", "--force"]);
+}
