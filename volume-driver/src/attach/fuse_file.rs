@@ -125,16 +125,21 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
         let v = self.volume.clone();
         self.rt.spawn(async move {
             match v.read(offset as u64, len).await {
-                Ok(segs) => {
-                    let mut out = Vec::with_capacity(len as usize);
-                    for s in segs {
-                        match s {
-                            ReadSegment::Data(b) => out.extend_from_slice(&b),
-                            ReadSegment::Hole(n) => out.resize(out.len() + n as usize, 0),
+                // One data segment (the common case) goes out as it is;
+                // only a mix of data and holes is gathered into one buffer.
+                Ok(segs) => match segs.as_slice() {
+                    [ReadSegment::Data(b)] => reply.data(b),
+                    _ => {
+                        let mut out = Vec::with_capacity(len as usize);
+                        for s in segs {
+                            match s {
+                                ReadSegment::Data(b) => out.extend_from_slice(&b),
+                                ReadSegment::Hole(n) => out.resize(out.len() + n as usize, 0),
+                            }
                         }
+                        reply.data(&out);
                     }
-                    reply.data(&out);
-                }
+                },
                 Err(e) => {
                     tracing::warn!(volume = v.name(), offset, error = %e, "FUSE read failed");
                     reply.error(errno(&e));

@@ -147,7 +147,8 @@ async fn serve_connection<C: ExportCatalog>(
     let export = negotiated.export.volume.name().to_string();
     tracing::info!(%export, structured = negotiated.structured, "transmission started");
     metrics.connection_opened(&export);
-    let result = transmission::serve(sock, negotiated, metrics.clone(), shutdown).await;
+    let (rd, wr) = sock.into_split();
+    let result = transmission::serve(rd, wr, negotiated, metrics.clone(), shutdown).await;
     metrics.connection_closed(&export);
     match result {
         Ok(()) => tracing::info!(%export, %peer, "disconnected"),
@@ -173,7 +174,8 @@ pub(crate) async fn serve_kernel_socket<V: VolumeIo>(
         structured: false,
         allocation_context: false,
     };
-    transmission::serve(sock, n, metrics, shutdown).await
+    let (rd, wr) = sock.into_split();
+    transmission::serve(rd, wr, n, metrics, shutdown).await
 }
 
 /// Transmission flags the kernel client is given (as a server would send

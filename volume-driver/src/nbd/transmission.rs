@@ -28,17 +28,23 @@ struct Conn<V> {
     counters: Arc<VolumeCounters>,
 }
 
-/// Serves requests on `sock` (a TCP connection after the handshake, or
-/// the kernel's end of a socket pair) until the client disconnects, sends
-/// garbage, or the server shuts down; in-flight requests always get their
-/// replies.
-pub async fn serve<V: VolumeIo, S: AsyncRead + AsyncWrite + Send + 'static>(
-    sock: S,
+/// Serves requests read from `rd` with replies written to `wr` (the owned
+/// halves of a TCP connection after the handshake, or of the kernel's
+/// socket pair: no lock shared between reader and writer) until the client
+/// disconnects, sends garbage, or the server shuts down; in-flight requests
+/// always get their replies.
+pub async fn serve<V, R, W>(
+    rd: R,
+    wr: W,
     n: Negotiated<V>,
     metrics: Arc<NbdMetrics>,
     mut shutdown: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let (rd, wr) = tokio::io::split(sock);
+) -> io::Result<()>
+where
+    V: VolumeIo,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let (tx, rx) = mpsc::channel::<Vec<Bytes>>(MAX_INFLIGHT);
     let writer = tokio::spawn(write_replies(wr, rx));
