@@ -12,7 +12,7 @@ use crate::meta::META_GROUP;
 use crate::snapshot::SnapshotFetch;
 use crate::transport::Envelope;
 
-use super::replica::Proposal;
+use super::replica::{Proposal, Replica};
 use super::{Driver, DriverMsg, ReplicaError, Reply};
 
 impl Driver {
@@ -172,22 +172,8 @@ impl Driver {
         m.set_msg_type(MessageType::MsgPropose);
         m.from = r.node.raft.id;
         m.set_entries(vec![entry].into());
-        match r.node.step(m) {
-            Ok(()) => {
-                let index = r.node.raft.raft_log.last_index();
-                let term = r.node.raft.term;
-                r.proposals.push_back(Proposal {
-                    index,
-                    term,
-                    conf: false,
-                    reply,
-                });
-            }
-            Err(e) => {
-                tracing::debug!(group, error = %e, "proposal dropped");
-                let _ = reply.send(Err(ReplicaError::Retry(group)));
-            }
-        }
+        let stepped = r.node.step(m);
+        track_proposal(r, group, stepped, false, reply);
     }
 
     fn add_member(&mut self, node: u64, learner: bool, reply: Reply) {
@@ -215,21 +201,28 @@ impl Driver {
         single.node_id = node;
         let mut cc = ConfChangeV2::default();
         cc.changes.push(single);
-        match r.node.propose_conf_change(Vec::new(), cc) {
-            Ok(()) => {
-                let index = r.node.raft.raft_log.last_index();
-                let term = r.node.raft.term;
-                r.proposals.push_back(Proposal {
-                    index,
-                    term,
-                    conf: true,
-                    reply,
-                });
-            }
-            Err(e) => {
-                tracing::debug!(node, error = %e, "membership change dropped");
-                let _ = reply.send(Err(ReplicaError::Retry(group)));
-            }
+        let proposed = r.node.propose_conf_change(Vec::new(), cc);
+        track_proposal(r, group, proposed, true, reply);
+    }
+}
+
+/// Remembers a proposal raft-rs took (answered once its entry applies), or
+/// answers Retry for one it dropped.
+fn track_proposal(r: &mut Replica, group: u64, taken: raft::Result<()>, conf: bool, reply: Reply) {
+    match taken {
+        Ok(()) => {
+            let index = r.node.raft.raft_log.last_index();
+            let term = r.node.raft.term;
+            r.proposals.push_back(Proposal {
+                index,
+                term,
+                conf,
+                reply,
+            });
+        }
+        Err(e) => {
+            tracing::debug!(group, conf, error = %e, "proposal dropped");
+            let _ = reply.send(Err(ReplicaError::Retry(group)));
         }
     }
 }
