@@ -137,40 +137,60 @@ pub async fn create(
     Ok(volume_view(s, c, &rec))
 }
 
-/// `DELETE /v1/volumes/{name}`.
+/// Asks the members `ids` other than this node, in parallel on blocking
+/// threads, through their admin APIs (`ask`, within `timeout`); a member
+/// without an admin address, or whose call failed, answers the error.
+async fn ask_members<T: Send + 'static>(
+    c: &Cluster,
+    ids: impl IntoIterator<Item = u64>,
+    timeout: Duration,
+    ask: impl Fn(&AdminClient) -> anyhow::Result<T> + Clone + Send + 'static,
+) -> Vec<(u64, Result<T, String>)> {
+    let meta = c.view().meta();
+    let mut asks = Vec::new();
+    for id in ids.into_iter().filter(|id| *id != c.node()) {
+        let addr = meta.nodes.get(&id).and_then(|n| n.admin_addr);
+        let ask = ask.clone();
+        asks.push(tokio::task::spawn_blocking(move || {
+            let answer = match addr {
+                Some(a) => ask(&AdminClient::with_timeout(&a.to_string(), timeout))
+                    .map_err(|e| e.to_string()),
+                None => Err("no admin address".to_string()),
+            };
+            (id, answer)
+        }));
+    }
+    let mut out = Vec::new();
+    for a in asks {
+        if let Ok(r) = a.await {
+            out.push(r);
+        }
+    }
+    out
+}
+
 /// `DELETE /v1/volumes/{name}`: refused while NBD clients are connected to
 /// the volume through any node that answers (a node that cannot be reached
 /// has no live clients to lose, or they are cut off anyway).
 pub async fn delete(s: &AdminState, c: &Cluster, name: &str) -> Result<(), ApiError> {
-    let meta = c.view().meta();
+    let ids: Vec<u64> = c.view().meta().nodes.keys().copied().collect();
     let mut busy = Vec::new();
-    let mut asks = Vec::new();
-    for n in meta.nodes.values() {
-        if n.id == c.node() {
-            let here = s.metrics.connections(name);
-            if here > 0 {
-                busy.push((n.id, here));
-            }
-            continue;
-        }
-        let Some(addr) = n.admin_addr else { continue };
-        let (id, vol) = (n.id, name.to_string());
-        asks.push(tokio::task::spawn_blocking(move || {
-            let there = AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(2))
-                .local_replicas()
-                .ok()
-                .and_then(|v| v["nbd_connections"][vol.as_str()].as_i64())
-                .unwrap_or(0);
-            (id, there)
-        }));
+    let here = s.metrics.connections(name);
+    if here > 0 {
+        busy.push((c.node(), here));
     }
-    for a in asks {
-        if let Ok((id, n)) = a.await {
-            if n > 0 {
-                busy.push((id, n));
-            }
-        }
-    }
+    let vol = name.to_string();
+    let there = ask_members(c, ids, Duration::from_secs(2), move |a| {
+        Ok(a.local_replicas()?["nbd_connections"][vol.as_str()]
+            .as_i64()
+            .unwrap_or(0))
+    })
+    .await;
+    busy.extend(
+        there
+            .into_iter()
+            .filter_map(|(id, n)| n.ok().filter(|n| *n > 0).map(|n| (id, n))),
+    );
     if !busy.is_empty() {
         busy.sort_unstable();
         let total: i64 = busy.iter().map(|b| b.1).sum();
@@ -202,23 +222,11 @@ pub async fn scrub(c: &Cluster, name: &str) -> Result<Value, ApiError> {
         )
     })?;
     let holders: std::collections::BTreeSet<u64> = rec.shards.iter().flatten().copied().collect();
-    let mut asks = Vec::new();
-    for id in holders.iter().copied().filter(|id| *id != c.node()) {
-        let addr = meta.nodes.get(&id).and_then(|n| n.admin_addr);
-        let vol = name.to_string();
-        asks.push(tokio::task::spawn_blocking(move || {
-            let Some(addr) = addr else {
-                return json!({ "node": id, "error": "no admin address" });
-            };
-            // A scrub reads the whole copy: allow it time.
-            match AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(3600))
-                .scrub_local(&vol)
-            {
-                Ok(v) => v,
-                Err(e) => json!({ "node": id, "error": e.to_string() }),
-            }
-        }));
-    }
+    let vol = name.to_string();
+    // A scrub reads the whole copy: allow it time.
+    let remote = ask_members(c, holders.clone(), Duration::from_secs(3600), move |a| {
+        a.scrub_local(&vol)
+    });
     let mut nodes = Vec::new();
     if holders.contains(&c.node()) {
         nodes.push(match c.scrub_volume(name).await {
@@ -226,10 +234,8 @@ pub async fn scrub(c: &Cluster, name: &str) -> Result<Value, ApiError> {
             Err(e) => json!({ "node": c.node(), "error": e.to_string() }),
         });
     }
-    for a in asks {
-        if let Ok(v) = a.await {
-            nodes.push(v);
-        }
+    for (id, v) in remote.await {
+        nodes.push(v.unwrap_or_else(|e| json!({ "node": id, "error": e })));
     }
     nodes.sort_by_key(|n| n["node"].as_u64().unwrap_or(0));
     Ok(json!({ "volume": name, "nodes": nodes }))
@@ -279,30 +285,14 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
     let meta = c.view().meta();
     // node -> its replicas' state (None: unreachable)
     let mut per_node: BTreeMap<u64, Option<Vec<GroupStatus>>> = BTreeMap::new();
-    let mut asks = Vec::new();
-    for n in meta.nodes.values() {
-        if n.id == c.node() {
-            per_node.insert(n.id, Some(c.driver().status().await));
-            continue;
-        }
-        let Some(addr) = n.admin_addr else {
-            per_node.insert(n.id, None);
-            continue;
-        };
-        let id = n.id;
-        asks.push(tokio::task::spawn_blocking(move || {
-            let r = AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(2))
-                .local_replicas()
-                .ok()
-                .and_then(|v| serde_json::from_value::<Vec<GroupStatus>>(v["groups"].clone()).ok());
-            (id, r)
-        }));
-    }
-    for a in asks {
-        if let Ok((id, r)) = a.await {
-            per_node.insert(id, r);
-        }
-    }
+    per_node.insert(c.node(), Some(c.driver().status().await));
+    let others = ask_members(c, meta.nodes.keys().copied(), Duration::from_secs(2), |a| {
+        Ok(serde_json::from_value::<Vec<GroupStatus>>(
+            a.local_replicas()?["groups"].clone(),
+        )?)
+    })
+    .await;
+    per_node.extend(others.into_iter().map(|(id, r)| (id, r.ok())));
     let live = c.live_nodes();
     let nodes: Vec<Value> = meta
         .nodes
