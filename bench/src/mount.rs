@@ -321,24 +321,7 @@ impl MountTargets {
         }
         // Whatever is still there (a failed Unmount, a node that died with
         // its volume mounted): what the daemon does on restart after a crash.
-        let mut swept = Vec::new();
-        for n in 1..=3 {
-            let volumes = self.dir.join(format!("node{n}/docker/volumes"));
-            swept.extend(attach::clean_stale(&volumes));
-        }
-        let mnt = self.dir.join("ext4-loop-mnt");
-        if fs::is_mounted(&mnt) {
-            match fs::unmount_lazy(&mnt) {
-                Ok(()) => swept.push(format!("unmounted {}", mnt.display())),
-                Err(e) => swept.push(e),
-            }
-        }
-        for (dev, file) in loop_dev::bound_under(&self.dir) {
-            match loop_dev::release(&dev) {
-                Ok(()) => swept.push(format!("freed {} ({})", dev.display(), file.display())),
-                Err(e) => swept.push(e),
-            }
-        }
+        let swept = attach::clean_stale(&self.dir);
         if !swept.is_empty() {
             errors.push(format!("left behind, swept: {}", swept.join(", ")));
         }

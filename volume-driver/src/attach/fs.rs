@@ -76,13 +76,23 @@ pub fn unmount_lazy(dir: &Path) -> Result<(), String> {
     check(Command::new("umount").arg("-l").arg(dir))
 }
 
-/// Whether something is mounted on `dir` (from /proc/self/mountinfo).
-pub fn is_mounted(dir: &Path) -> bool {
+/// Mount points at or below `dir`, with their filesystem type (from
+/// /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return Vec::new();
     };
-    let want = dir.to_string_lossy();
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| m == want)
+        .filter_map(|l| {
+            let point = std::path::PathBuf::from(l.split(' ').nth(4)?);
+            // The filesystem type follows the " - " separator.
+            let fstype = l.split(" - ").nth(1)?.split(' ').next()?.to_string();
+            point.starts_with(dir).then_some((point, fstype))
+        })
+        .collect()
+}
+
+/// Whether something is mounted on `dir`.
+pub fn is_mounted(dir: &Path) -> bool {
+    mounts_under(dir).iter().any(|(p, _)| p == dir)
 }

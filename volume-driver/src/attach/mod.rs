@@ -122,24 +122,23 @@ pub fn attach<V: VolumeIo>(
     }
 }
 
-/// Undoes attachments an earlier run left under `root` (one directory per
-/// volume, each with `mnt` and `fuse`): lazily unmounts their filesystems
-/// and FUSE files and frees loop devices bound to files there. Returns what
-/// it did, for the log.
+/// Undoes whatever is attached below `root` (what an earlier run of the
+/// daemon left, or a test or benchmark that failed): lazily unmounts the
+/// filesystems, frees the loop devices bound to files there, then unmounts
+/// the FUSE files under them. Returns what it did, for the log.
 pub fn clean_stale(root: &Path) -> Vec<String> {
     let mut did = Vec::new();
-    let Ok(dirs) = std::fs::read_dir(root) else {
-        return did;
-    };
-    let dirs: Vec<PathBuf> = dirs.flatten().map(|e| e.path()).collect();
-    for d in &dirs {
-        let mnt = d.join("mnt");
-        if fs::is_mounted(&mnt) {
-            match fs::unmount_lazy(&mnt) {
-                Ok(()) => did.push(format!("unmounted stale filesystem {}", mnt.display())),
-                Err(e) => did.push(format!("stale filesystem {}: {e}", mnt.display())),
-            }
-        }
+    let mut mounts = fs::mounts_under(root);
+    // Deepest first; filesystems before the FUSE files their devices sit on.
+    mounts.sort_by(|a, b| b.0.cmp(&a.0));
+    let (fuse, other): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|m| m.1.starts_with("fuse"));
+    let unmount =
+        |(p, t): (std::path::PathBuf, String), did: &mut Vec<String>| match fs::unmount_lazy(&p) {
+            Ok(()) => did.push(format!("unmounted stale {t} mount {}", p.display())),
+            Err(e) => did.push(format!("stale {t} mount {}: {e}", p.display())),
+        };
+    for m in other {
+        unmount(m, &mut did);
     }
     for (dev, file) in loop_dev::bound_under(root) {
         match loop_dev::release(&dev) {
@@ -151,14 +150,8 @@ pub fn clean_stale(root: &Path) -> Vec<String> {
             Err(e) => did.push(format!("stale loop device {}: {e}", dev.display())),
         }
     }
-    for d in &dirs {
-        let fuse = d.join("fuse");
-        if fs::is_mounted(&fuse) {
-            match fs::unmount_lazy(&fuse) {
-                Ok(()) => did.push(format!("unmounted stale FUSE file {}", fuse.display())),
-                Err(e) => did.push(format!("stale FUSE file {}: {e}", fuse.display())),
-            }
-        }
+    for m in fuse {
+        unmount(m, &mut did);
     }
     did
 }
