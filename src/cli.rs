@@ -118,6 +118,18 @@ pub struct ServeArgs {
     /// `volume scrub`), e.g. 7d.
     #[arg(long, default_value = "7d", value_parser = parse_every)]
     pub scrub_interval: Every,
+    /// Shard log entries younger than this are kept, so a replica that was
+    /// down for less catches up from the log instead of copying chunks
+    /// (`0s`: keep only what replicas that are up still need), e.g. 90s.
+    #[arg(long, default_value = "90s", value_parser = parse_duration_or_zero)]
+    pub log_keep: std::time::Duration,
+    /// At most this much of one shard's log is kept for --log-keep's sake,
+    /// e.g. 256M.
+    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
+    pub log_keep_bytes: u64,
+    /// Over this much log on the node, --log-keep stops counting, e.g. 1G.
+    #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+    pub log_keep_node_bytes: u64,
 }
 
 impl ServeArgs {
@@ -140,6 +152,9 @@ impl ServeArgs {
             plugin_socket: "off".into(),
             attach_grace: std::time::Duration::from_secs(15),
             scrub_interval: Every(None),
+            log_keep: std::time::Duration::from_secs(90),
+            log_keep_bytes: 256 << 20,
+            log_keep_node_bytes: 1 << 30,
         }
     }
 }
@@ -161,6 +176,19 @@ fn parse_peer(s: &str) -> Result<(u64, SocketAddr), String> {
         .parse()
         .map_err(|e| format!("`{s}`: address `{addr}`: {e}"))?;
     Ok((id, addr))
+}
+
+/// Parses a duration that may be zero (`0s`).
+fn parse_duration_or_zero(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+/// Parses a byte count like `256M` or `1G`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
 }
 
 /// Parses `30s`, `500ms`, `2m` or a plain number of seconds.

@@ -118,6 +118,9 @@ impl ClusterNode {
         let peers: HashMap<u64, SocketAddr> = args.peers.iter().copied().collect();
         let mut cfg = DriverConfig::new(node);
         cfg.tick = args.raft_tick;
+        cfg.log_keep = args.log_keep;
+        cfg.log_keep_bytes = args.log_keep_bytes;
+        cfg.log_keep_node_bytes = args.log_keep_node_bytes;
         cfg.bootstrap = if args.join.is_some() {
             None
         } else if peers.is_empty() {

@@ -7,6 +7,8 @@
 //! only then tells the driver it may record the applied index and drop the
 //! log before it. The task also keeps the shard's attach-epoch fence
 //! (`fence`): Fence entries raise it, and writes below it are refused.
+//! And it swaps a staged catch-up copy in (`snapshot`), between two
+//! entries, so applying and swapping never touch the chunk files at once.
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -15,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+use raftblock_storage::staging;
 use raftblock_storage::{LocalVolume, VolumeIo, ZeroMode};
 
 use crate::command::{BlockOp, ShardCommand};
-use crate::driver::{DriverHandle, ReplicaError, Reply};
+use crate::driver::{DriverHandle, DriverMsg, ReplicaError, Reply};
 use crate::fence::FenceHistory;
 use crate::meta::shard_of_group;
 
@@ -27,14 +30,21 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes applied between two syncs at most.
 const SYNC_BYTES: u64 = 128 << 20;
 
-/// Committed entries of one shard, with the replies of the proposals among them.
-pub struct ApplyBatch {
-    /// Entries in log order.
-    pub entries: Vec<Entry>,
-    /// `(index, reply)` of local proposals in these entries.
-    pub replies: Vec<(u64, Reply)>,
-    /// A snapshot was installed: `(its index, the fence it carries)`.
-    pub snapshot_fence: Option<(u64, u64)>,
+/// What the driver sends a shard's apply task, in log order.
+pub enum ApplyMsg {
+    /// Committed entries, with the replies of the local proposals among
+    /// them (`(index, reply)`).
+    Entries(Vec<Entry>, Vec<(u64, Reply)>),
+    /// Raft installed a snapshot: `(its index, the fence it carries)`.
+    Snapshot(u64, u64),
+    /// A catch-up copy is staged: commit to swapping it in if this replica
+    /// has applied less than the snapshot and the chunks the copy keeps are
+    /// unchanged; the answer goes to the driver (`SnapshotPrepared`).
+    Prepare(crate::snapshot::StagedCopy),
+    /// Raft took the snapshot: swap the committed copy in.
+    Install,
+    /// Raft did not take it: drop the staged copy.
+    Discard,
 }
 
 /// The shard's fence, loaded from and saved to its file.
@@ -75,26 +85,28 @@ impl Fence {
     }
 }
 
-/// Starts the apply task of shard `group` over `volume`.
+/// Starts the apply task of shard `group` over `volume`, whose data is
+/// applied up to `applied`.
 pub fn spawn(
     group: u64,
     volume: Arc<LocalVolume>,
+    applied: u64,
     driver: DriverHandle,
-) -> mpsc::UnboundedSender<ApplyBatch> {
+) -> mpsc::UnboundedSender<ApplyMsg> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(group, volume, driver, rx));
+    tokio::spawn(run(group, volume, applied, driver, rx));
     tx
 }
 
 async fn run(
     group: u64,
     volume: Arc<LocalVolume>,
+    mut applied: u64,
     driver: DriverHandle,
-    mut rx: mpsc::UnboundedReceiver<ApplyBatch>,
+    mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
 ) {
     let mut fence = Fence::load(group, &volume);
     driver.fenced(group, fence.history.fences.clone());
-    let mut applied = 0u64;
     let mut durable = 0u64;
     let mut unsynced = 0u64;
     let mut last_sync = Instant::now();
@@ -133,7 +145,7 @@ async fn run(
             }
             _ = tokio::time::sleep(SYNC_INTERVAL), if idle => continue,
         };
-        let Some(batch) = batch else {
+        let Some(msg) = batch else {
             // The replica is gone (volume deleted or node stopping): make
             // what was applied durable so the recorded index stays honest.
             if let Some(s) = syncing.take() {
@@ -144,11 +156,39 @@ async fn run(
             }
             return;
         };
-        if let Some((index, epoch)) = batch.snapshot_fence {
-            fence.raise(index, epoch, &driver);
-        }
-        let mut replies = batch.replies.into_iter().peekable();
-        for e in batch.entries {
+        let (entries, replies) = match msg {
+            ApplyMsg::Entries(entries, replies) => (entries, replies),
+            ApplyMsg::Snapshot(index, epoch) => {
+                fence.raise(index, epoch, &driver);
+                applied = applied.max(index);
+                continue;
+            }
+            ApplyMsg::Prepare(copy) => {
+                let ok = prepare_swap(group, &volume, applied, &copy);
+                driver.send(DriverMsg::SnapshotPrepared { group, ok });
+                continue;
+            }
+            ApplyMsg::Install => {
+                let (_, shard) = shard_of_group(group);
+                match staging::install(&volume, shard) {
+                    Ok(index) => tracing::info!(group, index, "staged shard copy swapped in"),
+                    // The journal stays: the next start finishes the swap.
+                    Err(e) => crate::driver::fatal(&format!(
+                        "group {group}: swapping a staged copy in failed: {e}"
+                    )),
+                }
+                continue;
+            }
+            ApplyMsg::Discard => {
+                let (_, shard) = shard_of_group(group);
+                if let Err(e) = staging::discard(&volume, shard) {
+                    tracing::warn!(group, error = %e, "dropping a staged shard copy");
+                }
+                continue;
+            }
+        };
+        let mut replies = replies.into_iter().peekable();
+        for e in entries {
             let result = if e.data.is_empty() {
                 Ok(0) // a new leader's empty entry, or a conf change
             } else {
@@ -190,6 +230,44 @@ async fn run(
     }
 }
 
+/// Commits to swapping a staged copy in (see [`ApplyMsg::Prepare`]);
+/// whether it did. On refusal the staged copy is dropped.
+fn prepare_swap(
+    group: u64,
+    volume: &LocalVolume,
+    applied: u64,
+    copy: &crate::snapshot::StagedCopy,
+) -> bool {
+    let (_, shard) = shard_of_group(group);
+    let refuse = |why: String| {
+        tracing::info!(
+            group,
+            index = copy.index,
+            applied,
+            "not swapping a staged copy in: {why}"
+        );
+        if let Err(e) = staging::discard(volume, shard) {
+            tracing::warn!(group, error = %e, "dropping a staged shard copy");
+        }
+        false
+    };
+    if applied >= copy.index {
+        // Swapping would take back entries this replica already applied.
+        return refuse(format!("already applied {applied}"));
+    }
+    for (chunk, sums) in &copy.keeps {
+        match volume.chunk_sums(*chunk) {
+            Ok(now) if now == *sums => {}
+            Ok(_) => return refuse(format!("chunk {chunk} changed since it was compared")),
+            Err(e) => return refuse(e.to_string()),
+        }
+    }
+    match staging::commit(volume, shard, copy.index, &copy.swaps) {
+        Ok(()) => true,
+        Err(e) => refuse(e.to_string()),
+    }
+}
+
 /// Applies one entry; returns the bytes it wrote. A command that cannot be
 /// decoded or is outside the volume is logged and skipped on every replica
 /// alike (it can only come from a bug, and stopping the shard would be
@@ -201,7 +279,7 @@ async fn apply_entry(
     volume: &LocalVolume,
     index: u64,
     data: Bytes,
-    rx: &mpsc::UnboundedReceiver<ApplyBatch>,
+    rx: &mpsc::UnboundedReceiver<ApplyMsg>,
     fence: &mut Fence,
     driver: &DriverHandle,
 ) -> Result<u64, String> {

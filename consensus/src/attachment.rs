@@ -20,6 +20,10 @@ use crate::rpc::RouteError;
 /// A node unheard of for this long (pings go every second) is presumed
 /// dead enough that attach waits out its grace rather than failing.
 const SILENT: Duration = Duration::from_secs(2);
+/// How often nodes ping each other.
+const PING: Duration = Duration::from_secs(1);
+/// How often a holder heard from lately is looked at again.
+const WATCH_STEP: Duration = Duration::from_millis(250);
 
 /// Why a volume could not be attached here.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +61,9 @@ pub enum AttachError {
 impl Cluster {
     /// Attaches `name` on this node with a new epoch, fences every shard at
     /// it, and returns the volume writing under that epoch. Taking it from
-    /// another node needs that node silent for `grace`: a holder that still
-    /// answers is an error at once, one that went quiet is waited for.
+    /// another node needs that node silent for `grace`: a holder that keeps
+    /// answering for a few seconds is an error, one that went quiet (or
+    /// goes quiet while it is watched) is waited for.
     pub async fn attach_volume(
         self: &Arc<Self>,
         name: &str,
@@ -94,6 +99,7 @@ impl Cluster {
     async fn take_lease(&self, name: &str, grace: Duration) -> Result<u64, AttachError> {
         let mut attempts = 0;
         let mut waited = Duration::ZERO;
+        let mut watched = Duration::ZERO;
         loop {
             attempts += 1;
             self.meta_barrier(Duration::from_secs(5)).await;
@@ -111,6 +117,14 @@ impl Cluster {
                         let nap = grace - silent + Duration::from_millis(100);
                         waited += nap;
                         tokio::time::sleep(nap).await;
+                        continue;
+                    }
+                    if silent < grace && watched < SILENT + PING {
+                        // Heard from lately: it may have died just now.
+                        // Watch it for longer than a ping interval before
+                        // calling it alive (dockerd sends Mount once).
+                        watched += WATCH_STEP;
+                        tokio::time::sleep(WATCH_STEP).await;
                         continue;
                     }
                     if silent < grace {

@@ -53,6 +53,11 @@ pub enum ShardOp {
         /// Length.
         len: u64,
     },
+    /// This node's checksum table of a chunk (for catch-up by copy).
+    ChunkSums {
+        /// Chunk index within the volume.
+        chunk: u64,
+    },
     /// Add a node to the meta group.
     AddMember {
         /// Node id.
@@ -325,6 +330,7 @@ impl Cluster {
                 offset: req.offset,
                 len: req.len,
             },
+            kind::CHUNK_SUMS => ShardOp::ChunkSums { chunk: req.offset },
             kind::ADD_MEMBER => ShardOp::AddMember {
                 node: req.offset,
                 learner: req.len != 0,
@@ -386,6 +392,11 @@ impl Cluster {
                 let v = self.local_volume(group)?;
                 let segs = v.read(*offset, *len).await.map_err(io_error)?;
                 Ok(rpc::segments_of_read(segs))
+            }
+            ShardOp::ChunkSums { chunk } => {
+                let v = self.local_volume(group)?;
+                let sums = v.chunk_sums(*chunk).map_err(io_error)?;
+                Ok(rpc::segments_of_sums(sums))
             }
             ShardOp::BlockStatus { offset, len } => {
                 self.driver.read_barrier(group).await?;
@@ -593,6 +604,10 @@ impl Cluster {
             ShardOp::ReadLocal { offset, len } => {
                 req.kind = kind::READ_LOCAL;
                 (req.offset, req.len) = (*offset, *len);
+            }
+            ShardOp::ChunkSums { chunk } => {
+                req.kind = kind::CHUNK_SUMS;
+                req.offset = *chunk;
             }
             ShardOp::AddMember { node, learner } => {
                 req.kind = kind::ADD_MEMBER;
@@ -818,16 +833,18 @@ async fn fetch_snapshots(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Snapsh
     while let Some(f) = rx.recv().await {
         let c = c.clone();
         tokio::spawn(async move {
-            let ok = match crate::snapshot::fetch(&c, &f).await {
-                Ok(_) => true,
+            let copy = match crate::snapshot::fetch(&c, &f).await {
+                Ok(copy) => Some(copy),
                 Err(e) => {
                     tracing::warn!(group = f.group, error = %e, "shard snapshot failed; the leader will send another");
-                    false
+                    None
                 }
             };
             c.driver.send(DriverMsg::SnapshotFetched {
                 group: f.group,
-                msg: ok.then_some(f.msg),
+                from: f.from,
+                msg: Box::new(f.msg),
+                copy,
             });
         });
     }

@@ -23,6 +23,10 @@ pub mod kind {
     pub const READ_LOCAL: i32 = 5;
     /// Add node `offset` to the meta group (`len` != 0: as a learner).
     pub const ADD_MEMBER: i32 = 4;
+    /// The checksum table of this node's copy of chunk `offset` (one
+    /// segment: a hole when it holds no data there), to find the chunks
+    /// two replicas disagree on.
+    pub const CHUNK_SUMS: i32 = 6;
 }
 
 /// Response statuses.
@@ -245,6 +249,48 @@ pub fn read_of_segments(segs: Vec<RpcSegment>) -> Result<Vec<ReadSegment>, Strin
             Ok(seg)
         })
         .collect()
+}
+
+/// A chunk's checksum table as one RPC segment (a hole for none).
+pub fn segments_of_sums(sums: Option<Vec<u32>>) -> Vec<RpcSegment> {
+    let seg = match sums {
+        None => RpcSegment {
+            hole: true,
+            ..RpcSegment::default()
+        },
+        Some(sums) => {
+            let data: Bytes = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+            RpcSegment {
+                hole: false,
+                len: data.len() as u64,
+                crc: crc32fast::hash(&data),
+                data,
+            }
+        }
+    };
+    vec![seg]
+}
+
+/// The checksum table an RPC answer carries ([`segments_of_sums`]).
+pub fn sums_of_segments(segs: Vec<RpcSegment>) -> Result<Option<Vec<u32>>, String> {
+    let Some(s) = segs.into_iter().next() else {
+        return Err("a checksum table answer without a segment".into());
+    };
+    if s.hole {
+        return Ok(None);
+    }
+    if s.data.len() % 4 != 0 || crc32fast::hash(&s.data) != s.crc {
+        return Err(format!(
+            "a checksum table of {} bytes failed its own checksum",
+            s.data.len()
+        ));
+    }
+    Ok(Some(
+        s.data
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    ))
 }
 
 /// Extents as RPC segments.

@@ -1,17 +1,25 @@
-//! Catching a shard replica up by snapshot. A leader that dropped log
-//! entries a follower still needs sends Raft's MsgSnapshot, whose data is
-//! only a marker: the follower holds the message back, copies the shard's
-//! chunks from the sender (forwarded local reads, each data piece checked
-//! against its crc32), makes them durable, and only then steps the message
-//! into Raft. The copy is fuzzy, taken while the sender keeps applying, and
-//! that is fine: it holds at least every entry up to the snapshot index,
-//! and the entries after it are applied again on top (block commands are
-//! idempotent byte ranges, applied in log order).
+//! Catching a shard replica up by copy. A leader that dropped log entries a
+//! follower still needs sends Raft's MsgSnapshot, whose data is only a
+//! marker. The follower holds the message back and copies from the sender
+//! only the chunks whose checksum tables differ from its own, into the
+//! shard's staging area (`raftblock_storage::staging`), where nothing reads
+//! or applies; the copy is synced there. The driver then asks the shard's
+//! apply task to commit to the swap (it checks that it has applied less
+//! than the snapshot and that the chunks it keeps are still the ones it
+//! compared), steps the message into Raft, and has the apply task swap the
+//! staged chunks in only if Raft took the snapshot. docs/catch-up.md gives
+//! the reasons and the crash argument.
+//!
+//! The copy is fuzzy, taken while the sender keeps applying: each block
+//! holds what the sender had at some index at or after the snapshot's, and
+//! every entry after the snapshot is applied again on top (block commands
+//! are idempotent byte ranges, applied in log order).
 
 use raft::prelude::Message;
 use std::time::{Duration, Instant};
 
-use raftblock_storage::{VolumeIo, ZeroMode};
+use raftblock_storage::staging::{self, ChunkSwap};
+use raftblock_storage::{ReadSegment, VolumeIo};
 
 use crate::cluster::{Cluster, ShardOp};
 use crate::layout::ShardId;
@@ -31,10 +39,26 @@ pub struct SnapshotFetch {
     pub msg: Message,
 }
 
-/// Copies the shard's chunks from `f.from` into this node's copy of the
-/// volume; returns the bytes copied.
-pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<u64, String> {
+/// A copy staged and synced, waiting to be swapped in.
+#[derive(Debug, Clone)]
+pub struct StagedCopy {
+    /// The snapshot's index.
+    pub index: u64,
+    /// What the swap does to each chunk that differed.
+    pub swaps: Vec<ChunkSwap>,
+    /// Chunks left as they are, with the checksum table they were found
+    /// equal at (`None`: no data on either side); checked again before the
+    /// swap, since this replica may have applied entries meanwhile.
+    pub keeps: Vec<(u64, Option<Vec<u32>>)>,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+/// Stages the chunks of the shard that differ from the sender's copy;
+/// returns what the swap will do.
+pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String> {
     let (vol, index) = shard_of_group(f.group);
+    let snap_index = f.msg.get_snapshot().get_metadata().index;
     let meta = c.view().meta();
     let rec = meta
         .volumes
@@ -45,72 +69,80 @@ pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<u64, String> {
         .store()
         .volume(&rec.meta.name)
         .map_err(|e| format!("group {}: {e}", f.group))?;
+    let staged = staging::create(&volume, index).map_err(|e| e.to_string())?;
     let layout = rec.layout();
     let (cs, size) = (rec.meta.chunk_size, rec.meta.size);
     let chunks: Vec<u64> = layout.chunks_of(ShardId { volume: vol, index }).collect();
     let started = Instant::now();
-    let mut copied = 0u64;
+    let mut copy = StagedCopy {
+        index: snap_index,
+        swaps: Vec::new(),
+        keeps: Vec::new(),
+        bytes: 0,
+    };
     let mut last_report = Instant::now();
-    for (n, chunk) in chunks.iter().enumerate() {
+    let call = |op: ShardOp| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        c.call_node(f.from, f.group, &op, deadline)
+            .await
+            .map_err(|e| format!("group {}: {op:?} from node {}: {e}", f.group, f.from))
+    };
+    for (n, &chunk) in chunks.iter().enumerate() {
+        let theirs = rpc::sums_of_segments(call(ShardOp::ChunkSums { chunk }).await?)
+            .map_err(|e| format!("group {}: chunk {chunk}: {e}", f.group))?;
+        let ours = volume.chunk_sums(chunk).map_err(|e| e.to_string())?;
+        if theirs == ours {
+            copy.keeps.push((chunk, ours));
+            continue;
+        }
+        if theirs.is_none() {
+            copy.swaps.push(ChunkSwap::Remove(chunk));
+            continue;
+        }
         let end = ((chunk + 1) * cs).min(size);
         let mut off = chunk * cs;
         while off < end {
             let len = PIECE.min(end - off);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let segs = c
-                .call_node(
-                    f.from,
-                    f.group,
-                    &ShardOp::ReadLocal { offset: off, len },
-                    deadline,
-                )
-                .await
-                .map_err(|e| {
-                    format!(
-                        "group {}: copying {off}+{len} from node {}: {e}",
-                        f.group, f.from
-                    )
-                })?;
+            let segs = call(ShardOp::ReadLocal { offset: off, len }).await?;
             let segs = rpc::read_of_segments(segs)
                 .map_err(|e| format!("group {}: at {off}: {e}", f.group))?;
-            // Zero the range first so holes on the sender are holes here.
-            volume
-                .write_zeroes(off, len, ZeroMode::Punch, false)
-                .await
-                .map_err(|e| e.to_string())?;
             let mut pos = off;
             for s in segs {
                 let l = s.len();
-                if let raftblock_storage::ReadSegment::Data(d) = s {
-                    volume
+                if let ReadSegment::Data(d) = s {
+                    staged
                         .write(pos, d, false)
                         .await
                         .map_err(|e| e.to_string())?;
-                    copied += l;
+                    copy.bytes += l;
                 }
                 pos += l;
             }
             off += len;
         }
+        copy.swaps.push(ChunkSwap::Replace(chunk));
         if last_report.elapsed() > Duration::from_secs(2) {
             tracing::info!(
                 group = f.group,
                 from = f.from,
                 chunks_done = n + 1,
                 chunks = chunks.len(),
-                mib = copied >> 20,
+                mib = copy.bytes >> 20,
                 "copying a shard snapshot"
             );
             last_report = Instant::now();
         }
     }
-    volume.flush().await.map_err(|e| e.to_string())?;
+    staged.flush().await.map_err(|e| e.to_string())?;
     tracing::info!(
         group = f.group,
         from = f.from,
-        mib = copied >> 20,
+        index = snap_index,
+        chunks = chunks.len(),
+        differed = copy.swaps.len(),
+        mib = copy.bytes >> 20,
         secs = started.elapsed().as_secs_f64(),
-        "shard snapshot copied"
+        "shard snapshot staged"
     );
-    Ok(copied)
+    Ok(copy)
 }

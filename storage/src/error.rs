@@ -74,6 +74,14 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    /// a step of catching a shard up by copy (its staging area) failed
+    #[error("{path}: {op} failed: {source}")]
+    Staging {
+        path: std::path::PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Linux errno values used at the edges (NBD maps these to its own codes).
@@ -92,12 +100,12 @@ impl StorageError {
             StorageError::OutOfRange { .. }
             | StorageError::InvalidName { .. }
             | StorageError::InvalidSize { .. } => errno::EINVAL,
-            StorageError::Io { source, .. } | StorageError::Path { source, .. } => {
-                match source.raw_os_error() {
-                    Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => errno::ENOSPC,
-                    _ => errno::EIO,
-                }
-            }
+            StorageError::Io { source, .. }
+            | StorageError::Path { source, .. }
+            | StorageError::Staging { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => errno::ENOSPC,
+                _ => errno::EIO,
+            },
             StorageError::EngineStopped => errno::ESHUTDOWN,
             StorageError::Replication { errno, .. } => *errno,
             _ => errno::EIO,

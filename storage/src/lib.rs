@@ -12,6 +12,7 @@ pub mod error;
 pub mod io;
 mod locks;
 pub mod size;
+pub mod staging;
 pub mod store;
 pub mod volume;
 pub mod wal;

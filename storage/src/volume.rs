@@ -79,6 +79,32 @@ impl LocalVolume {
         &self.stats
     }
 
+    /// The I/O engine the volume's chunks are read and written with.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Closes the open chunks `chunks` (their files are about to be
+    /// replaced): the next use opens whatever file is there then.
+    pub(crate) fn forget_chunks(&self, chunks: &[u64]) {
+        let mut map = lock(&self.chunks);
+        for c in chunks {
+            map.remove(c);
+        }
+    }
+
+    /// The checksum table of chunk `chunk` (one slot per 4 KiB block, 0 for
+    /// a hole), or `None` when this node holds no data in it: what two
+    /// replicas compare to find the chunks that differ.
+    pub fn chunk_sums(&self, chunk: u64) -> Result<Option<Vec<u32>>> {
+        let Some(c) = self.chunk(chunk, false)? else {
+            return Ok(None);
+        };
+        let blocks = self.meta.chunk_size / BLOCK_SIZE;
+        let sums: Vec<u32> = (0..blocks).map(|b| c.slot(b)).collect();
+        Ok(sums.iter().any(|s| *s != HOLE).then_some(sums))
+    }
+
     /// Number of open handles (NBD connections, attaches).
     pub fn handles(&self) -> usize {
         self.handles.load(Ordering::SeqCst)

@@ -542,7 +542,8 @@ fn a_replica_caught_up_by_snapshot_gets_the_fence() {
             Some(temp_socket("snap", 2)),
             None,
         ],
-        &[],
+        // No log kept for age's sake, so node 3 is caught up by copy.
+        &["--log-keep", "0s"],
     );
     let socks: Vec<PathBuf> = pc.socks.iter().flatten().cloned().collect();
     create(&socks[0], "snap", json!({"size": "512M"}));

@@ -1,13 +1,20 @@
 //! Log compaction: a shard's log is compacted as its applied data becomes
-//! durable (keeping what live followers still need), its Raft snapshot then
-//! points at where the log starts, and WAL segments no log needs any more
-//! are purged.
+//! durable, keeping what live followers still need and, within a byte
+//! budget per shard and per node, every entry younger than the retention
+//! age (`--log-keep`), so a replica back from a short outage replays the
+//! log instead of copying chunks. Its Raft snapshot then points at where
+//! the log starts, and WAL segments no log needs any more are purged.
 
 use bytes::Bytes;
 use raft::prelude::{Snapshot, SnapshotMetadata};
 use raft::{StateRole, Storage as _};
+use std::time::{Duration, Instant};
 
-use super::config::{COMPACT_MIN, FOLLOWER_LOG_KEEP};
+use raftblock_storage::Wal;
+
+use crate::meta::META_GROUP;
+
+use super::config::COMPACT_MIN;
 use super::replica::Replica;
 use super::Driver;
 
@@ -19,36 +26,71 @@ impl Driver {
             return;
         };
         r.durable = r.durable.max(index);
-        let store = r.node.mut_store();
-        store.stage_applied(r.durable, &mut self.carry);
+        r.node.mut_store().stage_applied(r.durable, &mut self.carry);
+        self.maybe_compact(group);
+    }
+
+    /// Compacts a shard's log as far as the retention rules let it, when
+    /// enough of it can go.
+    pub(super) fn maybe_compact(&mut self, group: u64) {
+        let keep = self.retention();
+        let Some(r) = self.replicas.get_mut(&group) else {
+            return;
+        };
+        let to = compact_to(r, &keep, &self.wal, group);
+        let store = r.node.store();
         let first = store.first_index().unwrap_or(1);
         // Everything in the log is applied and durable: the group is idle,
         // and what is left of its log would only pin WAL segments.
         let idle = r.durable >= store.last_index().unwrap_or(0);
-        let to = if r.node.raft.state == StateRole::Leader {
-            // Keep what a live follower still needs; one that is down does
-            // not pin the log: it is sent a snapshot when it is back.
-            r.node
-                .raft
-                .prs()
-                .iter()
-                .filter(|(_, p)| p.recent_active)
-                .map(|(_, p)| p.matched)
-                .min()
-                .unwrap_or(0)
-                .min(r.durable)
-        } else if idle {
-            r.durable
-        } else {
-            r.durable.saturating_sub(FOLLOWER_LOG_KEEP)
-        };
-        if to > first + COMPACT_MIN || (idle && to > first) {
+        if to > first + COMPACT_MIN || (idle && to >= first) {
             if let Err(e) = r.node.mut_store().stage_compact(to, &mut self.carry) {
                 tracing::warn!(group, error = %e, "compacting a shard log");
             } else {
                 self.compacted = true;
                 set_shard_snapshot(r);
             }
+        }
+    }
+
+    /// The retention rules in force now.
+    fn retention(&self) -> Retention {
+        Retention {
+            age: self.cfg.log_keep,
+            shard_bytes: self.cfg.log_keep_bytes,
+            // Over the node's budget, age stops counting: logs are kept
+            // only for the followers that are up.
+            by_age: self.retained_bytes <= self.cfg.log_keep_node_bytes,
+        }
+    }
+
+    /// Notes how far each log reached a moment ago (for compaction by
+    /// age) and the bytes of log the node holds; once a second.
+    pub(super) fn mark_log_ages(&mut self, now: Instant) {
+        let keep = self.cfg.log_keep;
+        for r in self.replicas.values_mut() {
+            let last = r.node.raft.raft_log.last_index();
+            r.log_marks.push_back((now, last));
+            // The newest mark older than `keep` is all that is needed of
+            // the old ones.
+            while r.log_marks.len() >= 2 && r.log_marks[1].0 + keep <= now {
+                r.log_marks.pop_front();
+            }
+        }
+        self.retained_bytes = self.wal.live_bytes();
+        // Entries that aged out of a quiet shard's log go without waiting
+        // for its next write.
+        if !self.ticks.is_multiple_of(50) {
+            return;
+        }
+        let groups: Vec<u64> = self
+            .replicas
+            .keys()
+            .filter(|g| **g != META_GROUP)
+            .copied()
+            .collect();
+        for g in groups {
+            self.maybe_compact(g);
         }
     }
 
@@ -64,6 +106,50 @@ impl Driver {
             }
         }
     }
+}
+
+/// How much log a shard keeps behind what it has applied and made durable.
+struct Retention {
+    /// Entries younger than this stay, so a replica that was down for less
+    /// catches up from the log, not by copying chunks.
+    age: Duration,
+    /// At most this many bytes are kept for age's sake.
+    shard_bytes: u64,
+    /// False when the node's logs are over their budget.
+    by_age: bool,
+}
+
+/// Where a shard's log may be compacted to: never past what is durable,
+/// nor past what a follower that is up still needs (on the leader), nor
+/// past entries younger than the retention age, unless the age-kept part
+/// is over its byte budget.
+fn compact_to(r: &Replica, keep: &Retention, wal: &Wal, group: u64) -> u64 {
+    let mut to = r.durable;
+    if r.node.raft.state == StateRole::Leader {
+        let live_need = r
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, p)| p.recent_active)
+            .map(|(_, p)| p.matched)
+            .min()
+            .unwrap_or(0);
+        to = to.min(live_need);
+    }
+    if keep.by_age {
+        let now = Instant::now();
+        // Entries up to `old` were in the log `keep.age` ago.
+        let old = r
+            .log_marks
+            .front()
+            .filter(|(t, _)| *t + keep.age <= now)
+            .map_or(0, |(_, last)| *last);
+        let by_age = r.durable.min(old);
+        let by_size = wal.index_keeping(group, r.durable, keep.shard_bytes);
+        to = to.min(by_age.max(by_size));
+    }
+    to
 }
 
 /// Points the shard's Raft snapshot at where its log now starts: the data

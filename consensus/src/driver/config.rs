@@ -12,9 +12,6 @@ use super::{Driver, DriverConfig};
 pub(super) const META_INIT_INDEX: u64 = 5;
 /// Meta log entries kept behind the applied index.
 pub(super) const META_LOG_KEEP: u64 = 200;
-/// Shard log entries a busy follower keeps behind its durable applied index
-/// (should it become leader, a briefly lagging peer catches up from them).
-pub(super) const FOLLOWER_LOG_KEEP: u64 = 256;
 /// Entries a log must be able to drop before it is compacted.
 pub(super) const COMPACT_MIN: u64 = 64;
 

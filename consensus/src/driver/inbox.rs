@@ -8,8 +8,9 @@ use protobuf::Message as _;
 use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message, MessageType};
 use std::time::Instant;
 
+use crate::apply::ApplyMsg;
 use crate::meta::META_GROUP;
-use crate::snapshot::SnapshotFetch;
+use crate::snapshot::{SnapshotFetch, StagedCopy};
 use crate::transport::Envelope;
 
 use super::replica::{Proposal, Replica};
@@ -83,14 +84,13 @@ impl Driver {
                     super::compaction::set_shard_snapshot(r);
                 }
             }
-            DriverMsg::SnapshotFetched { group, msg } => {
-                self.fetching.remove(&group);
-                if let (Some(m), Some(r)) = (msg, self.replicas.get_mut(&group)) {
-                    if let Err(e) = r.node.step(m) {
-                        tracing::warn!(group, error = %e, "stepping a copied snapshot");
-                    }
-                }
-            }
+            DriverMsg::SnapshotFetched {
+                group,
+                from,
+                msg,
+                copy,
+            } => self.snapshot_fetched(group, from, *msg, copy),
+            DriverMsg::SnapshotPrepared { group, ok } => self.snapshot_prepared(group, ok),
             DriverMsg::Status(tx) => {
                 let _ = tx.send(self.status());
             }
@@ -123,8 +123,14 @@ impl Driver {
             );
             return;
         }
-        if env.group != META_GROUP && msg.get_msg_type() == MessageType::MsgSnapshot {
-            // Hold it back until the shard's data is copied (see `snapshot`).
+        if env.group != META_GROUP
+            && msg.get_msg_type() == MessageType::MsgSnapshot
+            && msg.get_snapshot().get_metadata().index > r.node.raft.raft_log.committed
+        {
+            // Hold it back until the shard's data is staged (see
+            // `snapshot`). One at or below the commit index is stepped at
+            // once: Raft refuses it and tells the leader where this
+            // replica is, and nothing is copied.
             if self.fetching.insert(env.group) {
                 tracing::info!(
                     group = env.group,
@@ -145,6 +151,80 @@ impl Driver {
         }
         if let Err(e) = r.node.step(msg) {
             tracing::debug!(from, group = env.group, error = %e, "raft step");
+        }
+    }
+
+    /// A held-back snapshot's copy is staged: unless the replica got past
+    /// the snapshot meanwhile, freeze the group and ask its apply task to
+    /// commit to the swap (answered by `snapshot_prepared`).
+    fn snapshot_fetched(&mut self, group: u64, from: u64, msg: Message, copy: Option<StagedCopy>) {
+        let Some(r) = self.replicas.get_mut(&group) else {
+            self.fetching.remove(&group);
+            return;
+        };
+        let index = msg.get_snapshot().get_metadata().index;
+        let Some(copy) = copy else {
+            self.fetching.remove(&group);
+            return;
+        };
+        let send = |m: ApplyMsg| r.apply.as_ref().is_some_and(|tx| tx.send(m).is_ok());
+        if index <= r.node.raft.raft_log.committed {
+            tracing::info!(
+                group,
+                index,
+                "staged copy is stale; this replica got past it"
+            );
+            send(ApplyMsg::Discard);
+            self.fetching.remove(&group);
+            let _ = r.node.step(msg);
+            return;
+        }
+        if send(ApplyMsg::Prepare(copy)) {
+            self.frozen.insert(group, (from, msg));
+        } else {
+            self.fetching.remove(&group);
+        }
+    }
+
+    /// The apply task committed to the staged copy (`ok`) or refused: the
+    /// held MsgSnapshot is stepped, and the swap done only if Raft took it.
+    fn snapshot_prepared(&mut self, group: u64, ok: bool) {
+        let Some((from, msg)) = self.frozen.remove(&group) else {
+            return;
+        };
+        let Some(r) = self.replicas.get_mut(&group) else {
+            self.fetching.remove(&group);
+            return;
+        };
+        if !ok {
+            // Chunks it kept changed under the copy: compare and copy again.
+            let f = SnapshotFetch { group, from, msg };
+            if self.snapshots.send(f).is_err() {
+                self.fetching.remove(&group);
+            }
+            return;
+        }
+        self.fetching.remove(&group);
+        let index = msg.get_snapshot().get_metadata().index;
+        if let Err(e) = r.node.step(msg) {
+            tracing::warn!(group, error = %e, "stepping a staged snapshot");
+        }
+        let taken = r
+            .node
+            .raft
+            .raft_log
+            .unstable
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.get_metadata().index == index);
+        let m = if taken {
+            ApplyMsg::Install
+        } else {
+            tracing::info!(group, index, "raft did not take the staged snapshot");
+            ApplyMsg::Discard
+        };
+        if let Some(tx) = &r.apply {
+            let _ = tx.send(m);
         }
     }
 

@@ -124,13 +124,25 @@ pub enum DriverMsg {
         /// Outcome (after the change is applied here).
         reply: Reply,
     },
-    /// A held-back shard snapshot's data is here (`msg` is stepped), or
-    /// copying it failed (`None`).
+    /// A held-back shard snapshot's data is staged (`copy`), or copying
+    /// it failed (`None`).
     SnapshotFetched {
         /// Group.
         group: u64,
-        /// The MsgSnapshot to step.
-        msg: Option<Message>,
+        /// The node it was copied from.
+        from: u64,
+        /// The held-back MsgSnapshot.
+        msg: Box<Message>,
+        /// What was staged.
+        copy: Option<crate::snapshot::StagedCopy>,
+    },
+    /// The shard's apply task committed to swapping the staged copy in
+    /// (`ok`), or refused.
+    SnapshotPrepared {
+        /// Group.
+        group: u64,
+        /// Committed.
+        ok: bool,
     },
     /// A shard's apply task applied up to `index`.
     Applied {
@@ -284,6 +296,13 @@ pub struct DriverConfig {
     pub bootstrap: Option<Vec<u64>>,
     /// How long a read or proposal may wait in the driver for a leader.
     pub request_timeout: Duration,
+    /// Shard log entries younger than this are kept (a replica back within
+    /// it catches up from the log).
+    pub log_keep: Duration,
+    /// At most this many bytes of a shard's log are kept for age's sake.
+    pub log_keep_bytes: u64,
+    /// Over this many bytes of log on the node, age stops counting.
+    pub log_keep_node_bytes: u64,
 }
 
 impl DriverConfig {
@@ -296,6 +315,9 @@ impl DriverConfig {
             heartbeat_ticks: 3,
             bootstrap: None,
             request_timeout: Duration::from_secs(3),
+            log_keep: Duration::from_secs(90),
+            log_keep_bytes: 256 << 20,
+            log_keep_node_bytes: 1 << 30,
         }
     }
 
@@ -330,13 +352,23 @@ pub struct Driver {
     snapshots: mpsc::UnboundedSender<SnapshotFetch>,
     /// Groups whose snapshot data is being copied.
     fetching: HashSet<u64>,
+    /// Groups whose staged copy waits for their apply task to commit to it:
+    /// no Ready of theirs is handled meanwhile, so nothing is applied
+    /// between that check and Raft's decision on the held MsgSnapshot.
+    frozen: HashMap<u64, (u64, Message)>,
+    /// Bytes of log the node held at the last look (`mark_log_ages`).
+    retained_bytes: u64,
+    /// Ticks since start, for once-a-second chores.
+    ticks: u64,
 }
 
 fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-fn fatal(msg: &str) -> ! {
+/// Stops the node on an error it cannot go on after (the log or a swap
+/// could not be written): a restart recovers from what is durable.
+pub(crate) fn fatal(msg: &str) -> ! {
     tracing::error!("{msg}; stopping the node");
     eprintln!("raftblock: fatal: {msg}");
     std::process::exit(70);
@@ -382,6 +414,9 @@ impl Driver {
             compacted: false,
             snapshots,
             fetching: HashSet::new(),
+            frozen: HashMap::new(),
+            retained_bytes: 0,
+            ticks: 0,
         };
         for (id, addr) in peers {
             d.add_peer(*id, *addr);
@@ -463,35 +498,76 @@ impl Driver {
     fn tick_all(&mut self, now: Instant) {
         let timeout = self.cfg.request_timeout;
         let me = self.cfg.node;
+        // Leadership moves back only while no replica of this node is being
+        // caught up: a move then would cost a second stall for nothing.
+        let catching_up = !self.fetching.is_empty()
+            || self.replicas.values().any(|r| {
+                r.is_leader()
+                    && r.node.raft.prs().iter().any(|(_, p)| {
+                        p.state == raft::ProgressState::Snapshot
+                            || (p.recent_active && p.state == raft::ProgressState::Probe)
+                    })
+            });
         for (&g, r) in self.replicas.iter_mut() {
             r.node.tick();
             r.ticks += 1;
             r.expire_reads(g, now, timeout);
-            // Hand leadership back to the preferred replica once it has
-            // caught up, so leaders stay spread over the nodes.
-            if r.ticks % 50 == 0
-                && r.is_leader()
-                && r.preferred != 0
-                && r.preferred != me
-                && r.node.raft.lead_transferee.is_none()
-            {
-                let last = r.node.raft.raft_log.last_index();
-                let ready = r
-                    .node
-                    .raft
-                    .prs()
-                    .get(r.preferred)
-                    .is_some_and(|p| p.matched == last && p.recent_active);
-                if ready {
-                    tracing::info!(
-                        group = g,
-                        to = r.preferred,
-                        "moving leadership to the preferred replica"
-                    );
-                    r.node.transfer_leader(r.preferred);
-                }
+            if r.ticks % 10 == 0 {
+                r.handback_check(g, me, now, catching_up);
             }
         }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(10) {
+            self.mark_log_ages(now);
+        }
         self.purge_if_compacted();
+    }
+}
+
+/// How long a preferred replica must have been caught up and answering
+/// before leadership is handed back to it: a node that just restarted is
+/// let settle, and a flapping one never gets it.
+pub(crate) const HANDBACK_QUIET: Duration = Duration::from_secs(20);
+
+impl Replica {
+    /// Hands leadership back to the preferred replica once it has been
+    /// caught up for [`HANDBACK_QUIET`], so leaders stay spread over the
+    /// nodes. The lease goes with it: the transferee may win its election
+    /// inside the lease (raft-rs forces the vote), and a lease read here
+    /// could then miss a write the new leader acknowledged.
+    fn handback_check(&mut self, g: u64, me: u64, now: Instant, catching_up: bool) {
+        let want = self.is_leader()
+            && self.preferred != 0
+            && self.preferred != me
+            && self.node.raft.lead_transferee.is_none();
+        let last = self.node.raft.raft_log.last_index();
+        let caught_up = want
+            && self.node.raft.prs().get(self.preferred).is_some_and(|p| {
+                p.recent_active
+                    && p.state == raft::ProgressState::Replicate
+                    && p.matched + 64 >= last
+            });
+        if !caught_up {
+            self.handback_since = None;
+            return;
+        }
+        let since = *self.handback_since.get_or_insert(now);
+        let matched_all = self
+            .node
+            .raft
+            .prs()
+            .get(self.preferred)
+            .is_some_and(|p| p.matched == last);
+        if catching_up || !matched_all || now.duration_since(since) < HANDBACK_QUIET {
+            return;
+        }
+        tracing::info!(
+            group = g,
+            to = self.preferred,
+            "moving leadership to the preferred replica"
+        );
+        self.lease_until = None;
+        self.handback_since = None;
+        self.node.transfer_leader(self.preferred);
     }
 }

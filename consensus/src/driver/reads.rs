@@ -71,7 +71,7 @@ impl Replica {
                 .unwrap_or(0);
             while let Some(b) = self.reads_sent.pop_front() {
                 if b.ctx == ctx {
-                    if self.is_leader() {
+                    if self.is_leader() && self.node.raft.lead_transferee.is_none() {
                         self.lease_until = Some(b.issued + lease);
                     }
                     for w in b.waiters {
@@ -104,7 +104,7 @@ impl Driver {
                 if !r.node.raft.commit_to_current_term() {
                     continue;
                 }
-                if r.lease_until.is_some_and(|t| t > now) {
+                if r.lease_until.is_some_and(|t| t > now) && r.node.raft.lead_transferee.is_none() {
                     let index = r.node.raft.raft_log.committed;
                     for (_, w) in r.reads_new.drain(..) {
                         r.reads_ready.push((index, w));

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use raftblock_storage::WalBatch;
 
-use crate::apply::ApplyBatch;
+use crate::apply::ApplyMsg;
 use crate::meta::{MetaEffect, MetaState, META_GROUP};
 use crate::transport::{Envelope, Transport};
 
@@ -35,7 +35,7 @@ impl Driver {
         let mut snap_sent = Vec::new();
         let mut leader_changes = Vec::new();
         for (&g, r) in self.replicas.iter_mut() {
-            if !r.node.has_ready() {
+            if !r.node.has_ready() || self.frozen.contains_key(&g) {
                 continue;
             }
             let mut rd = r.node.ready();
@@ -50,7 +50,17 @@ impl Driver {
                     tracing::info!(group = g, term = r.node.raft.term, "became leader");
                 }
             }
-            send_messages(&self.transport, g, rd.take_messages(), &mut snap_sent);
+            let msgs = rd.take_messages();
+            if msgs
+                .iter()
+                .any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow)
+            {
+                // Leadership is being handed over (raft-rs may also do it
+                // on its own): the transferee's forced election can win
+                // inside this leader's lease, so the lease ends now.
+                r.lease_until = None;
+            }
+            send_messages(&self.transport, g, msgs, &mut snap_sent);
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
                 install_snapshot(
@@ -210,12 +220,10 @@ fn dispatch(
     if group != META_GROUP {
         match &r.apply {
             Some(tx) => {
-                if let Err(mpsc::error::SendError(b)) = tx.send(ApplyBatch {
-                    entries,
-                    replies,
-                    snapshot_fence: None,
-                }) {
-                    for (_, reply) in b.replies {
+                if let Err(mpsc::error::SendError(ApplyMsg::Entries(_, replies))) =
+                    tx.send(ApplyMsg::Entries(entries, replies))
+                {
+                    for (_, reply) in replies {
                         let _ = reply.send(Err(ReplicaError::Stopped));
                     }
                 }
@@ -267,16 +275,13 @@ fn install_snapshot(
     if group == META_GROUP {
         install_meta_snapshot(index, snap, meta, effects, meta_changed);
     } else {
-        // The data was copied and synced before the message was stepped;
-        // the fence that held at the snapshot's index comes with it.
+        // The data was staged and synced, and the swap committed, before
+        // the message was stepped (`inbox`); the fence that held at the
+        // snapshot's index comes with it.
         let fence = crate::fence::fence_of_marker(snap.get_data());
         tracing::info!(group, index, fence, "shard snapshot installed");
         if let Some(tx) = &r.apply {
-            let _ = tx.send(ApplyBatch {
-                entries: Vec::new(),
-                replies: Vec::new(),
-                snapshot_fence: Some((index, fence)),
-            });
+            let _ = tx.send(ApplyMsg::Snapshot(index, fence));
         }
     }
     r.node.mut_store().stage_snapshot(snap, batch);

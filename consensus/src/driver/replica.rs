@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-use crate::apply::{self, ApplyBatch};
+use crate::apply::{self, ApplyMsg};
 use crate::meta::{shard_of_group, META_GROUP};
 use crate::peer_storage::PeerStorage;
 
@@ -30,7 +30,7 @@ pub(super) struct Proposal {
 pub(super) struct Replica {
     pub(super) node: RawNode<PeerStorage>,
     /// The shard's apply task (none for the meta group).
-    pub(super) apply: Option<mpsc::UnboundedSender<ApplyBatch>>,
+    pub(super) apply: Option<mpsc::UnboundedSender<ApplyMsg>>,
     pub(super) proposals: VecDeque<Proposal>,
     pub(super) reads_new: Vec<(Instant, Reply)>,
     pub(super) reads_sent: VecDeque<ReadBatch>,
@@ -41,6 +41,11 @@ pub(super) struct Replica {
     /// Node that should lead this group when it can (first replica).
     pub(super) preferred: u64,
     pub(super) ticks: u64,
+    /// Since when the preferred replica has been caught up (on a leader
+    /// that is not it).
+    pub(super) handback_since: Option<Instant>,
+    /// `(when, last index then)`, once a second, for compaction by age.
+    pub(super) log_marks: VecDeque<(Instant, u64)>,
     /// The shard's fences as its apply task reported them (for snapshots).
     pub(super) fences: crate::fence::FenceHistory,
 }
@@ -129,7 +134,7 @@ impl Driver {
         &mut self,
         group: u64,
         storage: PeerStorage,
-        apply: Option<mpsc::UnboundedSender<ApplyBatch>>,
+        apply: Option<mpsc::UnboundedSender<ApplyMsg>>,
         preferred: u64,
     ) -> Result<(), String> {
         let applied = storage.applied();
@@ -149,6 +154,8 @@ impl Driver {
                 lease_until: None,
                 preferred,
                 ticks: 0,
+                handback_since: None,
+                log_marks: VecDeque::new(),
                 fences: Default::default(),
             },
         );
@@ -182,7 +189,22 @@ impl Driver {
                     )
                 }
             };
-            let tx = apply::spawn(group, volume.clone(), self.handle.clone());
+            // A swap of a staged copy that a crash interrupted is finished
+            // before anything is applied.
+            let shard = shard_of_group(group).1;
+            match raftblock_storage::staging::recover(&volume, shard) {
+                Ok(Some(index)) => {
+                    tracing::info!(group, index, "finished swapping in a staged shard copy")
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("group {group}: staged copy: {e}")),
+            }
+            let tx = apply::spawn(
+                group,
+                volume.clone(),
+                storage.applied(),
+                self.handle.clone(),
+            );
             self.insert_replica(group, storage, Some(tx), nodes[0])?;
             if let Some(r) = self.replicas.get_mut(&group) {
                 set_shard_snapshot(r);

@@ -666,6 +666,38 @@ impl Wal {
         Ok(out)
     }
 
+    /// The highest index `i` such that the group's entries after `i` (up to
+    /// `upto`, inclusive) hold at most `max_bytes`: how far the log must be
+    /// compacted to keep that many bytes behind `upto`.
+    pub fn index_keeping(&self, group: u64, upto: u64, max_bytes: u64) -> u64 {
+        let inner = self.lock();
+        let Some(g) = inner.groups.get(&group) else {
+            return 0;
+        };
+        let end = upto.saturating_add(1).min(g.end());
+        let mut total = 0u64;
+        let mut idx = end;
+        while idx > g.first_index {
+            let e = &g.entries[(idx - 1 - g.first_index) as usize];
+            if total + e.len as u64 > max_bytes {
+                return idx - 1;
+            }
+            total += e.len as u64;
+            idx -= 1;
+        }
+        g.first_index.saturating_sub(1)
+    }
+
+    /// Bytes of every group's live entries: the log the node retains.
+    pub fn live_bytes(&self) -> u64 {
+        let inner = self.lock();
+        inner
+            .groups
+            .values()
+            .map(|g| g.entries.iter().map(|e| e.len as u64).sum::<u64>())
+            .sum()
+    }
+
     /// Forgets the cached bytes of the group's entries below `index` (they
     /// stay readable from disk).
     pub fn evict_cache(&self, group: u64, index: u64) {
