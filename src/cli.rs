@@ -278,6 +278,52 @@ enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the replicas of every shard of a volume block by block at a
+    /// consistent point of its log, and repair the minority from the
+    /// majority (cluster mode). Fails when a divergence stays.
+    Verify {
+        /// Volume name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Prints what comparing the replicas found.
+fn print_verify(v: &serde_json::Value) {
+    if let Some(e) = v["error"].as_str() {
+        println!("replicas not compared: {e}");
+        return;
+    }
+    println!(
+        "replicas compared: {} shard(s), {} chunk(s); {} divergent block(s), {} repaired",
+        v["shards"], v["chunks"], v["divergent"], v["repaired"]
+    );
+    for b in v["blocks"].as_array().into_iter().flatten() {
+        println!(
+            "  shard {} chunk {} offset {}: node(s) {} differ{}",
+            b["shard"],
+            b["chunk"],
+            b["offset"],
+            b["minority"],
+            match b["reason"].as_str() {
+                Some(r) => format!(" (not repaired: {r})"),
+                None if b["repaired"] == true => " (repaired)".to_string(),
+                None => String::new(),
+            }
+        );
+    }
+    for s in v["skipped"].as_array().into_iter().flatten() {
+        println!("  not compared: {}", s.as_str().unwrap_or("?"));
+    }
+}
+
+/// Whether a comparison found nothing it could not repair and skipped nothing.
+fn verify_clean(v: &serde_json::Value) -> bool {
+    v["error"].is_null()
+        && v["divergent"].as_u64() == v["repaired"].as_u64()
+        && v["skipped"].as_array().is_none_or(|s| s.is_empty())
 }
 
 /// A period, or none (`off`).
@@ -451,8 +497,23 @@ fn volume(v: VolumeArgs) -> Result<()> {
             let unrepaired = v["nodes"].as_array().into_iter().flatten().any(|n| {
                 n["error"].is_string() || n["unrepaired"].as_array().is_some_and(|u| !u.is_empty())
             });
-            if unrepaired {
+            if !json {
+                print_verify(&v["replicas"]);
+            }
+            if unrepaired || !verify_clean(&v["replicas"]) {
                 anyhow::bail!("volume {name}: some blocks could not be verified or repaired");
+            }
+        }
+        VolumeCommand::Verify { name, json } => {
+            let v = AdminClient::with_timeout(&v_server, std::time::Duration::from_secs(24 * 3600))
+                .verify_volume(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_verify(&v);
+            }
+            if !verify_clean(&v) {
+                anyhow::bail!("volume {name}: replicas differ where they could not be repaired, or were not all compared");
             }
         }
     }

@@ -133,6 +133,15 @@ impl AdminClient {
         self.call("POST", &format!("/v1/volumes/{}/scrub", encode(name)), None)
     }
 
+    /// Compares the replicas of `name` (`POST /v1/volumes/{name}/verify`).
+    pub fn verify_volume(&self, name: &str) -> Result<Value> {
+        self.call(
+            "POST",
+            &format!("/v1/volumes/{}/verify", encode(name)),
+            None,
+        )
+    }
+
     /// Scrubs this node's copy of `name` only.
     pub fn scrub_local(&self, name: &str) -> Result<Value> {
         self.call(

@@ -230,7 +230,8 @@ impl Node {
     }
 }
 
-/// Scrubs this node's copy of every volume it holds once per `every`,
+/// Scrubs this node's copy of every volume it holds, and compares the
+/// replicas of the shards it leads, once per `every`,
 /// starting at a random point of the first period so nodes do not all read
 /// their disks at once.
 async fn scrub_periodically(cluster: Arc<raftblock_consensus::Cluster>, every: Duration) {
@@ -253,6 +254,15 @@ async fn scrub_periodically(cluster: Arc<raftblock_consensus::Cluster>, every: D
                     tracing::error!(volume = %name, unrepaired = ?r.unrepaired, "scrub found blocks no replica could repair")
                 }
                 Err(e) => tracing::warn!(volume = %name, error = %e, "scrub failed"),
+            }
+            // The shards this node leads are compared across replicas
+            // here (each shard by one node).
+            match cluster.verify_volume(&name, true).await {
+                Ok(r) if r.divergent > r.repaired => {
+                    tracing::error!(volume = %name, divergent = r.divergent, repaired = r.repaired, "replicas disagree on blocks that could not be repaired")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(volume = %name, error = %e, "comparing replicas failed"),
             }
         }
         tokio::time::sleep(every).await;

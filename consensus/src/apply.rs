@@ -24,6 +24,7 @@ use crate::command::{BlockOp, ShardCommand};
 use crate::driver::{DriverHandle, DriverMsg, ReplicaError, Reply};
 use crate::fence::FenceHistory;
 use crate::meta::shard_of_group;
+use crate::verify::{OpenCut, CUT_MAX_ENTRIES};
 
 /// How long applied data may stay only in the page cache (the log still has it).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -85,28 +86,44 @@ impl Fence {
     }
 }
 
-/// Starts the apply task of shard `group` over `volume`, whose data is
-/// applied up to `applied`.
+/// What the apply task keeps about its shard besides the chunk files.
+struct ShardState {
+    fence: Fence,
+    /// The chunks of the shard (their tables are recorded at a cut).
+    chunks: Vec<u64>,
+    /// The comparison cut open on this replica (`verify`).
+    cut: Option<OpenCut>,
+}
+
+/// Starts the apply task of shard `group` (chunks `chunks`) over `volume`,
+/// whose data is applied up to `applied`.
 pub fn spawn(
     group: u64,
     volume: Arc<LocalVolume>,
+    chunks: Vec<u64>,
     applied: u64,
     driver: DriverHandle,
 ) -> mpsc::UnboundedSender<ApplyMsg> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(group, volume, applied, driver, rx));
+    tokio::spawn(run(group, volume, chunks, applied, driver, rx));
     tx
 }
 
 async fn run(
     group: u64,
     volume: Arc<LocalVolume>,
+    chunks: Vec<u64>,
     mut applied: u64,
     driver: DriverHandle,
     mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
 ) {
-    let mut fence = Fence::load(group, &volume);
+    let fence = Fence::load(group, &volume);
     driver.fenced(group, fence.history.fences.clone());
+    let mut state = ShardState {
+        fence,
+        chunks,
+        cut: None,
+    };
     let mut durable = 0u64;
     let mut unsynced = 0u64;
     let mut last_sync = Instant::now();
@@ -159,8 +176,11 @@ async fn run(
         let (entries, replies) = match msg {
             ApplyMsg::Entries(entries, replies) => (entries, replies),
             ApplyMsg::Snapshot(index, epoch) => {
-                fence.raise(index, epoch, &driver);
+                state.fence.raise(index, epoch, &driver);
                 applied = applied.max(index);
+                // Writes between an open cut and the snapshot are unknown
+                // here: repairs at that cut are no longer safe to apply.
+                state.cut = None;
                 continue;
             }
             ApplyMsg::Prepare(copy) => {
@@ -198,7 +218,7 @@ async fn run(
                     e.index,
                     e.data.clone(),
                     &rx,
-                    &mut fence,
+                    &mut state,
                     &driver,
                 )
                 .await
@@ -280,7 +300,7 @@ async fn apply_entry(
     index: u64,
     data: Bytes,
     rx: &mpsc::UnboundedReceiver<ApplyMsg>,
-    fence: &mut Fence,
+    state: &mut ShardState,
     driver: &DriverHandle,
 ) -> Result<u64, String> {
     let cmd = match ShardCommand::decode(data) {
@@ -290,10 +310,59 @@ async fn apply_entry(
             return Err(format!("undecodable entry {index}: {e}"));
         }
     };
-    if let Some(BlockOp::Fence(_)) = cmd.op {
-        fence.raise(index, cmd.epoch, driver);
-        return Ok(0);
+    if state
+        .cut
+        .as_ref()
+        .is_some_and(|c| index > c.index + CUT_MAX_ENTRIES)
+    {
+        state.cut = None;
     }
+    match &cmd.op {
+        Some(BlockOp::Fence(_)) => {
+            state.fence.raise(index, cmd.epoch, driver);
+            return Ok(0);
+        }
+        Some(BlockOp::Cut(c)) => {
+            let mut sums = std::collections::HashMap::new();
+            for &chunk in &state.chunks {
+                match volume.chunk_sums(chunk) {
+                    Ok(t) => {
+                        sums.insert(chunk, t);
+                    }
+                    Err(e) => {
+                        tracing::error!(group, chunk, error = %e, "reading checksums at a cut")
+                    }
+                }
+            }
+            driver.cuts().record(group, c.id, sums);
+            state.cut = Some(OpenCut::new(c.id, index, volume.meta().chunk_size));
+            return Ok(0);
+        }
+        Some(BlockOp::CutEnd(c)) => {
+            if state.cut.as_ref().is_some_and(|o| o.id == c.id) {
+                state.cut = None;
+            }
+            driver.cuts().remove(group, c.id);
+            return Ok(0);
+        }
+        Some(BlockOp::Repair(r)) => {
+            // Decided from this replica's own log, so alike on every one:
+            // a block written after the cut keeps what was written.
+            let open = state
+                .cut
+                .as_ref()
+                .is_some_and(|o| o.id == r.cut && !o.written(r.offset));
+            if !open {
+                return Ok(0);
+            }
+        }
+        _ => {
+            if let (Some(o), Some((off, len))) = (state.cut.as_mut(), cmd.range()) {
+                o.mark(off, len);
+            }
+        }
+    }
+    let fence = &state.fence;
     if fence.history.refuses(cmd.epoch, index) {
         crate::fence::count_refused();
         let (_, shard) = shard_of_group(group);
@@ -328,7 +397,15 @@ async fn apply_entry(
                 .write_zeroes(z.offset, z.len, ZeroMode::Punch, false)
                 .await
                 .map(|_| 0),
-            Some(BlockOp::Fence(_)) | None => Ok(0),
+            Some(BlockOp::Repair(r)) if r.data.is_empty() => volume
+                .trim(r.offset, raftblock_storage::BLOCK_SIZE, false)
+                .await
+                .map(|_| 0),
+            Some(BlockOp::Repair(r)) => volume
+                .write(r.offset, r.data.clone(), false)
+                .await
+                .map(|_| r.data.len() as u64),
+            Some(BlockOp::Fence(_) | BlockOp::Cut(_) | BlockOp::CutEnd(_)) | None => Ok(0),
         };
         match r {
             Ok(n) => return Ok(n),

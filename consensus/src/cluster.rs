@@ -58,6 +58,13 @@ pub enum ShardOp {
         /// Chunk index within the volume.
         chunk: u64,
     },
+    /// This node's checksum table of a chunk at a comparison cut.
+    CutSums {
+        /// The cut.
+        cut: u64,
+        /// Chunk index within the volume.
+        chunk: u64,
+    },
     /// Add a node to the meta group.
     AddMember {
         /// Node id.
@@ -331,6 +338,10 @@ impl Cluster {
                 len: req.len,
             },
             kind::CHUNK_SUMS => ShardOp::ChunkSums { chunk: req.offset },
+            kind::CUT_SUMS => ShardOp::CutSums {
+                cut: req.offset,
+                chunk: req.len,
+            },
             kind::ADD_MEMBER => ShardOp::AddMember {
                 node: req.offset,
                 learner: req.len != 0,
@@ -397,6 +408,14 @@ impl Cluster {
                 let v = self.local_volume(group)?;
                 let sums = v.chunk_sums(*chunk).map_err(io_error)?;
                 Ok(rpc::segments_of_sums(sums))
+            }
+            ShardOp::CutSums { cut, chunk } => {
+                let t = self
+                    .driver
+                    .cuts()
+                    .get(group, *cut)
+                    .ok_or(ReplicaError::Retry(group))?;
+                Ok(rpc::segments_of_sums(t.sums.get(chunk).cloned().flatten()))
             }
             ShardOp::BlockStatus { offset, len } => {
                 self.driver.read_barrier(group).await?;
@@ -608,6 +627,10 @@ impl Cluster {
             ShardOp::ChunkSums { chunk } => {
                 req.kind = kind::CHUNK_SUMS;
                 req.offset = *chunk;
+            }
+            ShardOp::CutSums { cut, chunk } => {
+                req.kind = kind::CUT_SUMS;
+                (req.offset, req.len) = (*cut, *chunk);
             }
             ShardOp::AddMember { node, learner } => {
                 req.kind = kind::ADD_MEMBER;

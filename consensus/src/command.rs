@@ -16,7 +16,7 @@ pub struct ShardCommand {
     #[prost(uint64, tag = "2")]
     pub epoch: u64,
     /// What to do.
-    #[prost(oneof = "BlockOp", tags = "3, 4, 5, 6, 7")]
+    #[prost(oneof = "BlockOp", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<BlockOp>,
 }
 
@@ -39,6 +39,39 @@ pub enum BlockOp {
     /// (the volume was attached again, with this epoch).
     #[prost(message, tag = "7")]
     Fence(FenceOp),
+    /// Every replica records its checksum tables of the shard here, at the
+    /// same log index, and notes the blocks written after it (`verify`).
+    #[prost(message, tag = "8")]
+    Cut(CutOp),
+    /// Rewrite one block found to differ between replicas at cut `cut`,
+    /// unless it was written after the cut.
+    #[prost(message, tag = "9")]
+    Repair(RepairOp),
+    /// The comparison at cut `id` is over.
+    #[prost(message, tag = "10")]
+    CutEnd(CutOp),
+}
+
+/// A consistent cut for comparing replicas.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CutOp {
+    /// Chosen by the comparing node.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// A block repaired from the replicas' majority.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepairOp {
+    /// The cut the comparison was made at.
+    #[prost(uint64, tag = "1")]
+    pub cut: u64,
+    /// Volume offset of the 4 KiB block.
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    /// The majority's bytes (empty: the majority holds a hole).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: Bytes,
 }
 
 /// A fence; its epoch is the command's.
@@ -113,6 +146,33 @@ impl ShardCommand {
         }
     }
 
+    /// A cut for comparing the replicas.
+    pub fn cut(volume: u64, id: u64) -> ShardCommand {
+        ShardCommand {
+            volume,
+            epoch: 0,
+            op: Some(BlockOp::Cut(CutOp { id })),
+        }
+    }
+
+    /// A repair of the block at `offset` found divergent at cut `cut`.
+    pub fn repair(volume: u64, cut: u64, offset: u64, data: Bytes) -> ShardCommand {
+        ShardCommand {
+            volume,
+            epoch: 0,
+            op: Some(BlockOp::Repair(RepairOp { cut, offset, data })),
+        }
+    }
+
+    /// The end of the comparison at cut `id`.
+    pub fn cut_end(volume: u64, id: u64) -> ShardCommand {
+        ShardCommand {
+            volume,
+            epoch: 0,
+            op: Some(BlockOp::CutEnd(CutOp { id })),
+        }
+    }
+
     /// Encodes for a Raft proposal.
     pub fn encode_bytes(&self) -> Bytes {
         self.encode_to_vec().into()
@@ -130,7 +190,8 @@ impl ShardCommand {
             Some(BlockOp::Trim(r)) | Some(BlockOp::ZeroAllocated(r)) | Some(BlockOp::Zero(r)) => {
                 Some((r.offset, r.len))
             }
-            Some(BlockOp::Fence(_)) | None => None,
+            Some(BlockOp::Repair(r)) => Some((r.offset, raftblock_storage::BLOCK_SIZE)),
+            Some(BlockOp::Fence(_) | BlockOp::Cut(_) | BlockOp::CutEnd(_)) | None => None,
         }
     }
 }
@@ -146,6 +207,9 @@ mod tests {
             ShardCommand::trim(3, 7, 0, 1 << 20),
             ShardCommand::zero_allocated(3, 0, 8192, 4096),
             ShardCommand::fence(3, 9),
+            ShardCommand::cut(3, 11),
+            ShardCommand::repair(3, 11, 8192, Bytes::from_static(b"z")),
+            ShardCommand::cut_end(3, 11),
         ];
         for c in cmds {
             let back = ShardCommand::decode_bytes(&c.encode_bytes())?;

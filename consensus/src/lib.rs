@@ -22,6 +22,7 @@ pub mod router;
 pub mod rpc;
 pub mod snapshot;
 pub mod transport;
+pub mod verify;
 
 pub use attachment::AttachError;
 pub use cluster::{Cluster, ScrubReport, ShardOp};

@@ -27,6 +27,9 @@ pub mod kind {
     /// segment: a hole when it holds no data there), to find the chunks
     /// two replicas disagree on.
     pub const CHUNK_SUMS: i32 = 6;
+    /// The checksum table of chunk `len` as this node recorded it at
+    /// comparison cut `offset` (Retry until it has applied the cut).
+    pub const CUT_SUMS: i32 = 7;
 }
 
 /// Response statuses.

@@ -20,6 +20,7 @@
 //! msync/fdatasync sends the fsync that makes them durable. `O_DIRECT` opens
 //! are accepted; the kernel sends their writes straight to us.
 
+pub mod cli;
 pub mod error;
 mod fs;
 mod inodes;

@@ -211,7 +211,8 @@ pub async fn delete(s: &AdminState, c: &Cluster, name: &str) -> Result<(), ApiEr
 }
 
 /// `POST /v1/volumes/{name}/scrub`: every member scrubs its own copy (in
-/// parallel); a member that cannot be reached is reported as such.
+/// parallel; a member that cannot be reached is reported as such), then the
+/// replicas are compared with each other (`replicas`, as `verify`).
 pub async fn scrub(c: &Cluster, name: &str) -> Result<Value, ApiError> {
     c.meta_barrier(Duration::from_secs(3)).await;
     let meta = c.view().meta();
@@ -238,7 +239,12 @@ pub async fn scrub(c: &Cluster, name: &str) -> Result<Value, ApiError> {
         nodes.push(v.unwrap_or_else(|e| json!({ "node": id, "error": e })));
     }
     nodes.sort_by_key(|n| n["node"].as_u64().unwrap_or(0));
-    Ok(json!({ "volume": name, "nodes": nodes }))
+    // Each copy is sound by its own checksums; now compare them.
+    let replicas = match c.verify_volume(name, false).await {
+        Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    Ok(json!({ "volume": name, "nodes": nodes, "replicas": replicas }))
 }
 
 /// `POST /v1/cluster/nodes`.

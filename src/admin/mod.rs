@@ -80,6 +80,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/local", get(cluster_local))
         .route("/v1/volumes/{name}/scrub", post(scrub))
+        .route("/v1/volumes/{name}/verify", post(verify))
         .route("/v1/cluster/local/scrub/{name}", post(scrub_local))
         .route("/v1/cluster/nodes", post(cluster_join))
         .with_state(state)
@@ -128,6 +129,16 @@ async fn scrub(
 ) -> Result<Json<Value>, ApiError> {
     let c = need_cluster(&s)?;
     Ok(Json(cluster::scrub(c, &name).await?))
+}
+
+async fn verify(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    c.meta_barrier(std::time::Duration::from_secs(3)).await;
+    let r = c.verify_volume(&name, false).await?;
+    Ok(Json(serde_json::to_value(r).unwrap_or_default()))
 }
 
 async fn scrub_local(
@@ -287,6 +298,18 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
             out,
             "raftblock_fenced_writes_total {}",
             raftblock_consensus::fence::refused_writes()
+        );
+        metric_header(
+            &mut out,
+            "raftblock_replica_divergences_total",
+            "counter",
+            "Blocks whose replicas disagreed when this node compared them (scrub, volume verify), found and repaired from the majority.",
+        );
+        let _ = writeln!(
+            out,
+            "raftblock_replica_divergences_total{{result=\"found\"}} {}\nraftblock_replica_divergences_total{{result=\"repaired\"}} {}",
+            raftblock_consensus::verify::divergences_found(),
+            raftblock_consensus::verify::divergences_repaired()
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

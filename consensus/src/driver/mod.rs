@@ -175,9 +175,15 @@ pub enum DriverMsg {
 #[derive(Clone)]
 pub struct DriverHandle {
     tx: Sender<DriverMsg>,
+    cuts: Arc<crate::verify::CutRegistry>,
 }
 
 impl DriverHandle {
+    /// The checksum tables this node's replicas recorded at comparison cuts.
+    pub fn cuts(&self) -> &crate::verify::CutRegistry {
+        &self.cuts
+    }
+
     /// Sends a message; false when the driver has stopped.
     pub fn send(&self, m: DriverMsg) -> bool {
         self.tx.send(m).is_ok()
@@ -388,7 +394,10 @@ impl Driver {
         snapshots: mpsc::UnboundedSender<SnapshotFetch>,
     ) -> Result<(DriverHandle, Arc<ClusterView>, std::thread::JoinHandle<()>), String> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let handle = DriverHandle { tx };
+        let handle = DriverHandle {
+            tx,
+            cuts: Arc::default(),
+        };
         let meta = MetaState::load(&meta_path)?;
         let (meta_tx, _) = watch::channel(Arc::new(meta.clone()));
         let view = Arc::new(ClusterView {

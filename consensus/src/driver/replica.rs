@@ -199,9 +199,17 @@ impl Driver {
                 Ok(None) => {}
                 Err(e) => return Err(format!("group {group}: staged copy: {e}")),
             }
+            let chunks = rec
+                .layout()
+                .chunks_of(crate::layout::ShardId {
+                    volume: rec.meta.id,
+                    index: shard,
+                })
+                .collect();
             let tx = apply::spawn(
                 group,
                 volume.clone(),
+                chunks,
                 storage.applied(),
                 self.handle.clone(),
             );
