@@ -14,7 +14,9 @@ use bytes::Bytes;
 use prost::Message as _;
 use raft::prelude::Entry;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: the node's own in production, the simulation's in tests.
+use tokio::time::Instant;
 use tokio::sync::mpsc;
 
 use raftblock_storage::staging;
@@ -151,6 +153,8 @@ async fn run(
         }
         let idle = applied > durable && syncing.is_none();
         let batch = tokio::select! {
+            // In order, not at random: the simulation replays from its seed.
+            biased;
             b = rx.recv() => b,
             done = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
                 syncing = None;

@@ -26,7 +26,10 @@ pub mod verify;
 
 pub use attachment::AttachError;
 pub use cluster::{Cluster, ScrubReport, ShardOp};
-pub use driver::{ClusterView, Driver, DriverConfig, DriverHandle, GroupStatus, ReplicaError};
+pub use driver::{
+    Clock, ClusterView, Driver, DriverConfig, DriverHandle, DriverMsg, GroupStatus, ManualClock,
+    RaftNetwork, ReplicaError, SystemClock,
+};
 pub use layout::{ShardId, ShardLayout};
 pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, VolumeRecord, META_GROUP};
 pub use peer_storage::PeerStorage;

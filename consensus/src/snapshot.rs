@@ -16,10 +16,11 @@
 //! are idempotent byte ranges, applied in log order).
 
 use raft::prelude::Message;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use raftblock_storage::staging::{self, ChunkSwap};
-use raftblock_storage::{ReadSegment, VolumeIo};
+use raftblock_storage::{LocalVolume, ReadSegment, VolumeIo};
 
 use crate::cluster::{Cluster, ShardOp};
 use crate::layout::ShardId;
@@ -54,6 +55,46 @@ pub struct StagedCopy {
     pub bytes: u64,
 }
 
+/// Where a catch-up copy reads from: the snapshot's sender.
+pub trait ChunkSource {
+    /// The sender's checksum table of `chunk` (`None`: no data there).
+    fn sums(&self, chunk: u64) -> impl Future<Output = Result<Option<Vec<u32>>, String>> + Send;
+    /// The sender's copy of `[offset, offset + len)`, verified.
+    fn read(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<ReadSegment>, String>> + Send;
+}
+
+/// The snapshot's sender, reached over the node-to-node RPC.
+struct Sender<'a> {
+    c: &'a Cluster,
+    from: u64,
+    group: u64,
+}
+
+impl Sender<'_> {
+    async fn call(&self, op: ShardOp) -> Result<Vec<rpc::RpcSegment>, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        self.c
+            .call_node(self.from, self.group, &op, deadline)
+            .await
+            .map_err(|e| format!("{op:?} from node {}: {e}", self.from))
+    }
+}
+
+impl ChunkSource for Sender<'_> {
+    async fn sums(&self, chunk: u64) -> Result<Option<Vec<u32>>, String> {
+        rpc::sums_of_segments(self.call(ShardOp::ChunkSums { chunk }).await?)
+    }
+
+    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>, String> {
+        let segs = self.call(ShardOp::ReadLocal { offset, len }).await?;
+        rpc::read_of_segments(segs).map_err(|e| format!("at {offset}: {e}"))
+    }
+}
+
 /// Stages the chunks of the shard that differ from the sender's copy;
 /// returns what the swap will do.
 pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String> {
@@ -69,10 +110,32 @@ pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String>
         .store()
         .volume(&rec.meta.name)
         .map_err(|e| format!("group {}: {e}", f.group))?;
-    let staged = staging::create(&volume, index).map_err(|e| e.to_string())?;
-    let layout = rec.layout();
-    let (cs, size) = (rec.meta.chunk_size, rec.meta.size);
-    let chunks: Vec<u64> = layout.chunks_of(ShardId { volume: vol, index }).collect();
+    let chunks: Vec<u64> = rec
+        .layout()
+        .chunks_of(ShardId { volume: vol, index })
+        .collect();
+    let src = Sender {
+        c,
+        from: f.from,
+        group: f.group,
+    };
+    stage(&volume, f.group, &chunks, snap_index, &src)
+        .await
+        .map_err(|e| format!("group {}: {e}", f.group))
+}
+
+/// Compares each of `chunks` with `src` and stages the ones that differ in
+/// the shard's staging area; returns what the swap will do.
+pub async fn stage(
+    volume: &LocalVolume,
+    group: u64,
+    chunks: &[u64],
+    snap_index: u64,
+    src: &impl ChunkSource,
+) -> Result<StagedCopy, String> {
+    let (_, index) = shard_of_group(group);
+    let staged = staging::create(volume, index).map_err(|e| e.to_string())?;
+    let (cs, size) = (volume.meta().chunk_size, volume.meta().size);
     let started = Instant::now();
     let mut copy = StagedCopy {
         index: snap_index,
@@ -81,15 +144,11 @@ pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String>
         bytes: 0,
     };
     let mut last_report = Instant::now();
-    let call = |op: ShardOp| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        c.call_node(f.from, f.group, &op, deadline)
-            .await
-            .map_err(|e| format!("group {}: {op:?} from node {}: {e}", f.group, f.from))
-    };
     for (n, &chunk) in chunks.iter().enumerate() {
-        let theirs = rpc::sums_of_segments(call(ShardOp::ChunkSums { chunk }).await?)
-            .map_err(|e| format!("group {}: chunk {chunk}: {e}", f.group))?;
+        let theirs = src
+            .sums(chunk)
+            .await
+            .map_err(|e| format!("chunk {chunk}: {e}"))?;
         let ours = volume.chunk_sums(chunk).map_err(|e| e.to_string())?;
         if theirs == ours {
             copy.keeps.push((chunk, ours));
@@ -103,11 +162,8 @@ pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String>
         let mut off = chunk * cs;
         while off < end {
             let len = PIECE.min(end - off);
-            let segs = call(ShardOp::ReadLocal { offset: off, len }).await?;
-            let segs = rpc::read_of_segments(segs)
-                .map_err(|e| format!("group {}: at {off}: {e}", f.group))?;
             let mut pos = off;
-            for s in segs {
+            for s in src.read(off, len).await? {
                 let l = s.len();
                 if let ReadSegment::Data(d) = s {
                     staged
@@ -123,8 +179,7 @@ pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String>
         copy.swaps.push(ChunkSwap::Replace(chunk));
         if last_report.elapsed() > Duration::from_secs(2) {
             tracing::info!(
-                group = f.group,
-                from = f.from,
+                group,
                 chunks_done = n + 1,
                 chunks = chunks.len(),
                 mib = copy.bytes >> 20,
@@ -135,8 +190,7 @@ pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String>
     }
     staged.flush().await.map_err(|e| e.to_string())?;
     tracing::info!(
-        group = f.group,
-        from = f.from,
+        group,
         index = snap_index,
         chunks = chunks.len(),
         differed = copy.swaps.len(),

@@ -37,7 +37,7 @@ impl Driver {
         let Some(r) = self.replicas.get_mut(&group) else {
             return;
         };
-        let to = compact_to(r, &keep, &self.wal, group);
+        let to = compact_to(r, &keep, &self.wal, group, self.clock.now());
         let store = r.node.store();
         let first = store.first_index().unwrap_or(1);
         // Everything in the log is applied and durable: the group is idle,
@@ -123,7 +123,7 @@ struct Retention {
 /// nor past what a follower that is up still needs (on the leader), nor
 /// past entries younger than the retention age, unless the age-kept part
 /// is over its byte budget.
-fn compact_to(r: &Replica, keep: &Retention, wal: &Wal, group: u64) -> u64 {
+fn compact_to(r: &Replica, keep: &Retention, wal: &Wal, group: u64, now: Instant) -> u64 {
     let mut to = r.durable;
     if r.node.raft.state == StateRole::Leader {
         let live_need = r
@@ -138,7 +138,6 @@ fn compact_to(r: &Replica, keep: &Retention, wal: &Wal, group: u64) -> u64 {
         to = to.min(live_need);
     }
     if keep.by_age {
-        let now = Instant::now();
         // Entries up to `old` were in the log `keep.age` ago.
         let old = r
             .log_marks

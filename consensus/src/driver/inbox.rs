@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message, MessageType};
-use std::time::Instant;
 
 use crate::apply::ApplyMsg;
 use crate::meta::META_GROUP;
@@ -44,7 +43,7 @@ impl Driver {
                     let leader = r.leader();
                     let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
                 } else {
-                    r.reads_new.push((Instant::now(), reply));
+                    r.reads_new.push((self.clock.now(), reply));
                 }
             }
             DriverMsg::AddMember {

@@ -25,6 +25,7 @@ mod compaction;
 mod config;
 mod inbox;
 mod meta_apply;
+mod ports;
 mod reads;
 mod ready;
 mod replica;
@@ -34,7 +35,7 @@ mod tests;
 use bytes::Bytes;
 use raft::prelude::Message;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -48,6 +49,7 @@ use crate::meta::{MetaError, MetaState};
 use crate::snapshot::SnapshotFetch;
 use crate::transport::{Envelope, Transport};
 
+pub use ports::{Clock, ManualClock, RaftNetwork, SystemClock};
 use replica::Replica;
 
 /// Where a proposal's or a read's outcome is sent.
@@ -309,6 +311,14 @@ pub struct DriverConfig {
     pub log_keep_bytes: u64,
     /// Over this many bytes of log on the node, age stops counting.
     pub log_keep_node_bytes: u64,
+    /// Elections after exactly `election_ticks` instead of a random number
+    /// between it and twice it (raft-rs draws from its own RNG): for a
+    /// simulation that must replay the same way from its seed.
+    pub fixed_election_timeout: bool,
+    /// How long a shard's preferred replica must have been caught up and
+    /// answering before leadership goes back to it: a node that just
+    /// restarted is let settle, and a flapping one never gets it.
+    pub handback_quiet: Duration,
 }
 
 impl DriverConfig {
@@ -324,6 +334,8 @@ impl DriverConfig {
             log_keep: Duration::from_secs(90),
             log_keep_bytes: 256 << 20,
             log_keep_node_bytes: 1 << 30,
+            fixed_election_timeout: false,
+            handback_quiet: Duration::from_secs(20),
         }
     }
 
@@ -339,13 +351,15 @@ pub struct Driver {
     cfg: DriverConfig,
     wal: Arc<Wal>,
     store: Arc<ChunkStore>,
-    transport: Transport,
+    network: Arc<dyn RaftNetwork>,
+    clock: Arc<dyn Clock>,
     view: Arc<ClusterView>,
     meta: MetaState,
     meta_path: PathBuf,
     handle: DriverHandle,
     rx: Receiver<DriverMsg>,
-    replicas: HashMap<u64, Replica>,
+    /// Ordered, so a round visits groups the same way every time.
+    replicas: BTreeMap<u64, Replica>,
     peer_addrs: HashMap<u64, SocketAddr>,
     logger: slog::Logger,
     next_ctx: u64,
@@ -366,6 +380,8 @@ pub struct Driver {
     retained_bytes: u64,
     /// Ticks since start, for once-a-second chores.
     ticks: u64,
+    /// When the next tick is due.
+    next_tick: Instant,
 }
 
 fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -393,49 +409,11 @@ impl Driver {
         peers: &HashMap<u64, SocketAddr>,
         snapshots: mpsc::UnboundedSender<SnapshotFetch>,
     ) -> Result<(DriverHandle, Arc<ClusterView>, std::thread::JoinHandle<()>), String> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let handle = DriverHandle {
-            tx,
-            cuts: Arc::default(),
-        };
-        let meta = MetaState::load(&meta_path)?;
-        let (meta_tx, _) = watch::channel(Arc::new(meta.clone()));
-        let view = Arc::new(ClusterView {
-            meta: meta_tx,
-            leaders: RwLock::new(HashMap::new()),
-        });
-        let mut d = Driver {
-            cfg,
-            wal,
-            store,
-            transport,
-            view: view.clone(),
-            meta,
-            meta_path,
-            handle: handle.clone(),
-            rx,
-            replicas: HashMap::new(),
-            peer_addrs: HashMap::new(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
-            next_ctx: 1,
-            carry: WalBatch::new(),
-            carry_sync: false,
-            compacted: false,
-            snapshots,
-            fetching: HashSet::new(),
-            frozen: HashMap::new(),
-            retained_bytes: 0,
-            ticks: 0,
-        };
-        for (id, addr) in peers {
-            d.add_peer(*id, *addr);
-        }
-        let nodes: Vec<_> = d.meta.nodes.values().cloned().collect();
-        for n in nodes {
-            d.add_peer(n.id, n.raft_addr);
-        }
-        d.open_replicas()?;
-        d.flush_carry();
+        let ports = (
+            Arc::new(transport) as Arc<dyn RaftNetwork>,
+            Arc::new(SystemClock) as Arc<dyn Clock>,
+        );
+        let (d, handle, view) = Driver::open(cfg, wal, store, ports, meta_path, peers, snapshots)?;
         let rt = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
@@ -447,18 +425,105 @@ impl Driver {
         Ok((handle, view, thread))
     }
 
+    /// Opens every replica found in the WAL, as `spawn` does, without
+    /// starting a thread: the caller drives it with [`Driver::turn`] (the
+    /// simulation). Must be called inside a tokio runtime (apply tasks).
+    pub fn open(
+        cfg: DriverConfig,
+        wal: Arc<Wal>,
+        store: Arc<ChunkStore>,
+        (network, clock): (Arc<dyn RaftNetwork>, Arc<dyn Clock>),
+        meta_path: PathBuf,
+        peers: &HashMap<u64, SocketAddr>,
+        snapshots: mpsc::UnboundedSender<SnapshotFetch>,
+    ) -> Result<(Driver, DriverHandle, Arc<ClusterView>), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = DriverHandle {
+            tx,
+            cuts: Arc::default(),
+        };
+        let meta = MetaState::load(&meta_path)?;
+        let (meta_tx, _) = watch::channel(Arc::new(meta.clone()));
+        let view = Arc::new(ClusterView {
+            meta: meta_tx,
+            leaders: RwLock::new(HashMap::new()),
+        });
+        let next_tick = clock.now() + cfg.tick;
+        let mut d = Driver {
+            cfg,
+            wal,
+            store,
+            network,
+            clock,
+            view: view.clone(),
+            meta,
+            meta_path,
+            handle: handle.clone(),
+            rx,
+            replicas: BTreeMap::new(),
+            peer_addrs: HashMap::new(),
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            next_ctx: 1,
+            carry: WalBatch::new(),
+            carry_sync: false,
+            compacted: false,
+            snapshots,
+            fetching: HashSet::new(),
+            frozen: HashMap::new(),
+            retained_bytes: 0,
+            ticks: 0,
+            next_tick,
+        };
+        for (id, addr) in peers {
+            d.add_peer(*id, *addr);
+        }
+        let nodes: Vec<_> = d.meta.nodes.values().cloned().collect();
+        for n in nodes {
+            d.add_peer(n.id, n.raft_addr);
+        }
+        d.open_replicas()?;
+        d.flush_carry();
+        Ok((d, handle, view))
+    }
+
+    /// One turn of the loop without waiting: handles what arrived, ticks if
+    /// a tick is due by the driver's clock, and runs a round. False once
+    /// the driver was told to stop.
+    pub fn turn(&mut self) -> bool {
+        while let Ok(m) = self.rx.try_recv() {
+            if !self.handle_msg(m) {
+                self.shutdown();
+                return false;
+            }
+        }
+        self.tick_if_due();
+        self.send_reads();
+        self.round();
+        true
+    }
+
+    fn tick_if_due(&mut self) {
+        let now = self.clock.now();
+        if now >= self.next_tick {
+            self.tick_all(now);
+            self.next_tick += self.cfg.tick;
+            if self.next_tick < now {
+                self.next_tick = now + self.cfg.tick;
+            }
+        }
+    }
+
     fn add_peer(&mut self, id: u64, addr: SocketAddr) {
         if id == self.cfg.node || self.peer_addrs.get(&id) == Some(&addr) {
             return;
         }
         self.peer_addrs.insert(id, addr);
-        self.transport.add_peer(id, addr);
+        self.network.add_peer(id, addr);
     }
 
     fn run(mut self) {
-        let mut next_tick = Instant::now() + self.cfg.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = self.next_tick.saturating_duration_since(self.clock.now());
             match self.rx.recv_timeout(wait) {
                 Ok(m) => {
                     if !self.handle_msg(m) {
@@ -479,14 +544,7 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            let now = Instant::now();
-            if now >= next_tick {
-                self.tick_all(now);
-                next_tick += self.cfg.tick;
-                if next_tick < now {
-                    next_tick = now + self.cfg.tick;
-                }
-            }
+            self.tick_if_due();
             self.send_reads();
             self.round();
         }
@@ -522,7 +580,7 @@ impl Driver {
             r.ticks += 1;
             r.expire_reads(g, now, timeout);
             if r.ticks % 10 == 0 {
-                r.handback_check(g, me, now, catching_up);
+                r.handback_check(g, me, now, catching_up, self.cfg.handback_quiet);
             }
         }
         self.ticks += 1;
@@ -533,18 +591,20 @@ impl Driver {
     }
 }
 
-/// How long a preferred replica must have been caught up and answering
-/// before leadership is handed back to it: a node that just restarted is
-/// let settle, and a flapping one never gets it.
-pub(crate) const HANDBACK_QUIET: Duration = Duration::from_secs(20);
-
 impl Replica {
     /// Hands leadership back to the preferred replica once it has been
-    /// caught up for [`HANDBACK_QUIET`], so leaders stay spread over the
+    /// caught up for `quiet` (`DriverConfig::handback_quiet`), so leaders stay spread over the
     /// nodes. The lease goes with it: the transferee may win its election
     /// inside the lease (raft-rs forces the vote), and a lease read here
     /// could then miss a write the new leader acknowledged.
-    fn handback_check(&mut self, g: u64, me: u64, now: Instant, catching_up: bool) {
+    fn handback_check(
+        &mut self,
+        g: u64,
+        me: u64,
+        now: Instant,
+        catching_up: bool,
+        quiet: Duration,
+    ) {
         let want = self.is_leader()
             && self.preferred != 0
             && self.preferred != me
@@ -567,7 +627,7 @@ impl Replica {
             .prs()
             .get(self.preferred)
             .is_some_and(|p| p.matched == last);
-        if catching_up || !matched_all || now.duration_since(since) < HANDBACK_QUIET {
+        if catching_up || !matched_all || now.duration_since(since) < quiet {
             return;
         }
         tracing::info!(

@@ -92,7 +92,7 @@ impl Driver {
     /// Turns queued reads into ReadIndex requests (one per group per round)
     /// or, under a valid lease, into reads at the current commit index.
     pub(super) fn send_reads(&mut self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let lease = self.cfg.lease();
         for r in self.replicas.values_mut() {
             if r.reads_new.is_empty() {

@@ -16,7 +16,9 @@ use raftblock_storage::WalBatch;
 
 use crate::apply::ApplyMsg;
 use crate::meta::{MetaEffect, MetaState, META_GROUP};
-use crate::transport::{Envelope, Transport};
+use crate::transport::Envelope;
+
+use super::RaftNetwork;
 
 use super::meta_apply::{apply_meta_entries, install_meta_snapshot};
 use super::replica::Replica;
@@ -60,7 +62,7 @@ impl Driver {
                 // inside this leader's lease, so the lease ends now.
                 r.lease_until = None;
             }
-            send_messages(&self.transport, g, msgs, &mut snap_sent);
+            send_messages(self.network.as_ref(), g, msgs, &mut snap_sent);
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
                 install_snapshot(
@@ -104,7 +106,7 @@ impl Driver {
                 continue;
             };
             send_messages(
-                &self.transport,
+                self.network.as_ref(),
                 g,
                 rd.persisted_messages().to_vec(),
                 &mut snap_sent,
@@ -113,7 +115,7 @@ impl Driver {
             if let Some(c) = light.commit_index() {
                 r.node.mut_store().stage_commit(c, &mut self.carry);
             }
-            send_messages(&self.transport, g, light.take_messages(), &mut snap_sent);
+            send_messages(self.network.as_ref(), g, light.take_messages(), &mut snap_sent);
             let committed = light.take_committed_entries();
             dispatch(
                 g,
@@ -157,7 +159,7 @@ impl Driver {
 }
 
 fn send_messages(
-    transport: &Transport,
+    transport: &dyn RaftNetwork,
     group: u64,
     msgs: Vec<Message>,
     snap_sent: &mut Vec<(u64, u64)>,

@@ -23,6 +23,10 @@ pub enum EngineKind {
     Uring,
     /// Blocking pread/pwrite on a small thread pool.
     Threads,
+    /// Blocking pread/pwrite on the calling thread: every request is done
+    /// when its future is first polled. For the deterministic simulation,
+    /// where no other thread may decide when I/O completes.
+    Inline,
 }
 
 impl std::fmt::Display for EngineKind {
@@ -30,6 +34,7 @@ impl std::fmt::Display for EngineKind {
         f.write_str(match self {
             EngineKind::Uring => "uring",
             EngineKind::Threads => "threads",
+            EngineKind::Inline => "inline",
         })
     }
 }
@@ -40,6 +45,7 @@ impl std::str::FromStr for EngineKind {
         match s {
             "uring" | "io_uring" | "io-uring" => Ok(EngineKind::Uring),
             "threads" | "sync" => Ok(EngineKind::Threads),
+            "inline" => Ok(EngineKind::Inline),
             other => Err(format!(
                 "unknown I/O engine `{other}` (expected uring or threads)"
             )),
@@ -89,6 +95,7 @@ pub struct Engine {
 enum Backend {
     Uring(Arc<UringEngine>),
     Threads(Arc<ThreadEngine>),
+    Inline,
 }
 
 impl std::fmt::Debug for Engine {
@@ -103,6 +110,7 @@ impl Engine {
         let backend = match kind {
             Some(EngineKind::Uring) => Backend::Uring(Arc::new(UringEngine::start()?)),
             Some(EngineKind::Threads) => Backend::Threads(Arc::new(ThreadEngine::start(threads))),
+            Some(EngineKind::Inline) => Backend::Inline,
             None => match UringEngine::start() {
                 Ok(u) => Backend::Uring(Arc::new(u)),
                 Err(e) => {
@@ -187,6 +195,7 @@ impl Engine {
         match self.backend {
             Backend::Uring(_) => EngineKind::Uring,
             Backend::Threads(_) => EngineKind::Threads,
+            Backend::Inline => EngineKind::Inline,
         }
     }
 
@@ -194,6 +203,7 @@ impl Engine {
         let rx = match &self.backend {
             Backend::Uring(u) => u.submit(file.clone(), op),
             Backend::Threads(t) => t.submit(file.clone(), op),
+            Backend::Inline => return Ok(threads::run(file, op)),
         };
         rx.await
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "I/O engine stopped"))

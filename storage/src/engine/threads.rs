@@ -88,7 +88,8 @@ fn worker(q: Arc<Queue>) {
     }
 }
 
-fn run(file: &File, op: OpKind) -> OpDone {
+/// Does one request on the calling thread.
+pub(crate) fn run(file: &File, op: OpKind) -> OpDone {
     match op {
         OpKind::Read {
             mut buf,
