@@ -16,8 +16,8 @@ use raft::prelude::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 // tokio's clock: the node's own in production, the simulation's in tests.
-use tokio::time::Instant;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use raftblock_storage::staging;
 use raftblock_storage::{LocalVolume, VolumeIo, ZeroMode};

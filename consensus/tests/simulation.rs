@@ -18,8 +18,11 @@ fn env_u64(name: &str) -> Option<u64> {
 /// free there), else the default temporary directory.
 fn scratch() -> tempfile::TempDir {
     let shm = std::path::Path::new("/dev/shm");
-    let b = tempfile::Builder::new().prefix("raftblock-sim-").tempdir_in(shm);
-    b.or_else(|_| tempfile::tempdir()).expect("scratch directory")
+    let b = tempfile::Builder::new()
+        .prefix("raftblock-sim-")
+        .tempdir_in(shm);
+    b.or_else(|_| tempfile::tempdir())
+        .expect("scratch directory")
 }
 
 #[test]
@@ -38,8 +41,12 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
     let seeds = Arc::new(seeds);
     let threads: Vec<_> = (0..2)
         .map(|_| {
-            let (next, failures, totals, seeds) =
-                (next.clone(), failures.clone(), totals.clone(), seeds.clone());
+            let (next, failures, totals, seeds) = (
+                next.clone(),
+                failures.clone(),
+                totals.clone(),
+                seeds.clone(),
+            );
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst) as usize;
                 let Some(&seed) = seeds.get(i) else { return };
@@ -52,6 +59,8 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
                         t.reads += s.reads;
                         t.crashes += s.crashes;
                         t.partitions += s.partitions;
+                        t.transfers += s.transfers;
+                        t.no_retention += s.no_retention;
                         t.messages += s.messages;
                         t.lost += s.lost;
                     }
@@ -68,13 +77,15 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
     }
     let t = totals.lock().unwrap_or_else(|p| p.into_inner()).clone();
     println!(
-        "simulated {} seeds: {} writes acknowledged, {} unknown, {} reads checked, {} crashes, {} partitions, {} catch-up copies, {} messages ({} lost)",
+        "simulated {} seeds ({} without log retention): {} writes acknowledged, {} unknown, {} reads checked, {} crashes, {} partitions, {} leadership transfers asked, {} catch-up copies, {} messages ({} lost)",
         seeds.len(),
+        t.no_retention,
         t.acked,
         t.unknown,
         t.reads,
         t.crashes,
         t.partitions,
+        t.transfers,
         sim::node::COPIES.load(Ordering::Relaxed),
         t.messages,
         t.lost

@@ -36,8 +36,16 @@ pub(super) fn raft_config(cfg: &DriverConfig, applied: u64) -> Config {
         max_committed_size_per_ready: 16 << 20,
         // raft-rs draws the timeout from [min, max) with its own RNG; a
         // one-tick range takes the draw out.
-        min_election_tick: if cfg.fixed_election_timeout { cfg.election_ticks } else { 0 },
-        max_election_tick: if cfg.fixed_election_timeout { cfg.election_ticks + 1 } else { 0 },
+        min_election_tick: if cfg.fixed_election_timeout {
+            cfg.election_ticks
+        } else {
+            0
+        },
+        max_election_tick: if cfg.fixed_election_timeout {
+            cfg.election_ticks + 1
+        } else {
+            0
+        },
         ..Config::default()
     }
 }

@@ -90,6 +90,14 @@ impl Driver {
                 copy,
             } => self.snapshot_fetched(group, from, *msg, copy),
             DriverMsg::SnapshotPrepared { group, ok } => self.snapshot_prepared(group, ok),
+            DriverMsg::TransferLeader { group, to } => {
+                if let Some(r) = self.replicas.get_mut(&group) {
+                    if r.is_leader() && to != self.cfg.node {
+                        r.lease_until = None;
+                        r.node.transfer_leader(to);
+                    }
+                }
+            }
             DriverMsg::Status(tx) => {
                 let _ = tx.send(self.status());
             }

@@ -167,6 +167,14 @@ pub enum DriverMsg {
         /// `(index, epoch)` of its fences.
         fences: Vec<(u64, u64)>,
     },
+    /// Hand the leadership of `group` to node `to`, if this node leads it
+    /// (the lease ends here first; see `handback_check`).
+    TransferLeader {
+        /// Group.
+        group: u64,
+        /// The new leader.
+        to: u64,
+    },
     /// The state of every replica.
     Status(oneshot::Sender<Vec<GroupStatus>>),
     /// Stop the driver.

@@ -115,7 +115,12 @@ impl Driver {
             if let Some(c) = light.commit_index() {
                 r.node.mut_store().stage_commit(c, &mut self.carry);
             }
-            send_messages(self.network.as_ref(), g, light.take_messages(), &mut snap_sent);
+            send_messages(
+                self.network.as_ref(),
+                g,
+                light.take_messages(),
+                &mut snap_sent,
+            );
             let committed = light.take_committed_entries();
             dispatch(
                 g,

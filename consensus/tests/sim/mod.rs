@@ -58,7 +58,9 @@ pub struct SimStats {
     pub reads: u64,
     pub crashes: u64,
     pub partitions: u64,
-    pub snapshots: bool,
+    pub transfers: u64,
+    /// Seeds run without log retention (every catch-up by copy).
+    pub no_retention: u64,
     pub messages: u64,
     pub lost: u64,
 }
@@ -90,6 +92,7 @@ struct Sim {
     /// node -> when it comes back / is healed.
     down_until: HashMap<u64, u64>,
     cut_until: HashMap<u64, u64>,
+    deaf_until: HashMap<u64, u64>,
     stats: SimStats,
     volume_id: u64,
 }
@@ -119,7 +122,11 @@ fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
 
 impl Sim {
     fn up(&self) -> Vec<u64> {
-        self.nodes.iter().filter(|n| n.is_up()).map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.is_up())
+            .map(|n| n.id)
+            .collect()
     }
 
     fn node(&mut self, id: u64) -> &mut SimNode {
@@ -165,7 +172,12 @@ impl Sim {
         Some(believed.unwrap_or(asked))
     }
 
-    fn propose(&mut self, node: u64, group: u64, data: Bytes) -> Option<oneshot::Receiver<Result<(), ReplicaError>>> {
+    fn propose(
+        &mut self,
+        node: u64,
+        group: u64,
+        data: Bytes,
+    ) -> Option<oneshot::Receiver<Result<(), ReplicaError>>> {
         let (reply, rx) = oneshot::channel();
         let h = self.node(node).handle()?.clone();
         h.send(DriverMsg::Propose { group, data, reply });
@@ -256,9 +268,9 @@ impl Sim {
                             continue;
                         };
                         let data = read_block(&v, offset);
-                        self.oracle
-                            .read_done(offset, floor, &data)
-                            .map_err(|e| format!("at {} ms, read on node {node}: {e}", self.now_ms))?;
+                        self.oracle.read_done(offset, floor, &data).map_err(|e| {
+                            format!("at {} ms, read on node {node}: {e}", self.now_ms)
+                        })?;
                     }
                     Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
                     Err(oneshot::error::TryRecvError::Empty) if self.now_ms - started > 5_000 => {}
@@ -301,10 +313,47 @@ impl Sim {
             self.cut_until.remove(&n);
             self.net.set_cut(n, false);
         }
+        let healed: Vec<u64> = self
+            .deaf_until
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in healed {
+            self.deaf_until.remove(&n);
+            self.net.set_deaf(n, false);
+        }
+        if self.rng.gen_bool(1.0 / 150.0) {
+            // Leadership moves, as hand-back and drain move it; sometimes
+            // the old leader then stops hearing anyone (its lease must not
+            // outlive the move).
+            let group = if self.rng.gen_bool(0.2) {
+                META_GROUP
+            } else {
+                shard_group(self.volume_id, self.rng.gen_range(0..2))
+            };
+            let n = self
+                .guess_leader(group)
+                .unwrap_or_else(|| self.rng.gen_range(1..=NODES));
+            let to = self.rng.gen_range(1..=NODES);
+            if let Some(h) = self.node(n).handle() {
+                h.send(DriverMsg::TransferLeader { group, to });
+            }
+            self.stats.transfers += 1;
+            let calm = self.down_until.is_empty()
+                && self.cut_until.is_empty()
+                && self.deaf_until.is_empty();
+            if calm && self.rng.gen_bool(0.5) {
+                self.net.set_deaf(n, true);
+                let until = now + self.rng.gen_range(20..400);
+                self.deaf_until.insert(n, until);
+            }
+        }
         if !self.rng.gen_bool(1.0 / 400.0) {
             return;
         }
-        let calm = self.down_until.is_empty() && self.cut_until.is_empty();
+        let calm =
+            self.down_until.is_empty() && self.cut_until.is_empty() && self.deaf_until.is_empty();
         match self.rng.gen_range(0..3) {
             0 if calm => {
                 let n = self.rng.gen_range(1..=NODES);
@@ -406,8 +455,9 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
         ops: Vec::new(),
         down_until: HashMap::new(),
         cut_until: HashMap::new(),
+        deaf_until: HashMap::new(),
         stats: SimStats {
-            snapshots,
+            no_retention: u64::from(snapshots),
             ..SimStats::default()
         },
         volume_id: 0,
@@ -461,8 +511,10 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
     sim.net.set_quality(0.0, 1_000);
     for n in 1..=NODES {
         sim.net.set_cut(n, false);
+        sim.net.set_deaf(n, false);
     }
     sim.cut_until.clear();
+    sim.deaf_until.clear();
     let down: Vec<u64> = sim.down_until.drain().map(|(n, _)| n).collect();
     for n in down {
         let (net, clock) = (sim.net.clone(), sim.clock.clone());
@@ -472,7 +524,7 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
     loop {
         sim.step();
         sim.poll_ops()?;
-        if sim.ops.is_empty() && sim.now_ms % 50 == 0 && sim.converged() {
+        if sim.ops.is_empty() && sim.now_ms.is_multiple_of(50) && sim.converged() {
             break;
         }
         if sim.now_ms - settle > opts.settle_ms {
@@ -497,9 +549,14 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
             .map_err(|e| format!("final state: {e}"))?;
     }
     for chunk in 0..SIZE / CHUNK {
-        let sums: Vec<_> = vols.iter().map(|v| v.chunk_sums(chunk).ok().flatten()).collect();
+        let sums: Vec<_> = vols
+            .iter()
+            .map(|v| v.chunk_sums(chunk).ok().flatten())
+            .collect();
         if sums.windows(2).any(|w| w[0] != w[1]) {
-            return Err(format!("chunk {chunk}: the replicas' checksum tables differ"));
+            return Err(format!(
+                "chunk {chunk}: the replicas' checksum tables differ"
+            ));
         }
     }
     let (messages, lost) = sim.net.counts();

@@ -1,6 +1,7 @@
 //! The simulated network: every Raft message a driver sends is queued with
 //! a seeded delay (so messages are reordered), lost with a seeded
-//! probability, and dropped while either end is cut off; the simulation
+//! probability, and dropped while either end is cut off (or the receiver
+//! is deaf: a one-way failure); the simulation
 //! delivers what is due at each step.
 
 use rand::rngs::StdRng;
@@ -31,6 +32,8 @@ struct State {
     pub max_delay_us: u64,
     /// Nodes cut off from everyone.
     cut: HashSet<u64>,
+    /// Nodes that send but hear nothing (a one-way link failure).
+    deaf: HashSet<u64>,
     sent: u64,
     lost: u64,
 }
@@ -51,6 +54,7 @@ impl SimNet {
                 loss: 0.0,
                 max_delay_us: 2_000,
                 cut: HashSet::new(),
+                deaf: HashSet::new(),
                 sent: 0,
                 lost: 0,
             }),
@@ -78,9 +82,14 @@ impl SimNet {
         }
     }
 
-    /// Whether `node` is cut off.
-    pub fn is_cut(&self, node: u64) -> bool {
-        self.lock().cut.contains(&node)
+    /// Makes `node` hear nothing (true) or hear again (false).
+    pub fn set_deaf(&self, node: u64, deaf: bool) {
+        let mut s = self.lock();
+        if deaf {
+            s.deaf.insert(node);
+        } else {
+            s.deaf.remove(&node);
+        }
     }
 
     /// Messages due by `now_us`, in delivery order.
@@ -90,7 +99,9 @@ impl SimNet {
         let later = s.queue.split_off(&(now_us + 1, 0));
         let due = std::mem::replace(&mut s.queue, later);
         due.into_values()
-            .filter(|m| !s.cut.contains(&m.from) && !s.cut.contains(&m.to))
+            .filter(|m| {
+                !s.cut.contains(&m.from) && !s.cut.contains(&m.to) && !s.deaf.contains(&m.to)
+            })
             .collect()
     }
 

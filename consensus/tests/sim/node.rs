@@ -183,8 +183,16 @@ impl SimNode {
             // meanwhile, as a real copy over the network lets it.
             let src = sources.get(&f.from).cloned();
             let (vol, index) = raftblock_consensus::meta::shard_of_group(f.group);
-            let rec = r.view.meta().volumes.values().find(|v| v.meta.id == vol).cloned();
-            let local = rec.as_ref().and_then(|rec| r.store.volume(&rec.meta.name).ok());
+            let rec = r
+                .view
+                .meta()
+                .volumes
+                .values()
+                .find(|v| v.meta.id == vol)
+                .cloned();
+            let local = rec
+                .as_ref()
+                .and_then(|rec| r.store.volume(&rec.meta.name).ok());
             let handle = r.handle.clone();
             r.rt.spawn(async move {
                 let copy = match (src, rec, local) {
