@@ -65,13 +65,12 @@ fn verify_finds_a_replica_that_differs_and_repairs_it_from_the_majority() {
     drop(w);
     c.wait_converged("dv", Duration::from_secs(30));
 
-    // Node 3's copy of block 2 changes, with a matching checksum.
-    assert!(c.node(3).terminate(), "node 3 stops cleanly");
+    // Node 3's copy of block 2 changes under the running daemon, with a
+    // matching checksum (the table is mapped shared: it sees the change).
+    // A restart would not do: replaying the log rewrites the block.
     let file = chunk_file(c.node(3).data_dir());
     let wrong = pattern(999, 4096);
     rewrite_consistently(&file, 2, &wrong);
-    c.node(3).restart();
-    c.wait_converged("dv", Duration::from_secs(60));
 
     // Its own scrub finds nothing wrong: only a comparison can.
     let local = c.node(3).admin_client().scrub_local("dv").expect("scrub");
