@@ -495,6 +495,42 @@ fn a_frozen_holder_is_fenced_once_the_volume_moves() {
     unmount(&socks[0], "f", "three");
 }
 
+#[test]
+fn a_mount_sent_right_after_the_holder_dies_waits_out_the_grace() {
+    if !tools_present() {
+        return;
+    }
+    let mut pc = PluginCluster::start(
+        vec![
+            Some(temp_socket("grace", 1)),
+            Some(temp_socket("grace", 2)),
+            None,
+        ],
+        &["--attach-grace", "3s"],
+    );
+    let socks: Vec<PathBuf> = pc.socks.iter().flatten().cloned().collect();
+    create(&socks[0], "gr", json!({"size": "256M"}));
+    pc.c.wait_converged("gr", Duration::from_secs(60));
+    let _held = mount(&socks[0], "gr", "a");
+    pc.c.node(1).kill9();
+    // dockerd sends Mount once: one sent at once, while node 1 was heard
+    // from a moment ago, must wait for the grace to pass, then succeed.
+    let sent = Instant::now();
+    let m = plugin_call(
+        &socks[1],
+        "/VolumeDriver.Mount",
+        &json!({"Name": "gr", "ID": "b"}),
+    );
+    let took = sent.elapsed();
+    assert_eq!(err_of(&m), "", "{m}");
+    println!("Mount right after the holder's death answered in {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "the Mount cannot have waited out a 3 s grace in {took:?}"
+    );
+    unmount(&socks[1], "gr", "b");
+}
+
 fn sync_file(p: &Path) {
     std::fs::File::open(p)
         .and_then(|f| f.sync_all())
