@@ -102,7 +102,8 @@ pub struct ServeArgs {
     /// it fails, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub leader_wait: std::time::Duration,
-    /// Raft tick (elections take 20 ticks, heartbeats 3), e.g. 100ms.
+    /// Raft tick (elections after 10 to 20 ticks of silence, heartbeats
+    /// every 2), e.g. 100ms.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub raft_tick: std::time::Duration,
     /// Unix socket of the Docker volume plugin (cluster mode), or `off`.

@@ -284,6 +284,12 @@ async fn receive_loop(
     }
 }
 
+/// Longest wait between two attempts to reach a peer: a node that
+/// restarted is reached again within this.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Answers kept for a peer that cannot be reached (the newest).
+const MAX_KEPT_ANSWERS: usize = 4096;
+
 async fn send_loop(
     me: u64,
     to: u64,
@@ -294,16 +300,25 @@ async fn send_loop(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut conn: Option<TcpStream> = None;
+    // Answers to requests the peer made, kept while it cannot be reached:
+    // its caller waits for them (it may only have restarted).
+    let mut answers: Vec<Outbound> = Vec::new();
     loop {
-        let first = tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => m,
-                None => return, // replaced or shut down
-            },
-            _ = shutdown.changed() => return,
-        };
-        let mut batch = vec![first];
-        let mut bytes = batch[0].encoded_len();
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut answers);
+        if batch.is_empty() {
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return, // replaced or shut down
+                },
+                _ = shutdown.changed() => return,
+            };
+            batch.push(first);
+        }
+        let mut bytes: usize = batch.iter().map(Outbound::encoded_len).sum();
         while bytes < BATCH_BYTES {
             match rx.try_recv() {
                 Ok(m) => {
@@ -322,14 +337,25 @@ async fn send_loop(
                 }
                 Err(e) => {
                     tracing::debug!(peer = to, %addr, error = %e, "raft peer unreachable");
-                    report_lost(&events, to, &batch);
-                    // Drop what queued up meanwhile too: it is stale by the
-                    // time the peer is back, and Raft resends what matters.
+                    // Raft messages are stale by the time the peer is back
+                    // (Raft resends what matters) and requests fail now so
+                    // their callers retry; answers wait for the peer.
+                    let (keep, lost): (Vec<_>, Vec<_>) = batch
+                        .into_iter()
+                        .partition(|m| matches!(m, Outbound::Response(_)));
+                    report_lost(&events, to, &lost);
+                    answers = keep;
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     let mut stale = Vec::new();
                     while let Ok(m) = rx.try_recv() {
-                        stale.push(m);
+                        match m {
+                            Outbound::Response(_) => answers.push(m),
+                            m => stale.push(m),
+                        }
+                    }
+                    if answers.len() > MAX_KEPT_ANSWERS {
+                        answers.drain(..answers.len() - MAX_KEPT_ANSWERS);
                     }
                     if !stale.is_empty() {
                         report_lost(&events, to, &stale);
@@ -378,6 +404,13 @@ async fn send_loop(
                 .chain(frame.requests.into_iter().map(Outbound::Request))
                 .collect();
             report_lost(&events, to, &lost);
+            // Answers go again on the next connection (a duplicate is
+            // ignored by the caller, who matches answers by id).
+            answers = frame
+                .responses
+                .into_iter()
+                .map(Outbound::Response)
+                .collect();
         }
     }
 }

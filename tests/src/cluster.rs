@@ -5,10 +5,11 @@
 
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{free_addr, Daemon};
+use crate::{free_addr, sha256_of, Daemon};
 
 /// Nodes of one test cluster, `nodes[i]` being node id `i + 1`.
 pub struct TestCluster {
@@ -164,6 +165,57 @@ impl TestCluster {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+impl TestCluster {
+    /// Where node `x`'s chunk files and checksum tables differ from node
+    /// `y`'s, one line each (empty when they are identical). Only
+    /// meaningful once every replica has applied everything
+    /// ([`TestCluster::wait_converged`]).
+    pub fn chunk_differences(&self, x: u64, y: u64) -> Vec<String> {
+        let a = self.nodes[(x - 1) as usize].data_dir();
+        let b = self.nodes[(y - 1) as usize].data_dir();
+        let (fa, fb) = (chunk_files(a), chunk_files(b));
+        if fa != fb {
+            return vec![format!(
+                "different chunk files on nodes {x} and {y}: {fa:?} vs {fb:?}"
+            )];
+        }
+        if fa.is_empty() {
+            return vec![format!("no chunk files on node {x}")];
+        }
+        fa.iter()
+            .filter(|f| {
+                sha256_of(&a.join("volumes").join(f)) != sha256_of(&b.join("volumes").join(f))
+            })
+            .map(|f| format!("{} differs between node {x} and node {y}", f.display()))
+            .collect()
+    }
+
+    /// Node `x`'s and node `y`'s chunk files and checksum tables are identical.
+    pub fn assert_same_chunks(&self, x: u64, y: u64) {
+        let diff = self.chunk_differences(x, y);
+        assert!(diff.is_empty(), "{}", diff.join("\n"));
+    }
+}
+
+/// Every chunk data and checksum file of the node's volumes, relative to
+/// its `volumes` directory (`VOLUME/NNNNNNNN.data`, `.crc`), sorted.
+pub fn chunk_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for vol in std::fs::read_dir(data_dir.join("volumes"))
+        .expect("volumes dir")
+        .flatten()
+    {
+        for f in std::fs::read_dir(vol.path()).expect("volume dir").flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            if name.ends_with(".crc") || name.ends_with(".data") {
+                files.push(PathBuf::from(vol.file_name()).join(name));
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// A network namespace joined to the host by a veth pair; taking the host

@@ -5,6 +5,7 @@
 //! rule for external tools: a missing tool skips the test with a message, or
 //! fails it when `RAFTBLOCK_REQUIRE_TOOLS=1` (as in CI).
 
+pub mod chaos;
 pub mod cluster;
 pub mod docker;
 pub mod nbd;
@@ -18,9 +19,18 @@ use std::time::{Duration, Instant};
 /// How long a daemon may take to come up on a loaded two-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Names an executable that runs the `raftblock` program in place of
+/// `raftblock-it` (`raftblock-chaos` points it at itself, so `cargo run` of
+/// that one binary never starts daemons from a stale `raftblock-it`).
+pub const RAFTBLOCK_BIN_ENV: &str = "RAFTBLOCK_IT_BIN";
+
 /// The `raftblock` executable under test (the `raftblock-it` binary of this
-/// package, built by cargo next to the test executables).
+/// package, built by cargo next to the test executables, unless
+/// [`RAFTBLOCK_BIN_ENV`] names another).
 pub fn raftblock_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os(RAFTBLOCK_BIN_ENV) {
+        return PathBuf::from(bin);
+    }
     // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("path of the test executable");
     let mut dir = exe
@@ -320,6 +330,16 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The sha256 of a file, as hex (through `sha256sum`).
+pub fn sha256_of(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Deterministic pseudo-random bytes (so a failure is reproducible).

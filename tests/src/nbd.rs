@@ -66,8 +66,32 @@ pub struct RawNbd {
 impl RawNbd {
     /// Connects and negotiates export `name` with `NBD_OPT_GO`.
     pub fn connect(addr: SocketAddr, name: &str) -> Result<RawNbd> {
-        let mut s = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
+        let s = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        RawNbd::handshake(s, name)
+    }
+
+    /// Like [`RawNbd::connect`], but gives up when connecting or the
+    /// handshake takes longer than `timeout` (a SIGSTOPped server still
+    /// accepts connections in the kernel, then never greets); after the
+    /// handshake every send and reply may take up to `io_timeout`.
+    pub fn connect_timeout(
+        addr: SocketAddr,
+        name: &str,
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<RawNbd> {
+        let s = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connect to {addr}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let nbd = RawNbd::handshake(s, name)?;
+        nbd.stream.set_read_timeout(Some(io_timeout))?;
+        nbd.stream.set_write_timeout(Some(io_timeout))?;
+        Ok(nbd)
+    }
+
+    fn handshake(mut s: TcpStream, name: &str) -> Result<RawNbd> {
         s.set_nodelay(true)?;
         let mut greet = [0u8; 18];
         s.read_exact(&mut greet).context("server greeting")?;

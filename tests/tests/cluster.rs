@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use raftblock_tests::cluster::{Netns, TestCluster};
-use raftblock_tests::{qemu_io, require_tool, run_ok};
+use raftblock_tests::{qemu_io, require_tool, run_ok, sha256_of};
 
 const MIB: u64 = 1 << 20;
 
@@ -204,33 +204,6 @@ fn killing_a_shard_leader_during_fio_verify_loses_no_write() {
     c.wait_converged("f", Duration::from_secs(60));
 }
 
-fn sha_of(path: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(path));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
-/// Every chunk data and checksum file of the node's (only) volume.
-fn chunk_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for vol in std::fs::read_dir(data_dir.join("volumes"))
-        .expect("volumes dir")
-        .flatten()
-    {
-        for f in std::fs::read_dir(vol.path()).expect("volume dir").flatten() {
-            let name = f.file_name().to_string_lossy().to_string();
-            if name.ends_with(".crc") || name.ends_with(".data") {
-                files.push(PathBuf::from(vol.file_name()).join(name));
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[test]
 fn a_follower_that_was_down_catches_up_by_snapshot_to_identical_chunks() {
     if !require_tool("nbdcopy") || !require_tool("qemu-io") {
@@ -266,7 +239,7 @@ fn a_follower_that_was_down_catches_up_by_snapshot_to_identical_chunks() {
     // The restarted node serves the data itself...
     let back = tmp.path().join("back.img");
     run_ok(Command::new("nbdcopy").arg(c.node(3).uri("cu")).arg(&back));
-    let want = sha_of(&src);
+    let want = sha256_of(&src);
     let got = {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -275,28 +248,11 @@ fn a_follower_that_was_down_catches_up_by_snapshot_to_identical_chunks() {
         use std::io::Seek;
         let _ = f.seek(std::io::SeekFrom::Start(0));
         f.set_len(192 * MIB).expect("truncate to the written part");
-        sha_of(&back)
+        sha256_of(&back)
     };
     assert_eq!(got, want, "data read through the restarted node");
     // ...and its chunk files and checksum tables equal node 1's.
-    assert_same_chunks(&mut c, 1, 3);
-}
-
-/// Node `x`'s and node `y`'s chunk files and checksum tables are identical.
-fn assert_same_chunks(c: &mut TestCluster, x: u64, y: u64) {
-    let a = c.node(x).data_dir().to_path_buf();
-    let b = c.node(y).data_dir().to_path_buf();
-    let fa = chunk_files(&a);
-    assert_eq!(fa, chunk_files(&b), "same chunk files on nodes {x} and {y}");
-    assert!(!fa.is_empty());
-    for f in &fa {
-        assert_eq!(
-            sha_of(&a.join("volumes").join(f)),
-            sha_of(&b.join("volumes").join(f)),
-            "{} differs between node {x} and node {y}",
-            f.display()
-        );
-    }
+    c.assert_same_chunks(1, 3);
 }
 
 #[test]
@@ -328,7 +284,7 @@ fn a_short_outage_is_caught_up_from_the_log() {
         !log.contains("shard snapshot"),
         "node 3 should have replayed the log, not copied chunks: {log}"
     );
-    assert_same_chunks(&mut c, 1, 3);
+    c.assert_same_chunks(1, 3);
 }
 
 #[test]
@@ -371,7 +327,7 @@ fn catch_up_by_copy_sends_only_the_chunks_that_differ() {
         &c.node(3).uri("df"),
         &["read -P 0x77 4M 1M", "read -P 0x3 128M 1M"],
     );
-    assert_same_chunks(&mut c, 1, 3);
+    c.assert_same_chunks(1, 3);
 }
 
 #[test]

@@ -330,13 +330,15 @@ pub struct DriverConfig {
 }
 
 impl DriverConfig {
-    /// Defaults for node `node`: 100 ms ticks, elections after 2 s.
+    /// Defaults for node `node`: 100 ms ticks, elections after 1 s.
     pub fn new(node: u64) -> DriverConfig {
         DriverConfig {
             node,
             tick: Duration::from_millis(100),
-            election_ticks: 20,
-            heartbeat_ticks: 3,
+            // Elections after 1 to 2 s of silence: a failover stall stays
+            // under 3 s. Heartbeats every 200 ms.
+            election_ticks: 10,
+            heartbeat_ticks: 2,
             bootstrap: None,
             request_timeout: Duration::from_secs(3),
             log_keep: Duration::from_secs(90),
