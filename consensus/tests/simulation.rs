@@ -1,6 +1,6 @@
 //! The deterministic simulation of the consensus layer (see `sim`), over
-//! many seeds. CI runs `RAFTBLOCK_SIM_SEEDS` seeds (default 200) on two
-//! threads; `RAFTBLOCK_SIM_SEEDS=5000` runs long by hand, and
+//! many seeds. CI runs `RAFTBLOCK_SIM_SEEDS` seeds (default 2000, about two
+//! minutes on two threads); `RAFTBLOCK_SIM_SEEDS=50000` runs long by hand, and
 //! `RAFTBLOCK_SIM_SEED=S` replays one seed (same faults, same order).
 
 mod sim;
@@ -33,7 +33,7 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
     };
     let seeds: Vec<u64> = match env_u64("RAFTBLOCK_SIM_SEED") {
         Some(s) => vec![s],
-        None => (1..=env_u64("RAFTBLOCK_SIM_SEEDS").unwrap_or(200)).collect(),
+        None => (1..=env_u64("RAFTBLOCK_SIM_SEEDS").unwrap_or(2000)).collect(),
     };
     let next = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
