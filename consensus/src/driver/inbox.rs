@@ -93,8 +93,7 @@ impl Driver {
             DriverMsg::TransferLeader { group, to } => {
                 if let Some(r) = self.replicas.get_mut(&group) {
                     if r.is_leader() && to != self.cfg.node {
-                        r.lease_until = None;
-                        r.node.transfer_leader(to);
+                        r.hand_over(to);
                     }
                 }
             }

@@ -24,6 +24,7 @@
 mod compaction;
 mod config;
 mod inbox;
+mod leadership;
 mod meta_apply;
 mod ports;
 mod reads;
@@ -575,16 +576,7 @@ impl Driver {
     fn tick_all(&mut self, now: Instant) {
         let timeout = self.cfg.request_timeout;
         let me = self.cfg.node;
-        // Leadership moves back only while no replica of this node is being
-        // caught up: a move then would cost a second stall for nothing.
-        let catching_up = !self.fetching.is_empty()
-            || self.replicas.values().any(|r| {
-                r.is_leader()
-                    && r.node.raft.prs().iter().any(|(_, p)| {
-                        p.state == raft::ProgressState::Snapshot
-                            || (p.recent_active && p.state == raft::ProgressState::Probe)
-                    })
-            });
+        let catching_up = self.catching_up();
         for (&g, r) in self.replicas.iter_mut() {
             r.node.tick();
             r.ticks += 1;
@@ -598,55 +590,5 @@ impl Driver {
             self.mark_log_ages(now);
         }
         self.purge_if_compacted();
-    }
-}
-
-impl Replica {
-    /// Hands leadership back to the preferred replica once it has been
-    /// caught up for `quiet` (`DriverConfig::handback_quiet`), so leaders stay spread over the
-    /// nodes. The lease goes with it: the transferee may win its election
-    /// inside the lease (raft-rs forces the vote), and a lease read here
-    /// could then miss a write the new leader acknowledged.
-    fn handback_check(
-        &mut self,
-        g: u64,
-        me: u64,
-        now: Instant,
-        catching_up: bool,
-        quiet: Duration,
-    ) {
-        let want = self.is_leader()
-            && self.preferred != 0
-            && self.preferred != me
-            && self.node.raft.lead_transferee.is_none();
-        let last = self.node.raft.raft_log.last_index();
-        let caught_up = want
-            && self.node.raft.prs().get(self.preferred).is_some_and(|p| {
-                p.recent_active
-                    && p.state == raft::ProgressState::Replicate
-                    && p.matched + 64 >= last
-            });
-        if !caught_up {
-            self.handback_since = None;
-            return;
-        }
-        let since = *self.handback_since.get_or_insert(now);
-        let matched_all = self
-            .node
-            .raft
-            .prs()
-            .get(self.preferred)
-            .is_some_and(|p| p.matched == last);
-        if catching_up || !matched_all || now.duration_since(since) < quiet {
-            return;
-        }
-        tracing::info!(
-            group = g,
-            to = self.preferred,
-            "moving leadership to the preferred replica"
-        );
-        self.lease_until = None;
-        self.handback_since = None;
-        self.node.transfer_leader(self.preferred);
     }
 }
