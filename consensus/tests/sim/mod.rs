@@ -8,6 +8,8 @@
 //! oracle (`oracle`) checks every read as it completes and every replica
 //! at the end.
 
+mod clients;
+mod faults;
 pub mod net;
 pub mod node;
 pub mod oracle;
@@ -21,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-use raftblock_consensus::command::ShardCommand;
 use raftblock_consensus::driver::DriverMsg;
 use raftblock_consensus::meta::shard_group;
 use raftblock_consensus::{
@@ -182,199 +183,6 @@ impl Sim {
         let h = self.node(node).handle()?.clone();
         h.send(DriverMsg::Propose { group, data, reply });
         Some(rx)
-    }
-
-    fn client_ops(&mut self) {
-        if self.ops.len() >= 6 || !self.rng.gen_bool(0.3) {
-            return;
-        }
-        let chunk = self.rng.gen_range(0..SIZE / CHUNK);
-        let offset = chunk * CHUNK + self.rng.gen_range(0..BLOCKS_PER_CHUNK) * BLOCK as u64;
-        let group = shard_group(self.volume_id, (chunk % 2) as u32);
-        let Some(node) = self.guess_leader(group) else {
-            return;
-        };
-        if self.rng.gen_bool(0.65) {
-            if !self.oracle.idle(offset) {
-                return;
-            }
-            let version = self.oracle.send_write(offset);
-            let cmd = ShardCommand::write(
-                self.volume_id,
-                0,
-                offset,
-                Bytes::from(oracle::encode(offset, version)),
-            );
-            match self.propose(node, group, cmd.encode_bytes()) {
-                Some(rx) => self.ops.push(Op::Write {
-                    offset,
-                    version,
-                    rx,
-                    started: self.now_ms,
-                }),
-                None => self.oracle.write_done(offset, version, false),
-            }
-        } else {
-            let floor = self.oracle.read_floor(offset);
-            let (reply, rx) = oneshot::channel();
-            let Some(h) = self.node(node).handle().cloned() else {
-                return;
-            };
-            h.send(DriverMsg::Read { group, reply });
-            self.ops.push(Op::Read {
-                offset,
-                node,
-                floor,
-                rx,
-                started: self.now_ms,
-            });
-        }
-    }
-
-    /// Answers that arrived; a read is checked the moment it completes.
-    fn poll_ops(&mut self) -> Result<(), String> {
-        let mut keep = Vec::new();
-        for op in std::mem::take(&mut self.ops) {
-            match op {
-                Op::Write {
-                    offset,
-                    version,
-                    mut rx,
-                    started,
-                } => match rx.try_recv() {
-                    Ok(r) => self.oracle.write_done(offset, version, r.is_ok()),
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.oracle.write_done(offset, version, false)
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) if self.now_ms - started > 5_000 => {
-                        self.oracle.write_done(offset, version, false)
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) => keep.push(Op::Write {
-                        offset,
-                        version,
-                        rx,
-                        started,
-                    }),
-                },
-                Op::Read {
-                    offset,
-                    node,
-                    floor,
-                    mut rx,
-                    started,
-                } => match rx.try_recv() {
-                    Ok(Ok(())) => {
-                        let Some(v) = self.nodes[(node - 1) as usize].volume(VOLUME) else {
-                            continue;
-                        };
-                        let data = read_block(&v, offset);
-                        self.oracle.read_done(offset, floor, &data).map_err(|e| {
-                            format!("at {} ms, read on node {node}: {e}", self.now_ms)
-                        })?;
-                    }
-                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
-                    Err(oneshot::error::TryRecvError::Empty) if self.now_ms - started > 5_000 => {}
-                    Err(oneshot::error::TryRecvError::Empty) => keep.push(Op::Read {
-                        offset,
-                        node,
-                        floor,
-                        rx,
-                        started,
-                    }),
-                },
-            }
-        }
-        self.ops = keep;
-        Ok(())
-    }
-
-    /// Starts and ends faults: one node at a time crashed or cut off, and
-    /// the network's loss and delay changed now and then.
-    fn faults(&mut self) {
-        let now = self.now_ms;
-        let back: Vec<u64> = self
-            .down_until
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(n, _)| *n)
-            .collect();
-        for n in back {
-            self.down_until.remove(&n);
-            let (net, clock) = (self.net.clone(), self.clock.clone());
-            self.node(n).start(&net, &clock, &[1, 2, 3]);
-        }
-        let healed: Vec<u64> = self
-            .cut_until
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(n, _)| *n)
-            .collect();
-        for n in healed {
-            self.cut_until.remove(&n);
-            self.net.set_cut(n, false);
-        }
-        let healed: Vec<u64> = self
-            .deaf_until
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(n, _)| *n)
-            .collect();
-        for n in healed {
-            self.deaf_until.remove(&n);
-            self.net.set_deaf(n, false);
-        }
-        if self.rng.gen_bool(1.0 / 150.0) {
-            // Leadership moves, as hand-back and drain move it; sometimes
-            // the old leader then stops hearing anyone (its lease must not
-            // outlive the move).
-            let group = if self.rng.gen_bool(0.2) {
-                META_GROUP
-            } else {
-                shard_group(self.volume_id, self.rng.gen_range(0..2))
-            };
-            let n = self
-                .guess_leader(group)
-                .unwrap_or_else(|| self.rng.gen_range(1..=NODES));
-            let to = self.rng.gen_range(1..=NODES);
-            if let Some(h) = self.node(n).handle() {
-                h.send(DriverMsg::TransferLeader { group, to });
-            }
-            self.stats.transfers += 1;
-            let calm = self.down_until.is_empty()
-                && self.cut_until.is_empty()
-                && self.deaf_until.is_empty();
-            if calm && self.rng.gen_bool(0.5) {
-                self.net.set_deaf(n, true);
-                let until = now + self.rng.gen_range(20..400);
-                self.deaf_until.insert(n, until);
-            }
-        }
-        if !self.rng.gen_bool(1.0 / 400.0) {
-            return;
-        }
-        let calm =
-            self.down_until.is_empty() && self.cut_until.is_empty() && self.deaf_until.is_empty();
-        match self.rng.gen_range(0..3) {
-            0 if calm => {
-                let n = self.rng.gen_range(1..=NODES);
-                let until = now + self.rng.gen_range(50..1500);
-                self.node(n).crash();
-                self.down_until.insert(n, until);
-                self.stats.crashes += 1;
-            }
-            1 if calm => {
-                let n = self.rng.gen_range(1..=NODES);
-                let until = now + self.rng.gen_range(50..1500);
-                self.net.set_cut(n, true);
-                self.cut_until.insert(n, until);
-                self.stats.partitions += 1;
-            }
-            _ => {
-                let loss = [0.0, 0.0, 0.01, 0.05, 0.2][self.rng.gen_range(0..5)];
-                let delay = [500, 2_000, 5_000, 20_000][self.rng.gen_range(0..4)];
-                self.net.set_quality(loss, delay);
-            }
-        }
     }
 
     /// Whether every group's replicas have applied all their leader has.
