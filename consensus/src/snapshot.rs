@@ -176,7 +176,14 @@ pub async fn stage(
             }
             off += len;
         }
-        copy.swaps.push(ChunkSwap::Replace(chunk));
+        // The sender may have trimmed the chunk to holes since its table
+        // was read: then nothing was staged, and the live chunk must go.
+        let staged_any = staged.chunk_sums(chunk).map_err(|e| e.to_string())?.is_some();
+        copy.swaps.push(if staged_any {
+            ChunkSwap::Replace(chunk)
+        } else {
+            ChunkSwap::Remove(chunk)
+        });
         if last_report.elapsed() > Duration::from_secs(2) {
             tracing::info!(
                 group,
