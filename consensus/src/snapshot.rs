@@ -178,7 +178,10 @@ pub async fn stage(
         }
         // The sender may have trimmed the chunk to holes since its table
         // was read: then nothing was staged, and the live chunk must go.
-        let staged_any = staged.chunk_sums(chunk).map_err(|e| e.to_string())?.is_some();
+        let staged_any = staged
+            .chunk_sums(chunk)
+            .map_err(|e| e.to_string())?
+            .is_some();
         copy.swaps.push(if staged_any {
             ChunkSwap::Replace(chunk)
         } else {

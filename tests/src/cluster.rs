@@ -26,6 +26,25 @@ impl TestCluster {
     /// Starts `n` nodes that form one cluster, node `id` with the extra
     /// `serve` arguments `extra(id)`.
     pub fn start_each(n: usize, extra: impl Fn(u64) -> Vec<String>) -> TestCluster {
+        TestCluster::start_nodes(n, |_| None, extra)
+    }
+
+    /// Like [`TestCluster::start_each`], with node `id`'s data in
+    /// `data_dir(id)` (e.g. on a power-cut filesystem) instead of a fresh
+    /// temporary directory.
+    pub fn start_each_at(
+        n: usize,
+        data_dir: impl Fn(u64) -> PathBuf,
+        extra: impl Fn(u64) -> Vec<String>,
+    ) -> TestCluster {
+        TestCluster::start_nodes(n, |id| Some(data_dir(id)), extra)
+    }
+
+    fn start_nodes(
+        n: usize,
+        data_dir: impl Fn(u64) -> Option<PathBuf>,
+        extra: impl Fn(u64) -> Vec<String>,
+    ) -> TestCluster {
         let raft: Vec<_> = (0..n).map(|_| free_addr()).collect();
         let peers = raft
             .iter()
@@ -42,7 +61,8 @@ impl TestCluster {
                 let more = extra(i as u64 + 1);
                 let mut args = vec!["--node-id", &id, "--listen", &listen, "--peers", &peers];
                 args.extend(more.iter().map(String::as_str));
-                Daemon::start_with(&args)
+                let dir = data_dir(i as u64 + 1);
+                Daemon::start_custom_at(&[], free_addr(), free_addr(), &args, dir)
             })
             .collect();
         TestCluster { nodes }
@@ -100,10 +120,18 @@ impl TestCluster {
         if let Some(s) = shards {
             body["shards"] = json!(s);
         }
+        self.create_volume_json(&body)
+    }
+
+    /// Creates a volume from a `POST /v1/volumes` body (`name`, `size`,
+    /// `replicas`, `shards`, `chunk_size`) through node 1's admin API,
+    /// retrying while the cluster is still electing its metadata leader.
+    pub fn create_volume_json(&self, body: &Value) -> Value {
+        let name = body["name"].as_str().unwrap_or("?");
         let client = self.nodes[0].admin_client();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match client.post("/v1/volumes", &body) {
+            match client.post("/v1/volumes", body) {
                 Ok(v) => return v,
                 Err(e) if Instant::now() < deadline && e.to_string().contains("HTTP 503") => {
                     std::thread::sleep(Duration::from_millis(200))

@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod docker;
 pub mod nbd;
+pub mod powercut;
 
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -112,11 +113,29 @@ impl Daemon {
         admin: SocketAddr,
         extra: &[&str],
     ) -> Daemon {
+        Daemon::start_custom_at(prefix, nbd, admin, extra, None)
+    }
+
+    /// Like [`Daemon::start_custom`], with the data in `data_dir` (e.g. on
+    /// a test filesystem) instead of a fresh temporary directory; its log,
+    /// plugin socket and everything else stay in the temporary directory.
+    /// `extra` must not hold `--data-dir`: the daemon gets it from here.
+    pub fn start_custom_at(
+        prefix: &[&str],
+        nbd: SocketAddr,
+        admin: SocketAddr,
+        extra: &[&str],
+        data_dir: Option<PathBuf>,
+    ) -> Daemon {
+        assert!(
+            !extra.contains(&"--data-dir"),
+            "pass the data directory as `data_dir`, not in `extra`"
+        );
         let tmp = tempfile::Builder::new()
             .prefix("raftblock-it-")
             .tempdir()
             .expect("create a temporary directory");
-        let data_dir = tmp.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let log = tmp.path().join("daemon.log");
         // Cluster nodes serve the Docker plugin; never on the host's real
         // socket unless a test asks for it.
