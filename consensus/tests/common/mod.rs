@@ -64,6 +64,9 @@ pub fn start(id: u64, peers: &HashMap<u64, SocketAddr>, listener: TcpListener) -
     let (transport, events) = Transport::start(id, listener, stop_rx);
     let mut cfg = DriverConfig::new(id);
     cfg.tick = Duration::from_millis(50);
+    // Elections after 2 s: the trap tests slow follower WAL writes down by
+    // 1.5 s, and a driver blocked in its WAL write answers nobody meanwhile.
+    cfg.election_ticks = 40;
     let mut ids: Vec<u64> = peers.keys().copied().collect();
     ids.sort_unstable();
     cfg.bootstrap = Some(ids);
