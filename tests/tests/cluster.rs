@@ -168,7 +168,10 @@ fn killing_a_shard_leader_during_fio_verify_loses_no_write() {
             "--bs=4k",
             "--iodepth=16",
             "--size=64M",
-            "--io_size=48M",
+            "--io_size=64M",
+            // Paced, so fio is still writing when the leader dies however
+            // fast the cluster is (about 8 s of writes).
+            "--rate_iops=2000",
             "--verify=crc32c",
             "--do_verify=1",
             "--randrepeat=1",
