@@ -206,10 +206,16 @@ fn scrub_finds_and_repairs_a_corrupt_block_on_a_follower() {
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not be verified or repaired"), "{err}");
+    // A header, one line per node, and what comparing the replicas found
+    // (their checksum tables agree: the bytes went bad under them).
     assert_eq!(
         text.lines().count(),
-        4,
-        "a header and one line per node: {text}"
+        5,
+        "a header, one line per node, the comparison: {text}"
+    );
+    assert!(
+        text.contains("replicas compared: 1 shard(s), 1 chunk(s); 0 divergent"),
+        "{text}"
     );
 }
 
