@@ -639,21 +639,64 @@ impl Cluster {
         }
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, (to, tx));
+        let to_leader = matches!(
+            op,
+            ShardOp::Propose(_) | ShardOp::Read { .. } | ShardOp::BlockStatus { .. }
+        );
         self.transport.send_request(to, req);
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(resp)) => resp.into_result(group),
-            _ => {
+        let answer = tokio::select! {
+            r = tokio::time::timeout(wait, rx) => r.ok().and_then(Result::ok),
+            // A callee cut off by a partition answers nothing and its TCP
+            // connection does not fail either: once this node sees another
+            // leader of the group, the request goes there instead of
+            // waiting out the timeout (the callee drops it at its deadline,
+            // and a block write applied twice writes the same bytes).
+            leader = self.leader_moved_from(group, to), if to_leader => {
+                tracing::debug!(group, from = to, to = leader, "leader moved; retrying there");
+                None
+            }
+        };
+        match answer {
+            Some(resp) => resp.into_result(group),
+            None => {
                 lock(&self.pending).remove(&id);
                 Err(ReplicaError::Retry(group).into())
             }
         }
     }
 
-    fn guess_leader(&self, group: u64, replicas: &[u64], attempt: usize) -> u64 {
-        if attempt == 0 {
-            if let Some(l) = self.view.leader(group) {
+    /// Resolves once this node knows a leader of `group` other than `from`:
+    /// at once if it learns of a new one, after a second if it knew of it
+    /// all along (the call went elsewhere on a guess). Never, for a group
+    /// this node holds no replica of.
+    async fn leader_moved_from(&self, group: u64, from: u64) -> u64 {
+        let known = self.view.leader(group);
+        let since = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match self.view.leader(group) {
+                Some(l)
+                    if l != from
+                        && (Some(l) != known || since.elapsed() >= Duration::from_secs(1)) =>
+                {
+                    return l
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Where to send an operation on `group` next: the leader this node's
+    /// replica knows of (Raft keeps it current) unless that one just
+    /// failed (`last`), then a hint from an earlier answer, then the
+    /// replicas in turn.
+    fn guess_leader(&self, group: u64, replicas: &[u64], attempt: usize, last: Option<u64>) -> u64 {
+        if let Some(l) = self.view.leader(group) {
+            if Some(l) != last {
                 return l;
             }
+        }
+        if attempt == 0 {
             if let Some(l) = self
                 .hints
                 .read()
@@ -666,7 +709,11 @@ impl Cluster {
         if replicas.is_empty() {
             return self.node;
         }
-        replicas[attempt % replicas.len()]
+        let next = replicas[attempt % replicas.len()];
+        if Some(next) == last && replicas.len() > 1 {
+            return replicas[(attempt + 1) % replicas.len()];
+        }
+        next
     }
 
     /// Runs `op` on the leader of `group` (whose replicas are on
@@ -680,7 +727,7 @@ impl Cluster {
     ) -> Result<Vec<RpcSegment>, RouteError> {
         let deadline = Instant::now() + self.leader_wait;
         let mut attempt = 0usize;
-        let mut target = self.guess_leader(group, replicas, 0);
+        let mut target = self.guess_leader(group, replicas, 0, None);
         let mut hops = 0;
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -722,7 +769,7 @@ impl Cluster {
             backoff = (backoff * 2).min(Duration::from_millis(250));
             hops = 0;
             attempt += 1;
-            target = self.guess_leader(group, replicas, attempt);
+            target = self.guess_leader(group, replicas, attempt, Some(target));
         }
     }
 

@@ -246,8 +246,15 @@ async fn receive_loop(
                 format!("frame of {len} bytes exceeds {MAX_FRAME}"),
             ));
         }
-        let mut buf = BytesMut::zeroed(len);
-        rd.read_exact(&mut buf).await?;
+        // Filled straight from the socket buffer, never zeroed first.
+        let mut buf = BytesMut::with_capacity(len);
+        while buf.len() < len {
+            let want = len - buf.len();
+            let n = (&mut rd).take(want as u64).read_buf(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
         let frame = Frame::decode(buf.freeze())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let from = frame.from;

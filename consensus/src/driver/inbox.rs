@@ -106,7 +106,8 @@ impl Driver {
     }
 
     fn step(&mut self, from: u64, env: Envelope) {
-        let msg = match Message::parse_from_bytes(&env.message) {
+        // From `Bytes`, entry payloads are slices of the frame, not copies.
+        let msg = match Message::parse_from_carllerche_bytes(&env.message) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(from, group = env.group, error = %e, "undecodable raft message");
