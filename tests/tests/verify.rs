@@ -10,28 +10,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raftblock_storage::checksum::block_slot;
-use raftblock_tests::cluster::TestCluster;
+use raftblock_tests::cluster::{chunk_files, TestCluster};
 use raftblock_tests::nbd::RawNbd;
 use raftblock_tests::pattern;
 
 const MIB: u64 = 1 << 20;
 
-/// The one `*.data` chunk file under `dir`.
-fn chunk_file(dir: &Path) -> PathBuf {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "data") {
-                found.push(p);
-            }
-        }
-    }
-    assert_eq!(found.len(), 1, "one chunk written: {found:?}");
-    found.remove(0)
+/// The one `*.data` chunk file of the node's volumes.
+fn chunk_file(data_dir: &Path) -> PathBuf {
+    let data: Vec<PathBuf> = chunk_files(data_dir)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "data"))
+        .collect();
+    assert_eq!(data.len(), 1, "one chunk written: {data:?}");
+    data_dir.join("volumes").join(&data[0])
 }
 
 /// Rewrites block `block` of a chunk and its checksum slot consistently:
