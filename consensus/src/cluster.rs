@@ -665,23 +665,20 @@ impl Cluster {
         }
     }
 
-    /// Resolves once this node knows a leader of `group` other than `from`:
-    /// at once if it learns of a new one, after a second if it knew of it
-    /// all along (the call went elsewhere on a guess). Never, for a group
-    /// this node holds no replica of.
+    /// Resolves once this node learns of a new leader of `group`, neither
+    /// the one it knew when called nor `from` (never, for a group it holds
+    /// no replica of). Woken by the driver's leader changes: no timer per
+    /// request.
     async fn leader_moved_from(&self, group: u64, from: u64) -> u64 {
         let known = self.view.leader(group);
-        let since = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let changed = self.view.leader_change.notified();
+            tokio::pin!(changed);
+            // Registered before looking, so a change in between is not missed.
+            changed.as_mut().enable();
             match self.view.leader(group) {
-                Some(l)
-                    if l != from
-                        && (Some(l) != known || since.elapsed() >= Duration::from_secs(1)) =>
-                {
-                    return l
-                }
-                _ => {}
+                Some(l) if l != from && Some(l) != known => return l,
+                _ => changed.await,
             }
         }
     }

@@ -279,6 +279,8 @@ pub struct ClusterView {
     pub meta: watch::Sender<Arc<MetaState>>,
     /// Known leader node of each group this node has a replica of.
     pub leaders: RwLock<HashMap<u64, u64>>,
+    /// Woken whenever `leaders` changes (requests waiting on an old leader).
+    pub leader_change: tokio::sync::Notify,
 }
 
 impl ClusterView {
@@ -458,6 +460,7 @@ impl Driver {
         let view = Arc::new(ClusterView {
             meta: meta_tx,
             leaders: RwLock::new(HashMap::new()),
+            leader_change: tokio::sync::Notify::new(),
         });
         let next_tick = clock.now() + cfg.tick;
         let mut d = Driver {

@@ -143,6 +143,8 @@ impl Driver {
             for (g, leader) in leader_changes {
                 l.insert(g, leader);
             }
+            drop(l);
+            self.view.leader_change.notify_waiters();
         }
         if meta_changed {
             self.meta_applied(effects);
