@@ -27,8 +27,8 @@ pub mod verify;
 pub use attachment::AttachError;
 pub use cluster::{Cluster, ScrubReport, ShardOp};
 pub use driver::{
-    Clock, ClusterView, Driver, DriverConfig, DriverHandle, DriverMsg, GroupStatus, ManualClock,
-    RaftNetwork, ReplicaError, SystemClock,
+    Clock, ClusterView, Driver, DriverConfig, DriverHandle, DriverMsg, GroupStatus, LogWriterMode,
+    ManualClock, RaftNetwork, ReplicaError, SystemClock,
 };
 pub use layout::{ShardId, ShardLayout};
 pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, VolumeRecord, META_GROUP};

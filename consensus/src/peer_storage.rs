@@ -2,15 +2,21 @@
 //! entries are the WAL's entries of this group, and the replica's persistent
 //! state (hard state, conf state, where the log was truncated, how far it was
 //! applied) is the group's state blob, encoded with prost. Writes are staged
-//! into a [`WalBatch`] that the driver writes for many groups at once.
+//! into a [`WalBatch`] that the log writer writes for many groups at once;
+//! until it has, the staged entries are read from memory (`unpersisted`).
+
+mod unpersisted;
 
 use bytes::Bytes;
 use prost::Message as _;
+use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::sync::Arc;
 
 use raftblock_storage::{Wal, WalBatch, WalError};
+
+use unpersisted::Unpersisted;
 
 /// The persistent part of a replica, as stored in the WAL state blob.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -103,6 +109,8 @@ pub struct PeerStorage {
     /// The latest snapshot this replica installed or built (metadata only;
     /// the data is streamed separately).
     snapshot: Option<Snapshot>,
+    /// Entries staged but not yet written to the WAL.
+    unpersisted: Option<Unpersisted>,
 }
 
 fn other(e: impl std::fmt::Display) -> raft::Error {
@@ -122,6 +130,7 @@ impl PeerStorage {
             wal,
             state,
             snapshot: None,
+            unpersisted: None,
         }))
     }
 
@@ -158,6 +167,7 @@ impl PeerStorage {
             wal,
             state,
             snapshot: None,
+            unpersisted: None,
         };
         s.stage_state(batch);
         s
@@ -195,12 +205,21 @@ impl PeerStorage {
         batch.set_state(self.group, self.state.encode_to_vec().into());
     }
 
-    /// Stages new entries (replacing any conflicting tail).
-    pub fn stage_entries(&mut self, entries: &[Entry], batch: &mut WalBatch) {
+    /// Stages new entries from Ready number `ready` (replacing any
+    /// conflicting tail); Raft reads them back at once, the WAL has them
+    /// once [`PeerStorage::persisted`] is called for that Ready.
+    pub fn stage_entries(&mut self, ready: u64, entries: &[Entry], batch: &mut WalBatch) {
         batch.append(
             self.group,
             entries.iter().map(|e| (e.index, e.term, encode_entry(e))),
         );
+        Unpersisted::stage(&mut self.unpersisted, ready, entries);
+    }
+
+    /// Readies up to number `ready` are written: their entries are read
+    /// from the WAL now.
+    pub fn persisted(&mut self, ready: u64) {
+        Unpersisted::persisted(&mut self.unpersisted, ready);
     }
 
     /// Stages a new hard state.
@@ -270,8 +289,9 @@ impl PeerStorage {
     /// Stages installing a snapshot received from the leader: the log is
     /// dropped up to its index and the conf state replaced. The caller
     /// installs the data before applying anything after it.
-    pub fn stage_snapshot(&mut self, snap: &Snapshot, batch: &mut WalBatch) {
+    pub fn stage_snapshot(&mut self, ready: u64, snap: &Snapshot, batch: &mut WalBatch) {
         let meta = snap.get_metadata();
+        Unpersisted::reset(&mut self.unpersisted, ready, meta.index);
         self.state.truncated_index = meta.index;
         self.state.truncated_term = meta.term;
         self.state.commit = self.state.commit.max(meta.index);
@@ -296,6 +316,9 @@ impl PeerStorage {
     }
 
     fn wal_last(&self) -> Option<u64> {
+        if let Some(tail) = &self.unpersisted {
+            return Some(tail.last_index());
+        }
         match self.wal.range(self.group) {
             Some((first, end)) if end > first => Some(end - 1),
             _ => None,
@@ -331,17 +354,29 @@ impl raft::Storage for PeerStorage {
             return Ok(Vec::new());
         }
         let max = max_size.into().unwrap_or(u64::MAX);
-        let raw = self
-            .wal
-            .entries(self.group, low, high, max)
-            .map_err(|e| match e {
-                WalError::Missing { .. } => raft::Error::Store(StorageError::Unavailable),
-                e => other(e),
-            })?;
-        raw.into_iter()
-            .enumerate()
-            .map(|(i, (term, data))| decode_entry(low + i as u64, term, data).map_err(other))
-            .collect()
+        let Some(tail) = self.unpersisted.as_ref().filter(|t| high > t.first()) else {
+            return self.wal_entries(low, high, max);
+        };
+        let mut out = if low < tail.first() {
+            self.wal_entries(low, tail.first(), max)?
+        } else {
+            Vec::new()
+        };
+        if out.len() as u64 != tail.first().saturating_sub(low) {
+            return Ok(out); // the size limit was reached in the WAL part
+        }
+        let mut size: u64 = out.iter().map(|e| u64::from(e.compute_size())).sum();
+        for i in low.max(tail.first())..high {
+            let e = tail
+                .get(i)
+                .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -350,6 +385,12 @@ impl raft::Storage for PeerStorage {
         }
         if idx < self.state.truncated_index {
             return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if let Some(tail) = self.unpersisted.as_ref().filter(|t| idx >= t.first()) {
+            return tail
+                .get(idx)
+                .map(|e| e.term)
+                .ok_or(raft::Error::Store(StorageError::Unavailable));
         }
         self.wal
             .term(self.group, idx)
@@ -376,6 +417,24 @@ impl raft::Storage for PeerStorage {
                 StorageError::SnapshotTemporarilyUnavailable,
             )),
         }
+    }
+}
+
+impl PeerStorage {
+    /// Entries `[low, high)` as the WAL holds them, at most `max` bytes
+    /// (at least one entry).
+    fn wal_entries(&self, low: u64, high: u64, max: u64) -> raft::Result<Vec<Entry>> {
+        let raw = self
+            .wal
+            .entries(self.group, low, high, max)
+            .map_err(|e| match e {
+                WalError::Missing { .. } => raft::Error::Store(StorageError::Unavailable),
+                e => other(e),
+            })?;
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (term, data))| decode_entry(low + i as u64, term, data).map_err(other))
+            .collect()
     }
 }
 

@@ -97,6 +97,10 @@ impl Driver {
                     }
                 }
             }
+            DriverMsg::Persisted => {
+                let done = self.writer.done();
+                self.on_persisted(done);
+            }
             DriverMsg::Status(tx) => {
                 let _ = tx.send(self.status());
             }
@@ -199,10 +203,10 @@ impl Driver {
         let Some((from, msg)) = self.frozen.remove(&group) else {
             return;
         };
-        let Some(r) = self.replicas.get_mut(&group) else {
+        if !self.replicas.contains_key(&group) {
             self.fetching.remove(&group);
             return;
-        };
+        }
         if !ok {
             // Chunks it kept changed under the copy: compare and copy again.
             let f = SnapshotFetch { group, from, msg };
@@ -212,6 +216,13 @@ impl Driver {
             return;
         }
         self.fetching.remove(&group);
+        // Nothing of the group is left in flight to the log when Raft
+        // takes the snapshot (TiKV waits the same way): the log the
+        // snapshot replaces is on disk, and its removal comes after it.
+        self.persist_all();
+        let Some(r) = self.replicas.get_mut(&group) else {
+            return;
+        };
         let index = msg.get_snapshot().get_metadata().index;
         if let Err(e) = r.node.step(msg) {
             tracing::warn!(group, error = %e, "stepping a staged snapshot");

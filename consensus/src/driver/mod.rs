@@ -4,9 +4,10 @@
 //! (peer messages, proposals, read requests, apply progress), ticks when a
 //! tick is due, then collects the Ready of every group that has one: leader
 //! messages go out at once, committed entries go to the apply tasks, and all
-//! groups' new entries and hard states are written to the node's WAL as one
-//! record with one fdatasync (group commit). Only then are follower messages
-//! (votes and append acks, which promise persistence) sent.
+//! groups' new entries and hard states go to the log writer as one task; the
+//! driver goes on while the writer group-commits the tasks of several rounds
+//! with one fdatasync and only then sends the follower messages (votes and
+//! append acks, which promise persistence).
 //!
 //! The meta group is applied here, on the driver thread (its commands are
 //! small and create or drop the shard replicas); shard groups are applied by
@@ -16,8 +17,8 @@
 //! start (`spawn`) and its loop (`run`); the rest is cut by concept:
 //! `replica` (one group's replica and its lifecycle), `inbox` (what arrives
 //! on the driver's channel: peer messages, proposals, membership changes),
-//! `reads` (linearizable reads), `ready` (a round's Ready handling and its
-//! WAL write), `meta_apply` (the meta group applied inline), `compaction`
+//! `reads` (linearizable reads), `ready` (a round's Ready handling),
+//! `log_writer` (the WAL writes, off this thread), `meta_apply` (the meta group applied inline), `compaction`
 //! (log compaction and WAL purging) and `config` (Raft configuration and
 //! constants).
 
@@ -25,6 +26,7 @@ mod compaction;
 mod config;
 mod inbox;
 mod leadership;
+mod log_writer;
 mod meta_apply;
 mod ports;
 mod reads;
@@ -50,6 +52,7 @@ use crate::meta::{MetaError, MetaState};
 use crate::snapshot::SnapshotFetch;
 use crate::transport::{Envelope, Transport};
 
+pub use log_writer::LogWriterMode;
 pub use ports::{Clock, ManualClock, RaftNetwork, SystemClock};
 use replica::Replica;
 
@@ -176,6 +179,8 @@ pub enum DriverMsg {
         /// The new leader.
         to: u64,
     },
+    /// The log writer finished more tasks.
+    Persisted,
     /// The state of every replica.
     Status(oneshot::Sender<Vec<GroupStatus>>),
     /// Stop the driver.
@@ -330,6 +335,9 @@ pub struct DriverConfig {
     /// answering before leadership goes back to it: a node that just
     /// restarted is let settle, and a flapping one never gets it.
     pub handback_quiet: Duration,
+    /// Where the log is written: a thread of its own, or (simulation) the
+    /// driver's thread when told to.
+    pub log_writer: LogWriterMode,
 }
 
 impl DriverConfig {
@@ -349,6 +357,7 @@ impl DriverConfig {
             log_keep_node_bytes: 1 << 30,
             fixed_election_timeout: false,
             handback_quiet: Duration::from_secs(20),
+            log_writer: LogWriterMode::Thread,
         }
     }
 
@@ -395,6 +404,13 @@ pub struct Driver {
     ticks: u64,
     /// When the next tick is due.
     next_tick: Instant,
+    /// Writes the log (`log_writer`).
+    writer: log_writer::LogWriter,
+    /// The number the next write task gets.
+    next_task: u64,
+    /// Tasks handed to the writer and not yet reported written, with the
+    /// Readies `(group, number)` each persists.
+    in_flight: std::collections::VecDeque<(u64, Vec<(u64, u64)>)>,
 }
 
 fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -451,6 +467,8 @@ impl Driver {
         snapshots: mpsc::UnboundedSender<SnapshotFetch>,
     ) -> Result<(Driver, DriverHandle, Arc<ClusterView>), String> {
         let (tx, rx) = std::sync::mpsc::channel();
+        let writer =
+            log_writer::LogWriter::start(cfg.log_writer, wal.clone(), network.clone(), tx.clone())?;
         let handle = DriverHandle {
             tx,
             cuts: Arc::default(),
@@ -487,6 +505,9 @@ impl Driver {
             retained_bytes: 0,
             ticks: 0,
             next_tick,
+            writer,
+            next_task: 1,
+            in_flight: std::collections::VecDeque::new(),
         };
         for (id, addr) in peers {
             d.add_peer(*id, *addr);
@@ -514,6 +535,19 @@ impl Driver {
         self.send_reads();
         self.round();
         true
+    }
+
+    /// Writes up to `max` rounds' log that a `Deferred` writer holds, as
+    /// the writer thread would; returns how many round tasks were written.
+    pub fn persist_pending(&mut self, max: usize) -> usize {
+        let before = self.in_flight.len();
+        if let Some(last) = self
+            .writer
+            .persist_queued(max, &self.wal, self.network.as_ref())
+        {
+            self.on_persisted(last);
+        }
+        before - self.in_flight.len()
     }
 
     fn tick_if_due(&mut self) {
@@ -570,6 +604,8 @@ impl Driver {
             r.fail_all(*g, ReplicaError::Stopped);
         }
         self.flush_carry();
+        self.persist_all();
+        self.writer.stop();
         self.replicas.clear();
         tracing::info!("raft driver stopped");
     }

@@ -2,8 +2,9 @@
 //! collected, its leader messages sent at once, its committed entries
 //! dispatched (shard entries to their apply tasks, meta entries applied
 //! inline, membership changes applied), its snapshot installed and its
-//! entries and hard state staged; all of it goes to the WAL as one record
-//! before the messages that promise persistence are sent.
+//! entries and hard state staged; all of it goes to the log writer as one
+//! task, which sends the messages that promise persistence once it is
+//! durable (`log_writer`).
 
 use protobuf::Message as _;
 use raft::prelude::{
@@ -20,18 +21,25 @@ use crate::transport::Envelope;
 
 use super::RaftNetwork;
 
+use super::log_writer::WriteTask;
 use super::meta_apply::{apply_meta_entries, install_meta_snapshot};
 use super::replica::Replica;
-use super::{fatal, lock_write, Driver, ReplicaError};
+use super::{lock_write, Driver, ReplicaError};
 
 impl Driver {
-    /// One round of Ready handling for every group, with one WAL write.
+    /// One round of Ready handling for every group. What the round must
+    /// persist goes to the log writer as one task; the driver does not wait
+    /// for it (raft-rs `advance_append_async`), the writer's report does
+    /// the rest (`on_persisted`).
     pub(super) fn round(&mut self) {
         let lease = self.cfg.lease();
-        let me = self.cfg.node;
-        let mut batch = std::mem::take(&mut self.carry);
-        let mut sync = std::mem::take(&mut self.carry_sync);
-        let mut readies = Vec::new();
+        let mut task = WriteTask {
+            seq: self.next_task,
+            batch: std::mem::take(&mut self.carry),
+            sync: std::mem::take(&mut self.carry_sync),
+            messages: Vec::new(),
+        };
+        let mut persisting = Vec::new();
         let mut effects = Vec::new();
         let mut meta_changed = false;
         let mut snap_sent = Vec::new();
@@ -41,6 +49,7 @@ impl Driver {
                 continue;
             }
             let mut rd = r.node.ready();
+            let number = rd.number();
             if let Some(ss) = rd.ss() {
                 leader_changes.push((g, ss.leader_id));
                 if ss.raft_state != StateRole::Leader {
@@ -68,8 +77,9 @@ impl Driver {
                 install_snapshot(
                     g,
                     r,
+                    number,
                     &snap,
-                    &mut batch,
+                    &mut task.batch,
                     &mut self.meta,
                     &mut effects,
                     &mut meta_changed,
@@ -80,58 +90,57 @@ impl Driver {
                 g,
                 r,
                 committed,
-                &mut batch,
+                &mut task.batch,
                 &mut self.meta,
                 &mut effects,
                 &mut meta_changed,
             );
             if !rd.entries().is_empty() {
-                r.node.mut_store().stage_entries(rd.entries(), &mut batch);
+                r.node
+                    .mut_store()
+                    .stage_entries(number, rd.entries(), &mut task.batch);
             }
             if let Some(hs) = rd.hs() {
-                r.node.mut_store().stage_hard_state(hs, &mut batch);
+                r.node.mut_store().stage_hard_state(hs, &mut task.batch);
             }
             r.on_read_states(rd.take_read_states(), lease);
             r.complete_reads();
-            sync |= rd.must_sync();
-            readies.push((g, rd));
-        }
-        if !batch.is_empty() {
-            if let Err(e) = self.wal.write(batch, sync) {
-                fatal(&format!("writing the raft log failed: {e}"));
+            let writes = !rd.entries().is_empty() || rd.hs().is_some() || !rd.snapshot().is_empty();
+            let persisted_msgs = rd.take_persisted_messages();
+            if writes || r.unpersisted.is_some() {
+                // Its messages promise what this task (or an earlier one
+                // of the group) writes: they leave after the write.
+                task.sync |= rd.must_sync();
+                encode_messages(g, persisted_msgs, &mut task.messages);
+                persisting.push((g, number));
+                r.unpersisted = Some(number);
+                r.node.advance_append_async(rd);
+            } else {
+                send_messages(self.network.as_ref(), g, persisted_msgs, &mut snap_sent);
+                let mut light = r.node.advance_append(rd);
+                send_messages(
+                    self.network.as_ref(),
+                    g,
+                    light.take_messages(),
+                    &mut snap_sent,
+                );
+                let committed = light.take_committed_entries();
+                dispatch(
+                    g,
+                    r,
+                    committed,
+                    &mut self.carry,
+                    &mut self.meta,
+                    &mut effects,
+                    &mut meta_changed,
+                );
             }
-        }
-        for (g, rd) in readies {
-            let Some(r) = self.replicas.get_mut(&g) else {
-                continue;
-            };
-            send_messages(
-                self.network.as_ref(),
-                g,
-                rd.persisted_messages().to_vec(),
-                &mut snap_sent,
-            );
-            let mut light = r.node.advance_append(rd);
-            if let Some(c) = light.commit_index() {
-                r.node.mut_store().stage_commit(c, &mut self.carry);
-            }
-            send_messages(
-                self.network.as_ref(),
-                g,
-                light.take_messages(),
-                &mut snap_sent,
-            );
-            let committed = light.take_committed_entries();
-            dispatch(
-                g,
-                r,
-                committed,
-                &mut self.carry,
-                &mut self.meta,
-                &mut effects,
-                &mut meta_changed,
-            );
             r.advance_raft_applied();
+        }
+        if !task.batch.is_empty() || !task.messages.is_empty() || !persisting.is_empty() {
+            self.next_task += 1;
+            self.in_flight.push_back((task.seq, persisting));
+            self.writer.submit(task);
         }
         for (g, to) in snap_sent {
             if let Some(r) = self.replicas.get_mut(&g) {
@@ -149,18 +158,65 @@ impl Driver {
         if meta_changed {
             self.meta_applied(effects);
         }
-        let _ = me;
     }
 
-    /// Writes what was staged outside a round to the WAL now.
+    /// Tasks up to `upto` are written: their Readies are persisted, and the
+    /// next round picks up what that commits.
+    pub(super) fn on_persisted(&mut self, upto: u64) {
+        while self.in_flight.front().is_some_and(|(seq, _)| *seq <= upto) {
+            let Some((_, readies)) = self.in_flight.pop_front() else {
+                break;
+            };
+            for (g, number) in readies {
+                let Some(r) = self.replicas.get_mut(&g) else {
+                    continue;
+                };
+                r.node.on_persist_ready(number);
+                r.node.mut_store().persisted(number);
+                if r.unpersisted.is_some_and(|n| n <= number) {
+                    r.unpersisted = None;
+                }
+                r.advance_raft_applied();
+            }
+        }
+    }
+
+    /// Hands what was staged outside a round to the log writer now.
     pub(super) fn flush_carry(&mut self) {
         if self.carry.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.carry);
-        let sync = std::mem::take(&mut self.carry_sync);
-        if let Err(e) = self.wal.write(batch, sync) {
-            fatal(&format!("writing the raft log failed: {e}"));
+        let task = WriteTask {
+            seq: self.next_task,
+            batch: std::mem::take(&mut self.carry),
+            sync: std::mem::take(&mut self.carry_sync),
+            messages: Vec::new(),
+        };
+        self.next_task += 1;
+        self.in_flight.push_back((task.seq, Vec::new()));
+        self.writer.submit(task);
+    }
+
+    /// Waits until everything handed to the log writer is written.
+    pub(super) fn persist_all(&mut self) {
+        let last = self.next_task - 1;
+        self.writer
+            .wait_idle(last, &self.wal, self.network.as_ref());
+        self.on_persisted(last);
+    }
+}
+
+fn encode_messages(group: u64, msgs: Vec<Message>, out: &mut Vec<(u64, Envelope)>) {
+    for m in msgs {
+        match m.write_to_bytes() {
+            Ok(b) => out.push((
+                m.to,
+                Envelope {
+                    group,
+                    message: b.into(),
+                },
+            )),
+            Err(e) => tracing::error!(group, to = m.to, error = %e, "encoding a raft message"),
         }
     }
 }
@@ -271,9 +327,11 @@ fn apply_conf_change(group: u64, r: &mut Replica, e: &Entry, batch: &mut WalBatc
 
 /// Installs a snapshot from the leader. For the meta group it carries the
 /// whole metadata; the difference to what this node had becomes effects.
+#[allow(clippy::too_many_arguments)]
 fn install_snapshot(
     group: u64,
     r: &mut Replica,
+    ready: u64,
     snap: &Snapshot,
     batch: &mut WalBatch,
     meta: &mut MetaState,
@@ -293,7 +351,7 @@ fn install_snapshot(
             let _ = tx.send(ApplyMsg::Snapshot(index, fence));
         }
     }
-    r.node.mut_store().stage_snapshot(snap, batch);
+    r.node.mut_store().stage_snapshot(ready, snap, batch);
     r.applied = index;
     r.durable = index;
 }

@@ -48,6 +48,8 @@ pub(super) struct Replica {
     pub(super) log_marks: VecDeque<(Instant, u64)>,
     /// The shard's fences as its apply task reported them (for snapshots).
     pub(super) fences: crate::fence::FenceHistory,
+    /// The newest Ready handed to the log writer and not yet persisted.
+    pub(super) unpersisted: Option<u64>,
 }
 
 impl Replica {
@@ -157,6 +159,7 @@ impl Driver {
                 handback_since: None,
                 log_marks: VecDeque::new(),
                 fences: Default::default(),
+                unpersisted: None,
             },
         );
         Ok(())

@@ -61,11 +61,12 @@ fn round(replicas: &mut [Replica]) -> Vec<Message> {
             continue;
         }
         let mut rd = r.node.ready();
+        let number = rd.number();
         out.extend(rd.take_messages());
         let mut batch = WalBatch::new();
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            r.node.mut_store().stage_snapshot(&snap, &mut batch);
+            r.node.mut_store().stage_snapshot(number, &snap, &mut batch);
         }
         for e in rd.take_committed_entries() {
             if !e.data.is_empty() {
@@ -73,12 +74,15 @@ fn round(replicas: &mut [Replica]) -> Vec<Message> {
             }
         }
         let entries = rd.take_entries();
-        r.node.mut_store().stage_entries(&entries, &mut batch);
+        r.node
+            .mut_store()
+            .stage_entries(number, &entries, &mut batch);
         if let Some(hs) = rd.hs() {
             let hs = hs.clone();
             r.node.mut_store().stage_hard_state(&hs, &mut batch);
         }
         r.wal.write(batch, true).expect("wal write");
+        r.node.mut_store().persisted(number);
         out.extend(rd.take_persisted_messages());
         let mut light = r.node.advance(rd);
         if let Some(c) = light.commit_index() {
@@ -200,7 +204,7 @@ fn compaction_keeps_the_truncated_term_and_refuses_older_entries() {
             ..Entry::default()
         })
         .collect();
-    st.stage_entries(&entries, &mut batch);
+    st.stage_entries(0, &entries, &mut batch);
     wal.write(batch, true).expect("write");
     let mut batch = WalBatch::new();
     assert!(st.stage_compact(6, &mut batch).is_err(), "not applied yet");

@@ -166,15 +166,17 @@ impl SimNode {
         }
     }
 
-    /// One turn: apply tasks run, the driver takes a turn, snapshot copies
+    /// One turn: apply tasks run, the driver takes a turn and writes up to
+    /// `persist` rounds' log, snapshot copies
     /// asked for are made from `sources` (the other nodes' volumes).
-    pub fn turn(&mut self, sources: &HashMap<u64, Arc<LocalVolume>>) {
+    pub fn turn(&mut self, sources: &HashMap<u64, Arc<LocalVolume>>, persist: usize) {
         let Some(r) = self.running.as_mut() else {
             return;
         };
         Self::settle(r);
         let _guard = r.rt.enter();
         r.driver.turn();
+        r.driver.persist_pending(persist);
         drop(_guard);
         while let Ok(f) = r.snaps.try_recv() {
             COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

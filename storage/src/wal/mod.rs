@@ -167,6 +167,22 @@ impl WalBatch {
         }
     }
 
+    /// Appends everything `other` holds after this batch's own writes, as
+    /// if it had been staged here (the log writer merges several rounds
+    /// into one record).
+    pub fn absorb(&mut self, other: WalBatch) {
+        let WalBatch { record, ops } = other;
+        let shift = self.record.absorb(record);
+        for mut op in ops {
+            if let Op::Entries(_, v) = &mut op {
+                for e in v.iter_mut() {
+                    e.3 += shift;
+                }
+            }
+            self.ops.push(op);
+        }
+    }
+
     /// Sets the group's state (replacing the previous one).
     pub fn set_state(&mut self, group: u64, state: Bytes) {
         self.record.state(group, &state);

@@ -160,6 +160,19 @@ impl RecordBuilder {
         at
     }
 
+    /// Appends `other`'s items after this builder's; returns how far
+    /// `other`'s payload offsets moved.
+    pub fn absorb(&mut self, other: RecordBuilder) -> usize {
+        let shift = self.payload_len();
+        let base = self.buf.len();
+        self.buf.extend_from_slice(&other.buf[HEADER_LEN..]);
+        for (at, data) in other.referenced {
+            self.referenced.push((base + at - HEADER_LEN, data));
+        }
+        self.referenced_len += other.referenced_len;
+        shift
+    }
+
     /// Adds a group state.
     pub fn state(&mut self, group: u64, data: &[u8]) {
         self.buf.push(KIND_STATE);

@@ -482,3 +482,34 @@ fn a_filesystem_without_o_direct_gets_buffered_writes() -> Result<(), WalError> 
     assert_eq!(datas(&wal, 1, 29, 31).len(), 2);
     Ok(())
 }
+
+#[test]
+fn merged_batches_write_as_one_record_and_replay_alike() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = |c: u8| Bytes::from(vec![c; 20 << 10]); // referenced, not copied
+    {
+        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let mut first = WalBatch::new();
+        first.append(1, [(1, 1, b("a")), (2, 1, big(b'x'))]);
+        first.set_state(1, b("s1"));
+        let mut second = WalBatch::new();
+        second.append(1, [(2, 2, b("b")), (3, 2, big(b'y'))]);
+        second.append(2, [(1, 1, big(b'z'))]);
+        second.compact(1, 2);
+        first.absorb(second);
+        wal.write(first, true)?;
+        assert_eq!(wal.recovery().records, 0);
+        assert_eq!(wal.range(1), Some((2, 4)));
+        assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y'));
+        assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z'));
+    }
+    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    assert_eq!(wal.recovery().records, 1, "one record");
+    assert_eq!(wal.range(1), Some((2, 4)));
+    assert_eq!(wal.term(1, 2), Some(2));
+    assert_eq!(datas(&wal, 1, 2, 3), ["b"]);
+    assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y'));
+    assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z'));
+    assert_eq!(wal.state(1), Some(b("s1")));
+    Ok(())
+}
