@@ -105,12 +105,16 @@ impl WalError {
 pub struct WalOptions {
     /// Rotate to a new segment once the active one is larger than this.
     pub segment_size: u64,
+    /// Allocate a new segment's whole size when it is created (appends
+    /// then change no file metadata); off, the file grows with the log.
+    pub preallocate: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_size: 64 << 20,
+            preallocate: true,
         }
     }
 }
@@ -373,7 +377,14 @@ impl Wal {
             Some(last) if !sealed => last,
             _ => {
                 let seq = seqs.last().map_or(1, |s| s + 1);
-                segments.insert(seq, Arc::new(create_segment(dir, seq)?));
+                segments.insert(
+                    seq,
+                    Arc::new(create_segment(
+                        dir,
+                        seq,
+                        opts.preallocate.then_some(opts.segment_size),
+                    )?),
+                );
                 (seq, SEGMENT_HEADER_LEN)
             }
         };
@@ -489,7 +500,11 @@ impl Wal {
         let seq = old + 1;
         let file = match inner.spares.pop() {
             Some(spare) => reuse_segment(&self.dir, &spare, seq)?,
-            None => create_segment(&self.dir, seq)?,
+            None => create_segment(
+                &self.dir,
+                seq,
+                self.opts.preallocate.then_some(self.opts.segment_size),
+            )?,
         };
         let mut rec = RecordBuilder::new();
         // Small logs in older segments (an idle group's last few entries,

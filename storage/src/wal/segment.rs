@@ -84,7 +84,7 @@ fn segment_header(seq: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
 }
 
 /// Creates segment `seq` with its header, synced, and syncs the directory.
-pub fn create_segment(dir: &Path, seq: u64) -> Result<File, WalError> {
+pub fn create_segment(dir: &Path, seq: u64, preallocate: Option<u64>) -> Result<File, WalError> {
     let path = segment_path(dir, seq);
     let mut f = OpenOptions::new()
         .read(true)
@@ -93,7 +93,18 @@ pub fn create_segment(dir: &Path, seq: u64) -> Result<File, WalError> {
         .open(&path)
         .map_err(|e| WalError::io(&path, "create", e))?;
     f.write_all(&segment_header(seq))
-        .and_then(|_| f.sync_all())
+        .map_err(|e| WalError::io(&path, "write header", e))?;
+    // The whole segment is allocated now (reading as zeros, which recovery
+    // takes for the end of the log): appends then neither allocate blocks
+    // nor change the file size, so their fdatasync has no size to write
+    // and nothing is cut back after each write. Where the filesystem
+    // cannot, the file grows with the log instead.
+    if let Some(size) = preallocate {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on an open descriptor we own.
+        let _ = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+    }
+    f.sync_all()
         .map_err(|e| WalError::io(&path, "write header", e))?;
     sync_dir(dir)?;
     Ok(f)

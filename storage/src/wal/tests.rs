@@ -9,7 +9,18 @@ fn b(s: &str) -> Bytes {
 }
 
 fn small() -> WalOptions {
-    WalOptions { segment_size: 4096 }
+    WalOptions {
+        segment_size: 4096,
+        preallocate: false,
+    }
+}
+
+/// Files that end where the log does, so tests can cut them there.
+fn grown() -> WalOptions {
+    WalOptions {
+        preallocate: false,
+        ..WalOptions::default()
+    }
 }
 
 fn datas(wal: &Wal, g: u64, low: u64, high: u64) -> Vec<String> {
@@ -24,7 +35,7 @@ fn datas(wal: &Wal, g: u64, low: u64, high: u64) -> Vec<String> {
 fn entries_and_states_survive_reopen() -> Result<(), WalError> {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let wal = Wal::open(dir.path(), grown())?;
         let mut batch = WalBatch::new();
         batch.append(1, [(1, 1, b("a")), (2, 1, b("b")), (3, 2, b("c"))]);
         batch.append(2, [(5, 3, b("x"))]);
@@ -35,7 +46,7 @@ fn entries_and_states_survive_reopen() -> Result<(), WalError> {
         wal.write(batch, true)?;
         assert_eq!(datas(&wal, 1, 1, 4), ["a", "b", "c"]);
     }
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(wal.groups(), vec![1, 2]);
     assert_eq!(wal.range(1), Some((1, 4)));
     assert_eq!(wal.range(2), Some((5, 6)));
@@ -53,7 +64,7 @@ fn entries_and_states_survive_reopen() -> Result<(), WalError> {
 fn a_new_leader_replaces_the_tail_and_compaction_drops_the_head() -> Result<(), WalError> {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let wal = Wal::open(dir.path(), grown())?;
         let mut batch = WalBatch::new();
         batch.append(7, (1..=5).map(|i| (i, 1, b(&format!("t1-{i}")))));
         wal.write(batch, true)?;
@@ -73,7 +84,7 @@ fn a_new_leader_replaces_the_tail_and_compaction_drops_the_head() -> Result<(), 
         batch.append(7, [(5, 2, b("t2-5"))]);
         wal.write(batch, true)?;
     }
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(datas(&wal, 7, 3, 6), ["t1-3", "t2-4", "t2-5"]);
     Ok(())
 }
@@ -81,7 +92,7 @@ fn a_new_leader_replaces_the_tail_and_compaction_drops_the_head() -> Result<(), 
 #[test]
 fn compaction_past_the_end_moves_the_first_index() -> Result<(), WalError> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     let mut batch = WalBatch::new();
     batch.append(1, [(1, 1, b("a"))]);
     batch.compact(1, 10);
@@ -91,7 +102,7 @@ fn compaction_past_the_end_moves_the_first_index() -> Result<(), WalError> {
     batch.append(1, [(10, 3, b("j"))]);
     wal.write(batch, true)?;
     drop(wal);
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(wal.range(1), Some((10, 11)));
     assert_eq!(datas(&wal, 1, 10, 11), ["j"]);
     Ok(())
@@ -164,7 +175,7 @@ fn a_lagging_group_pins_its_segments() -> Result<(), WalError> {
 
 /// Writes three records to a fresh log and returns the segment path.
 fn three_records(dir: &Path) -> Result<PathBuf, WalError> {
-    let wal = Wal::open(dir, WalOptions::default())?;
+    let wal = Wal::open(dir, grown())?;
     for i in 1..=3u64 {
         let mut batch = WalBatch::new();
         batch.append(1, [(i, 1, Bytes::from(vec![i as u8; 300]))]);
@@ -185,7 +196,7 @@ fn a_torn_tail_is_cut_and_earlier_records_kept() -> Result<(), WalError> {
         .open(&path)
         .and_then(|f| f.set_len(len - 100))
         .expect("truncate");
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(wal.range(1), Some((1, 3)));
     let (torn_path, _) = wal
         .recovery()
@@ -198,7 +209,7 @@ fn a_torn_tail_is_cut_and_earlier_records_kept() -> Result<(), WalError> {
     batch.append(1, [(3, 2, b("rewritten"))]);
     wal.write(batch, true)?;
     drop(wal);
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(datas(&wal, 1, 3, 4), ["rewritten"]);
     assert!(wal.recovery().torn_tail.is_none());
     Ok(())
@@ -215,7 +226,7 @@ fn a_torn_header_is_cut_too() -> Result<(), WalError> {
     // The first bytes of a header that never finished.
     std::io::Write::write_all(&mut f, &record::RECORD_MAGIC.to_le_bytes()[..3]).expect("append");
     drop(f);
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(wal.range(1), Some((1, 4)));
     Ok(())
 }
@@ -236,7 +247,7 @@ fn corruption_in_the_middle_is_refused_with_file_and_offset() -> Result<(), WalE
     byte[0] ^= 0xff;
     f.write_all_at(&byte, at).expect("write");
     drop(f);
-    match Wal::open(dir.path(), WalOptions::default()) {
+    match Wal::open(dir.path(), grown()) {
         Err(WalError::Corrupt {
             path: p, offset, ..
         }) => {
@@ -265,7 +276,7 @@ fn corruption_in_the_middle_is_refused_with_file_and_offset() -> Result<(), WalE
 fn an_injected_write_error_keeps_the_log_consistent() -> Result<(), WalError> {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     let mut batch = WalBatch::new();
     batch.append(1, [(1, 1, b("one"))]);
     wal.write(batch, true)?;
@@ -284,7 +295,7 @@ fn an_injected_write_error_keeps_the_log_consistent() -> Result<(), WalError> {
     batch.append(1, [(2, 1, b("two again"))]);
     wal.write(batch, true)?;
     drop(wal);
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(datas(&wal, 1, 1, 3), ["one", "two again"]);
     scenario.teardown();
     Ok(())
@@ -298,13 +309,13 @@ fn a_segment_cut_while_being_created_is_dropped_and_the_previous_one_goes_on(
     let seq = segment::list_segments(dir.path())?[0];
     // A crash right after creating the next segment, before its header.
     std::fs::write(segment_path(dir.path(), seq + 1), b"RBW").expect("write stub");
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(segment::list_segments(dir.path())?, vec![seq]);
     let mut batch = WalBatch::new();
     batch.append(1, [(4, 1, b("four"))]);
     wal.write(batch, true)?;
     drop(wal);
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(datas(&wal, 1, 4, 5), ["four"]);
     assert!(std::fs::metadata(&path).expect("stat").len() > 0);
     Ok(())
@@ -316,7 +327,7 @@ fn a_default_batch_is_a_valid_record() -> Result<(), WalError> {
     // batches made with `mem::take` were written unreadable.
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let wal = Wal::open(dir.path(), grown())?;
         let mut first = WalBatch::default();
         first.set_state(1, b("s"));
         wal.write(first, true)?;
@@ -324,7 +335,7 @@ fn a_default_batch_is_a_valid_record() -> Result<(), WalError> {
         batch.append(1, [(1, 1, b("a")), (2, 1, b("b"))]);
         wal.write(batch, true)?;
     }
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert!(wal.recovery().torn_tail.is_none());
     assert_eq!(datas(&wal, 1, 1, 3), ["a", "b"]);
     Ok(())
@@ -408,13 +419,13 @@ fn a_sealed_last_segment_takes_no_more_records() -> Result<(), WalError> {
     f.write_all_at(&seal.finish(1).to_vec(), len).expect("seal");
     drop(f);
     {
-        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let wal = Wal::open(dir.path(), grown())?;
         let mut batch = WalBatch::new();
         batch.append(1, [(4, 1, b("after the seal"))]);
         wal.write(batch, true)?;
     }
     assert_eq!(segment::list_segments(dir.path())?.len(), 2);
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(datas(&wal, 1, 4, 5), ["after the seal"]);
     Ok(())
 }
@@ -449,14 +460,14 @@ fn many_small_records_share_blocks_and_survive_reopen() -> Result<(), WalError> 
     // block holding the log's end.
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let wal = Wal::open(dir.path(), grown())?;
         for i in 1..=300u64 {
             let mut batch = WalBatch::new();
             batch.append(1, [(i, 1, b(&format!("r{i}")))]);
             wal.write(batch, i % 7 == 0)?;
         }
     }
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert!(wal.recovery().torn_tail.is_none());
     let got = datas(&wal, 1, 1, 301);
     assert_eq!(got.len(), 300);
@@ -488,7 +499,7 @@ fn merged_batches_write_as_one_record_and_replay_alike() -> Result<(), WalError>
     let dir = tempfile::tempdir().expect("tempdir");
     let big = |c: u8| Bytes::from(vec![c; 20 << 10]); // referenced, not copied
     {
-        let wal = Wal::open(dir.path(), WalOptions::default())?;
+        let wal = Wal::open(dir.path(), grown())?;
         let mut first = WalBatch::new();
         first.append(1, [(1, 1, b("a")), (2, 1, big(b'x'))]);
         first.set_state(1, b("s1"));
@@ -503,7 +514,7 @@ fn merged_batches_write_as_one_record_and_replay_alike() -> Result<(), WalError>
         assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y'));
         assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z'));
     }
-    let wal = Wal::open(dir.path(), WalOptions::default())?;
+    let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(wal.recovery().records, 1, "one record");
     assert_eq!(wal.range(1), Some((2, 4)));
     assert_eq!(wal.term(1, 2), Some(2));
@@ -511,5 +522,48 @@ fn merged_batches_write_as_one_record_and_replay_alike() -> Result<(), WalError>
     assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y'));
     assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z'));
     assert_eq!(wal.state(1), Some(b("s1")));
+    Ok(())
+}
+
+#[test]
+fn a_preallocated_segment_replays_to_its_last_record_and_a_torn_one_is_cut() -> Result<(), WalError>
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = WalOptions {
+        segment_size: 1 << 20,
+        preallocate: true,
+    };
+    let path = {
+        let wal = Wal::open(dir.path(), opts.clone())?;
+        for i in 1..=3u64 {
+            let mut batch = WalBatch::new();
+            batch.append(1, [(i, 1, Bytes::from(vec![i as u8; 300]))]);
+            wal.write(batch, true)?;
+        }
+        segment_path(dir.path(), segment::list_segments(dir.path())?[0])
+    };
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 1 << 20);
+    {
+        // The zeros after the log are its end, not a torn record.
+        let wal = Wal::open(dir.path(), opts.clone())?;
+        assert_eq!(wal.range(1), Some((1, 4)));
+        assert!(wal.recovery().torn_tail.is_none());
+        let mut batch = WalBatch::new();
+        batch.append(1, [(4, 1, Bytes::from(vec![4u8; 300]))]);
+        wal.write(batch, true)?;
+    }
+    // Zero the end of the last record, as a write cut short by a crash.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let wal = Wal::open(dir.path(), opts.clone())?;
+    drop(wal);
+    let scan = segment::scan_segment(dir.path(), segment::list_segments(dir.path())?[0], true)?;
+    let last = scan.records.last().expect("records").payload_offset;
+    f.write_all_at(&[0u8; 100], last + 250).expect("tear");
+    let wal = Wal::open(dir.path(), opts)?;
+    assert_eq!(wal.range(1), Some((1, 4)), "the torn fourth entry is gone");
+    assert!(wal.recovery().torn_tail.is_some());
     Ok(())
 }
