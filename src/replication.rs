@@ -260,6 +260,7 @@ impl ExportCatalog for ClusterExports {
             "raftblock volume {} ({} bytes, {} replica(s))",
             rec.meta.name, rec.meta.size, rec.replicas
         );
+        self.cluster.serve_here(name);
         Ok(OpenExport {
             volume: Arc::new(ClusterVolume::new(self.cluster.clone(), rec)),
             guard: Box::new(()),

@@ -790,6 +790,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Notes that clients use volume `name` through this node, so its
+    /// shards' leaders move here (in the background; nothing waits on it).
+    /// A volume attached on another node stays served there.
+    pub fn serve_here(self: &Arc<Self>, name: &str) {
+        let meta = self.view().meta();
+        let Some(rec) = meta.volumes.get(name) else {
+            return;
+        };
+        let elsewhere = rec.attachment.as_ref().is_some_and(|a| a.node != self.node);
+        if rec.served_by == Some(self.node) || elsewhere || !rec.is_on(self.node) {
+            return;
+        }
+        let cluster = self.clone();
+        let cmd = MetaCommand::Serve {
+            name: name.to_string(),
+            node: self.node,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = cluster.propose_meta(cmd).await {
+                tracing::debug!(error = %e, "recording the serving node");
+            }
+        });
+    }
+
     /// Waits until this node's metadata includes everything committed
     /// before the call (false if the meta group could not confirm in time).
     pub async fn meta_barrier(&self, within: Duration) -> bool {

@@ -61,6 +61,11 @@ pub struct VolumeRecord {
     /// The node the volume is attached on, if any.
     #[serde(default)]
     pub attachment: Option<Attachment>,
+    /// The node whose clients use the volume (its attachment holder, or
+    /// the node its NBD clients connected to last): its shards' leaders
+    /// move there, so requests are served without a forwarding hop.
+    #[serde(default)]
+    pub served_by: Option<u64>,
 }
 
 /// A volume attached on a node for exclusive use (a lease in the metadata).
@@ -97,6 +102,15 @@ impl VolumeRecord {
     /// Whether `node` holds a replica of any shard.
     pub fn is_on(&self, node: u64) -> bool {
         self.shards.iter().any(|s| s.contains(&node))
+    }
+
+    /// The node that should lead a shard placed on `nodes`: the serving
+    /// node when it holds a replica, else the placement's first.
+    pub fn preferred_leader(&self, nodes: &[u64]) -> u64 {
+        match self.served_by {
+            Some(n) if nodes.contains(&n) => n,
+            _ => nodes.first().copied().unwrap_or(0),
+        }
     }
 }
 
@@ -151,6 +165,14 @@ pub enum MetaCommand {
         node: u64,
         /// Volumes with the epoch the holder attached them at.
         volumes: Vec<(String, u64)>,
+    },
+    /// Clients use volume `name` through `node`: its shards prefer a
+    /// leader there (within `MetaState::serving_cap`).
+    Serve {
+        /// Volume name.
+        name: String,
+        /// The serving node.
+        node: u64,
     },
     /// Ends the attachment with epoch `epoch` (a no-op once it moved on).
     Detach {
@@ -281,6 +303,7 @@ impl MetaState {
                     labels,
                     attach_epoch: 0,
                     attachment: None,
+                    served_by: None,
                 };
                 self.volumes.insert(name, rec.clone());
                 Ok(MetaEffect::VolumeCreated(rec))
@@ -335,6 +358,14 @@ impl MetaState {
                     since_unix,
                     renewed: 0,
                 });
+                self.serve(&name, node);
+                Ok(MetaEffect::None)
+            }
+            MetaCommand::Serve { name, node } => {
+                if !self.volumes.contains_key(&name) {
+                    return Err(MetaError::VolumeNotFound(name));
+                }
+                self.serve(&name, node);
                 Ok(MetaEffect::None)
             }
             MetaCommand::Renew { node, volumes } => {
@@ -360,6 +391,28 @@ impl MetaState {
                 }
                 Ok(MetaEffect::None)
             }
+        }
+    }
+
+    /// How many volumes one node may serve with their leaders local: twice
+    /// its fair share of the volumes, so one node serving everything still
+    /// leaves the other nodes leading some shards (leaders stay spread).
+    pub fn serving_cap(&self) -> usize {
+        let nodes = self.nodes.len().max(1);
+        (2 * self.volumes.len()).div_ceil(nodes).max(1)
+    }
+
+    /// Records that `node` serves `name`, unless it already serves its cap
+    /// of volumes (then the shards keep their placement's leaders).
+    fn serve(&mut self, name: &str, node: u64) {
+        let serving = self
+            .volumes
+            .values()
+            .filter(|v| v.served_by == Some(node) && v.meta.name != name)
+            .count();
+        let cap = self.serving_cap();
+        if let Some(rec) = self.volumes.get_mut(name) {
+            rec.served_by = (serving < cap && rec.is_on(node)).then_some(node);
         }
     }
 
@@ -539,6 +592,38 @@ mod tests {
             takeover,
             since_unix: 0,
         }
+    }
+
+    #[test]
+    fn serving_moves_preferred_leaders_up_to_a_cap() {
+        let mut m = MetaState::default();
+        for (i, n) in (1..=3).enumerate() {
+            m.apply(i as u64 + 1, node(n)).expect("node");
+        }
+        let shards = vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]];
+        for (i, v) in ["a", "b", "c"].iter().enumerate() {
+            m.apply(10 + i as u64, create(v, 3, shards.clone()))
+                .expect("create");
+        }
+        assert_eq!(m.volumes["a"].preferred_leader(&shards[1]), 2);
+        let serve = |name: &str, node: u64| MetaCommand::Serve {
+            name: name.into(),
+            node,
+        };
+        m.apply(20, serve("a", 3)).expect("serve");
+        let a = &m.volumes["a"];
+        assert!(shards.iter().all(|s| a.preferred_leader(s) == 3));
+        // Three volumes on three nodes: a node serves at most two with
+        // local leaders; the third keeps its placement.
+        m.apply(21, serve("b", 3)).expect("serve");
+        m.apply(22, serve("c", 3)).expect("serve");
+        assert_eq!(m.volumes["b"].served_by, Some(3));
+        assert_eq!(m.volumes["c"].served_by, None);
+        assert_eq!(m.volumes["c"].preferred_leader(&shards[0]), 1);
+        // Attaching serves too.
+        m.apply(23, attach("c", 1, 0, false)).expect("attach");
+        assert_eq!(m.volumes["c"].served_by, Some(1));
+        assert!(m.apply(24, serve("nope", 1)).is_err());
     }
 
     #[test]

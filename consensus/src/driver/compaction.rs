@@ -37,7 +37,9 @@ impl Driver {
         let Some(r) = self.replicas.get_mut(&group) else {
             return;
         };
-        let to = compact_to(r, &keep, &self.wal, group, self.clock.now());
+        let now = self.clock.now();
+        let up = |node| self.liveness.is_up(node, now);
+        let to = compact_to(r, &keep, &self.wal, group, now, &up);
         let store = r.node.store();
         let first = store.first_index().unwrap_or(1);
         // Everything in the log is applied and durable: the group is idle,
@@ -123,7 +125,14 @@ struct Retention {
 /// nor past what a follower that is up still needs (on the leader), nor
 /// past entries younger than the retention age, unless the age-kept part
 /// is over its byte budget.
-fn compact_to(r: &Replica, keep: &Retention, wal: &Wal, group: u64, now: Instant) -> u64 {
+fn compact_to(
+    r: &Replica,
+    keep: &Retention,
+    wal: &Wal,
+    group: u64,
+    now: Instant,
+    up: &dyn Fn(u64) -> bool,
+) -> u64 {
     let mut to = r.durable;
     if r.node.raft.state == StateRole::Leader {
         let live_need = r
@@ -131,7 +140,7 @@ fn compact_to(r: &Replica, keep: &Retention, wal: &Wal, group: u64, now: Instant
             .raft
             .prs()
             .iter()
-            .filter(|(_, p)| p.recent_active)
+            .filter(|(id, _)| up(**id))
             .map(|(_, p)| p.matched)
             .min()
             .unwrap_or(0);

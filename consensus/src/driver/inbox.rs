@@ -20,6 +20,7 @@ impl Driver {
     pub(super) fn handle_msg(&mut self, m: DriverMsg) -> bool {
         match m {
             DriverMsg::Raft { from, envelopes } => {
+                self.liveness.heard_from(from, self.clock.now());
                 for env in envelopes {
                     self.step(from, env);
                 }
@@ -59,12 +60,14 @@ impl Driver {
                     // Applied entries leave the WAL's memory; a leader keeps
                     // what a live follower has yet to receive (a follower
                     // that is down reads back from the segment files).
+                    let now = self.clock.now();
+                    let liveness = &self.liveness;
                     let keep_from = if r.is_leader() {
                         r.node
                             .raft
                             .prs()
                             .iter()
-                            .filter(|(_, p)| p.recent_active)
+                            .filter(|(id, _)| liveness.is_up(**id, now))
                             .map(|(_, p)| p.matched + 1)
                             .min()
                             .unwrap_or(0)

@@ -8,17 +8,22 @@ use std::time::{Duration, Instant};
 use super::replica::Replica;
 use super::Driver;
 
+/// How long the node serving a volume must have been caught up before its
+/// shards' leadership moves to it.
+const SERVING_QUIET: Duration = Duration::from_millis(500);
+
 impl Driver {
     /// Whether a replica of this node is being caught up (a copy in flight,
     /// or a follower of a group led here in snapshot or probe state): no
     /// leadership moves back then, it would cost a second stall for nothing.
-    pub(super) fn catching_up(&self) -> bool {
+    pub(super) fn catching_up(&self, now: Instant) -> bool {
         !self.fetching.is_empty()
             || self.replicas.values().any(|r| {
                 r.is_leader()
-                    && r.node.raft.prs().iter().any(|(_, p)| {
+                    && r.node.raft.prs().iter().any(|(id, p)| {
                         p.state == raft::ProgressState::Snapshot
-                            || (p.recent_active && p.state == raft::ProgressState::Probe)
+                            || (self.liveness.is_up(*id, now)
+                                && p.state == raft::ProgressState::Probe)
                     })
             })
     }
@@ -37,6 +42,7 @@ impl Replica {
         now: Instant,
         catching_up: bool,
         quiet: Duration,
+        up: &dyn Fn(u64) -> bool,
     ) {
         let want = self.is_leader()
             && self.preferred != 0
@@ -45,7 +51,7 @@ impl Replica {
         let last = self.node.raft.raft_log.last_index();
         let caught_up = want
             && self.node.raft.prs().get(self.preferred).is_some_and(|p| {
-                p.recent_active
+                up(self.preferred)
                     && p.state == raft::ProgressState::Replicate
                     && p.matched + 64 >= last
             });
@@ -60,12 +66,17 @@ impl Replica {
             .prs()
             .get(self.preferred)
             .is_some_and(|p| p.matched == last);
-        if catching_up || !matched_all || now.duration_since(since) < quiet {
+        // A serving node is alive (its clients use it) and is caught up
+        // under load only within the entries in flight: Raft finishes the
+        // transfer once it matches. A node that merely came back settles.
+        let quiet = if self.serving { SERVING_QUIET } else { quiet };
+        if catching_up || !(matched_all || self.serving) || now.duration_since(since) < quiet {
             return;
         }
         tracing::info!(
             group = g,
             to = self.preferred,
+            serving = self.serving,
             "moving leadership to the preferred replica"
         );
         self.handback_since = None;

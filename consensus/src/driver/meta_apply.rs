@@ -51,6 +51,13 @@ impl Driver {
                 MetaEffect::VolumeDeleted(rec) => self.drop_volume(&rec),
             }
         }
+        for rec in self.meta.volumes.values() {
+            for (g, nodes) in rec.groups() {
+                if let Some(r) = self.replicas.get_mut(&g) {
+                    r.set_preferred(rec, nodes);
+                }
+            }
+        }
         self.view.meta.send_replace(Arc::new(self.meta.clone()));
         self.flush_carry();
     }

@@ -26,6 +26,7 @@ mod compaction;
 mod config;
 mod inbox;
 mod leadership;
+mod liveness;
 mod log_writer;
 mod meta_apply;
 mod ports;
@@ -406,6 +407,8 @@ pub struct Driver {
     next_tick: Instant,
     /// Writes the log (`log_writer`).
     writer: log_writer::LogWriter,
+    /// Which peers were heard from lately.
+    liveness: liveness::PeerLiveness,
     /// The number the next write task gets.
     next_task: u64,
     /// Tasks handed to the writer and not yet reported written, with the
@@ -481,6 +484,8 @@ impl Driver {
             leader_change: tokio::sync::Notify::new(),
         });
         let next_tick = clock.now() + cfg.tick;
+        let cfg_node = cfg.node;
+        let election_window = cfg.tick * cfg.election_ticks as u32;
         let mut d = Driver {
             cfg,
             wal,
@@ -506,6 +511,7 @@ impl Driver {
             ticks: 0,
             next_tick,
             writer,
+            liveness: liveness::PeerLiveness::new(cfg_node, election_window),
             next_task: 1,
             in_flight: std::collections::VecDeque::new(),
         };
@@ -615,14 +621,20 @@ impl Driver {
     fn tick_all(&mut self, now: Instant) {
         let timeout = self.cfg.request_timeout;
         let me = self.cfg.node;
-        let catching_up = self.catching_up();
+        let catching_up = self.catching_up(now);
+        let liveness = &self.liveness;
         for (&g, r) in self.replicas.iter_mut() {
+            // On a leader, right before the tick that ends its check-quorum
+            // window: that tick clears every follower's `recent_active`,
+            // and the check wants what the whole window saw.
+            let raft = &r.node.raft;
+            if raft.election_elapsed + 1 == raft.election_timeout() {
+                let up = |node| liveness.is_up(node, now);
+                r.handback_check(g, me, now, catching_up, self.cfg.handback_quiet, &up);
+            }
             r.node.tick();
             r.ticks += 1;
             r.expire_reads(g, now, timeout);
-            if r.ticks % 10 == 0 {
-                r.handback_check(g, me, now, catching_up, self.cfg.handback_quiet);
-            }
         }
         self.ticks += 1;
         if self.ticks.is_multiple_of(10) {

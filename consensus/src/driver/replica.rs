@@ -38,8 +38,12 @@ pub(super) struct Replica {
     pub(super) applied: u64,
     pub(super) durable: u64,
     pub(super) lease_until: Option<Instant>,
-    /// Node that should lead this group when it can (first replica).
+    /// Node that should lead this group when it can: the node serving the
+    /// volume, else the first replica of its placement.
     pub(super) preferred: u64,
+    /// `preferred` is the node serving the volume: leadership goes there
+    /// as soon as it is caught up (it is alive: its clients are using it).
+    pub(super) serving: bool,
     pub(super) ticks: u64,
     /// Since when the preferred replica has been caught up (on a leader
     /// that is not it).
@@ -74,6 +78,18 @@ impl Replica {
             }
         }
         let _ = group;
+    }
+
+    /// Takes the volume's current preferred leader for a shard placed on
+    /// `nodes`.
+    pub(super) fn set_preferred(&mut self, rec: &crate::meta::VolumeRecord, nodes: &[u64]) {
+        let preferred = rec.preferred_leader(nodes);
+        let serving = rec.served_by == Some(preferred);
+        if (preferred, serving) != (self.preferred, self.serving) {
+            self.preferred = preferred;
+            self.serving = serving;
+            self.handback_since = None;
+        }
     }
 
     pub(super) fn advance_raft_applied(&mut self) {
@@ -155,6 +171,7 @@ impl Driver {
                 durable: applied,
                 lease_until: None,
                 preferred,
+                serving: false,
                 ticks: 0,
                 handback_since: None,
                 log_marks: VecDeque::new(),
@@ -219,6 +236,7 @@ impl Driver {
             self.insert_replica(group, storage, Some(tx), nodes[0])?;
             if let Some(r) = self.replicas.get_mut(&group) {
                 set_shard_snapshot(r);
+                r.set_preferred(rec, nodes);
             }
             if fresh && nodes[0] == me {
                 if let Some(r) = self.replicas.get_mut(&group) {
