@@ -154,7 +154,9 @@ impl Cluster {
         });
         let pinger = c.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
+            // Several pings per election timeout: with every group asleep
+            // they are all that tells the drivers their peers are up.
+            let mut every = tokio::time::interval(Duration::from_millis(250));
             loop {
                 every.tick().await;
                 if Arc::strong_count(&pinger) == 1 {
@@ -257,9 +259,9 @@ impl Cluster {
         match ev {
             TransportEvent::Received { from, envelopes } => {
                 self.seen(from);
-                if !envelopes.is_empty() {
-                    self.driver.send(DriverMsg::Raft { from, envelopes });
-                }
+                // Even an empty frame (a ping) tells the driver the peer is
+                // up: sleeping groups wake when a member's node goes silent.
+                self.driver.send(DriverMsg::Raft { from, envelopes });
             }
             TransportEvent::Requests { from, requests } => {
                 self.seen(from);

@@ -18,6 +18,7 @@ pub mod fence;
 pub mod layout;
 pub mod meta;
 pub mod peer_storage;
+pub mod read_lease;
 pub mod router;
 pub mod rpc;
 pub mod snapshot;

@@ -1,14 +1,18 @@
 //! A replicated volume as [`VolumeIo`]: requests are cut at chunk
 //! boundaries (and writes into log-sized pieces), each piece goes to the
 //! leader of the shard holding its chunk, and the pieces run concurrently.
-//! The NBD server serves this exactly like a local volume.
+//! A read of a shard this node leads under a valid lease is served from
+//! the local chunk files in the caller's task (`read_lease`); other reads
+//! go through the leader's driver. The NBD server serves this exactly like
+//! a local volume.
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use raftblock_storage::{
-    error::errno, Extent, ReadSegment, Result, StorageError, VolumeIo, ZeroMode,
+    error::errno, Extent, LocalVolume, ReadSegment, Result, StorageError, VolumeIo, ZeroMode,
 };
 
 use crate::cluster::{Cluster, ShardOp};
@@ -26,6 +30,8 @@ pub struct ClusterVolume {
     rec: VolumeRecord,
     layout: ShardLayout,
     epoch: u64,
+    /// This node's copy of the volume, once looked up (lease reads).
+    local: OnceLock<Arc<LocalVolume>>,
 }
 
 /// A piece of a request inside one chunk.
@@ -45,6 +51,7 @@ impl ClusterVolume {
             cluster,
             rec,
             epoch: 0,
+            local: OnceLock::new(),
         }
     }
 
@@ -94,6 +101,48 @@ impl ClusterVolume {
             pos += n;
         }
         out
+    }
+
+    fn group_of(&self, offset: u64) -> u64 {
+        shard_group(self.rec.meta.id, self.layout.shard_of_offset(offset).index)
+    }
+
+    fn local_volume(&self) -> Option<&Arc<LocalVolume>> {
+        if let Some(v) = self.local.get() {
+            return Some(v);
+        }
+        let v = self.cluster.store().volume(&self.rec.meta.name).ok()?;
+        Some(self.local.get_or_init(|| v))
+    }
+
+    /// Reads a piece from the local chunk files if this node leads its
+    /// shard under a lease that holds before and after the read; `None`:
+    /// ask the leader (a bad block is repaired on that path too).
+    async fn read_leased(&self, p: Piece) -> Option<Vec<ReadSegment>> {
+        let group = self.group_of(p.offset);
+        let leases = &self.cluster.view().read_leases;
+        if !leases.holds(group, Instant::now()) {
+            return None;
+        }
+        let segs = self.local_volume()?.read(p.offset, p.len).await.ok()?;
+        leases.holds(group, Instant::now()).then_some(segs)
+    }
+
+    async fn read_piece(&self, p: Piece) -> Result<Vec<ReadSegment>> {
+        if let Some(segs) = self.read_leased(p).await {
+            return Ok(segs);
+        }
+        let op = ShardOp::Read {
+            offset: p.offset,
+            len: p.len,
+        };
+        let part = self.run(p.offset, op).await?;
+        rpc::read_of_segments(part).map_err(|reason| StorageError::Replication {
+            volume: self.rec.meta.name.clone(),
+            offset: p.offset,
+            errno: errno::EIO,
+            reason,
+        })
     }
 
     async fn run(&self, offset: u64, op: ShardOp) -> Result<Vec<rpc::RpcSegment>> {
@@ -152,28 +201,12 @@ impl VolumeIo for ClusterVolume {
 
     async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>> {
         self.check(offset, len)?;
-        let parts = try_join_all(self.pieces(offset, len, u64::MAX).into_iter().map(|p| {
-            self.run(
-                p.offset,
-                ShardOp::Read {
-                    offset: p.offset,
-                    len: p.len,
-                },
-            )
-        }))
-        .await?;
-        let mut out = Vec::new();
-        for part in parts {
-            out.extend(rpc::read_of_segments(part).map_err(|reason| {
-                StorageError::Replication {
-                    volume: self.rec.meta.name.clone(),
-                    offset,
-                    errno: errno::EIO,
-                    reason,
-                }
-            })?);
+        let mut pieces = self.pieces(offset, len, u64::MAX);
+        if pieces.len() == 1 {
+            return self.read_piece(pieces.remove(0)).await;
         }
-        Ok(out)
+        let parts = try_join_all(pieces.into_iter().map(|p| self.read_piece(p))).await?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     async fn write(&self, offset: u64, data: Bytes, _fua: bool) -> Result<()> {

@@ -165,6 +165,30 @@ impl TestCluster {
             .filter(|l| *l != 0)
     }
 
+    /// Waits until `node` leads every shard of `volume` (the node serving a
+    /// volume's clients draws its leaders; panics after `within`).
+    pub fn wait_leaders_on(&mut self, volume: &str, node: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self.status();
+            let done = st["volumes"].as_array().is_some_and(|vols| {
+                vols.iter().filter(|v| v["name"] == volume).all(|v| {
+                    v["shards"].as_array().is_some_and(|shards| {
+                        shards.iter().all(|s| s["leader"].as_u64() == Some(node))
+                    })
+                })
+            });
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} did not take the leaders of {volume} within {within:?}: {st:#}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Waits until every shard of `volume` has a leader and every replica
     /// has applied everything the leader has (panics after `within`).
     pub fn wait_converged(&mut self, volume: &str, within: Duration) {

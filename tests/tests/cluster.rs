@@ -306,6 +306,9 @@ fn catch_up_by_copy_sends_only_the_chunks_that_differ() {
             &[&format!("write -P 0x{:x} {off} 1M", chunk + 1)],
         );
     }
+    // Node 1 serves the volume, so its shards' leaders move there: let that
+    // happen (a new leader's first entry) before node 3 goes down.
+    c.wait_leaders_on("df", 1, Duration::from_secs(30));
     c.wait_converged("df", Duration::from_secs(30));
     c.node(3).kill9();
     // Only chunk 0 changes while node 3 is down.
@@ -371,6 +374,23 @@ fn wal_segments(data_dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Where the log in a WAL segment ends: after the last record, found by
+/// its header magic ("RLBG") and its payload length.
+fn log_end(segment: &[u8]) -> u64 {
+    let mut at = segment.len().saturating_sub(16);
+    loop {
+        if segment[at..].starts_with(b"RLBG") {
+            let len = u32::from_le_bytes(segment[at + 4..at + 8].try_into().expect("4 bytes"));
+            let end = at + 16 + len as usize;
+            if end <= segment.len() {
+                return end as u64;
+            }
+        }
+        assert!(at > 0, "no record in the segment");
+        at -= 1;
+    }
+}
+
 #[test]
 fn a_torn_wal_tail_is_cut_and_a_corrupt_record_stops_only_that_node() {
     if !require_tool("qemu-io") {
@@ -390,12 +410,15 @@ fn a_torn_wal_tail_is_cut_and_a_corrupt_record_stops_only_that_node() {
     let bytes = std::fs::read(&last).expect("segment");
     let partial = &bytes[16..16 + 16 + 8];
     {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
+        // At the end of the log, not of the file (segments are allocated
+        // whole when created).
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
             .open(&last)
             .expect("open");
-        f.write_all(partial).expect("append a partial record");
+        f.write_all_at(partial, log_end(&bytes))
+            .expect("write a partial record");
     }
     c.node(3).restart();
     assert!(

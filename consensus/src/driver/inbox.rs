@@ -12,6 +12,7 @@ use crate::meta::META_GROUP;
 use crate::snapshot::{SnapshotFetch, StagedCopy};
 use crate::transport::Envelope;
 
+use super::hibernation::is_hibernation_msg;
 use super::replica::{Proposal, Replica};
 use super::{Driver, DriverMsg, ReplicaError, Reply};
 
@@ -38,6 +39,7 @@ impl Driver {
                     let _ = reply.send(Err(ReplicaError::NoReplica(group)));
                     return true;
                 };
+                r.wake();
                 // Shard reads are served by the leader; the meta group may
                 // also be read on a follower (Raft forwards the ReadIndex).
                 if group != META_GROUP && !r.is_leader() {
@@ -57,6 +59,7 @@ impl Driver {
                     r.applied = r.applied.max(index);
                     r.advance_raft_applied();
                     r.complete_reads();
+                    r.publish_lease(group, &self.view.read_leases);
                     // Applied entries leave the WAL's memory; a leader keeps
                     // what a live follower has yet to receive (a follower
                     // that is down reads back from the segment files).
@@ -95,8 +98,10 @@ impl Driver {
             DriverMsg::SnapshotPrepared { group, ok } => self.snapshot_prepared(group, ok),
             DriverMsg::TransferLeader { group, to } => {
                 if let Some(r) = self.replicas.get_mut(&group) {
+                    r.wake();
                     if r.is_leader() && to != self.cfg.node {
                         r.hand_over(to);
+                        r.publish_lease(group, &self.view.read_leases);
                     }
                 }
             }
@@ -163,8 +168,17 @@ impl Driver {
             }
             return;
         }
+        let hibernation = is_hibernation_msg(&msg);
+        if !hibernation {
+            r.wake();
+        }
+        let sleep_with =
+            (hibernation && msg.get_msg_type() == MessageType::MsgHeartbeat).then(|| msg.clone());
         if let Err(e) = r.node.step(msg) {
             tracing::debug!(from, group = env.group, error = %e, "raft step");
+        }
+        if let Some(m) = sleep_with {
+            r.follow_into_hibernation(&m);
         }
     }
 
@@ -254,6 +268,7 @@ impl Driver {
             let _ = reply.send(Err(ReplicaError::NoReplica(group)));
             return;
         };
+        r.wake();
         if !r.is_leader() {
             let leader = r.leader();
             let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
@@ -283,6 +298,7 @@ impl Driver {
             let _ = reply.send(Err(ReplicaError::NoReplica(group)));
             return;
         };
+        r.wake();
         if !r.is_leader() {
             let leader = r.leader();
             let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));

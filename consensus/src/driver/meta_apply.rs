@@ -70,6 +70,7 @@ impl Driver {
                 self.carry_sync = true;
             }
             lock_write(&self.view.leaders).remove(&g);
+            self.view.read_leases.remove(g);
         }
         if rec.is_on(self.cfg.node) {
             if let Err(e) = self.store.delete_volume(&rec.meta.name) {

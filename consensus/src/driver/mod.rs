@@ -24,6 +24,7 @@
 
 mod compaction;
 mod config;
+mod hibernation;
 mod inbox;
 mod leadership;
 mod liveness;
@@ -287,6 +288,8 @@ pub struct ClusterView {
     pub leaders: RwLock<HashMap<u64, u64>>,
     /// Woken whenever `leaders` changes (requests waiting on an old leader).
     pub leader_change: tokio::sync::Notify,
+    /// Leases of the shards this node leads, for reads without the driver.
+    pub read_leases: crate::read_lease::ReadLeases,
 }
 
 impl ClusterView {
@@ -409,6 +412,9 @@ pub struct Driver {
     writer: log_writer::LogWriter,
     /// Which peers were heard from lately.
     liveness: liveness::PeerLiveness,
+    /// Whether a replica of this node was being caught up at the last look
+    /// (`catching_up`, once a second).
+    catching_up: bool,
     /// The number the next write task gets.
     next_task: u64,
     /// Tasks handed to the writer and not yet reported written, with the
@@ -482,6 +488,7 @@ impl Driver {
             meta: meta_tx,
             leaders: RwLock::new(HashMap::new()),
             leader_change: tokio::sync::Notify::new(),
+            read_leases: Default::default(),
         });
         let next_tick = clock.now() + cfg.tick;
         let cfg_node = cfg.node;
@@ -512,6 +519,7 @@ impl Driver {
             next_tick,
             writer,
             liveness: liveness::PeerLiveness::new(cfg_node, election_window),
+            catching_up: false,
             next_task: 1,
             in_flight: std::collections::VecDeque::new(),
         };
@@ -621,20 +629,41 @@ impl Driver {
     fn tick_all(&mut self, now: Instant) {
         let timeout = self.cfg.request_timeout;
         let me = self.cfg.node;
-        let catching_up = self.catching_up(now);
-        let liveness = &self.liveness;
+        // Once a second is often enough (it looks at every replica).
+        if self.ticks.is_multiple_of(10) {
+            self.catching_up = self.catching_up(now);
+        }
+        let catching_up = self.catching_up;
+        let lease = self.cfg.lease();
+        let anyone_silent = self
+            .peer_addrs
+            .keys()
+            .any(|p| !self.liveness.is_up(*p, now));
         for (&g, r) in self.replicas.iter_mut() {
+            if r.hibernating {
+                if !anyone_silent || !r.member_silent(&self.liveness, now) {
+                    continue;
+                }
+                tracing::debug!(group = g, "a member went silent; waking the group");
+                r.wake();
+            }
+            if r.is_leader() && r.maybe_hibernate(g, &self.liveness, now, self.network.as_ref()) {
+                r.publish_lease(g, &self.view.read_leases);
+                continue;
+            }
             // On a leader, right before the tick that ends its check-quorum
             // window: that tick clears every follower's `recent_active`,
             // and the check wants what the whole window saw.
             let raft = &r.node.raft;
-            if raft.election_elapsed + 1 == raft.election_timeout() {
-                let up = |node| liveness.is_up(node, now);
+            if raft.election_elapsed + 1 == raft.election_timeout() && r.is_leader() {
+                let up = |node| self.liveness.is_up(node, now);
                 r.handback_check(g, me, now, catching_up, self.cfg.handback_quiet, &up);
+                r.publish_lease(g, &self.view.read_leases);
             }
             r.node.tick();
             r.ticks += 1;
             r.expire_reads(g, now, timeout);
+            r.renew_wanted_lease(g, now, lease, &self.view.read_leases);
         }
         self.ticks += 1;
         if self.ticks.is_multiple_of(10) {

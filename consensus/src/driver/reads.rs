@@ -8,6 +8,8 @@
 use raft::ReadState;
 use std::time::{Duration, Instant};
 
+use crate::read_lease::ReadLeases;
+
 use super::replica::Replica;
 use super::{Driver, ReplicaError, Reply};
 
@@ -88,6 +90,44 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// Until when reads may be served from this replica's chunk files
+    /// without asking the driver (see `read_lease`): its lease, while it
+    /// leads with no transfer under way and has applied an entry of its
+    /// own term.
+    pub(super) fn local_read_lease(&self) -> Option<Instant> {
+        let raft = &self.node.raft;
+        let own_term_applied = raft.raft_log.term(self.applied).ok() == Some(raft.term);
+        self.lease_until
+            .filter(|_| self.is_leader() && raft.lead_transferee.is_none() && own_term_applied)
+    }
+
+    /// Publishes [`Replica::local_read_lease`] for readers.
+    pub(super) fn publish_lease(&self, group: u64, leases: &ReadLeases) {
+        leases.publish(group, self.local_read_lease());
+    }
+
+    /// Renews a lease that local readers use before it runs out: a
+    /// ReadIndex with no waiters, confirmed by a heartbeat round.
+    pub(super) fn renew_wanted_lease(
+        &mut self,
+        group: u64,
+        now: Instant,
+        lease: Duration,
+        leases: &ReadLeases,
+    ) {
+        let Some(until) = self.local_read_lease() else {
+            return;
+        };
+        if until > now + lease / 2 || !self.reads_sent.is_empty() {
+            return;
+        }
+        if leases.take_wanted(group) {
+            self.renew_lease = true;
+        }
+    }
+}
+
 impl Driver {
     /// Turns queued reads into ReadIndex requests (one per group per round)
     /// or, under a valid lease, into reads at the current commit index.
@@ -95,10 +135,11 @@ impl Driver {
         let now = self.clock.now();
         let lease = self.cfg.lease();
         for r in self.replicas.values_mut() {
-            if r.reads_new.is_empty() {
+            let renew = std::mem::take(&mut r.renew_lease) && r.is_leader();
+            if r.reads_new.is_empty() && !renew {
                 continue;
             }
-            if r.is_leader() {
+            if r.is_leader() && !renew {
                 // Raft drops a ReadIndex until the leader has committed an
                 // entry of its term: keep the reads queued until then.
                 if !r.node.raft.commit_to_current_term() {

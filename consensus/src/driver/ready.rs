@@ -45,6 +45,12 @@ impl Driver {
         let mut snap_sent = Vec::new();
         let mut leader_changes = Vec::new();
         for (&g, r) in self.replicas.iter_mut() {
+            // A sleeping group has nothing to do but its last round (the
+            // answer to the heartbeat that put it to sleep, the entries it
+            // committed); skipped cheaply, as most groups sleep.
+            if r.hibernating && !std::mem::take(&mut r.settle_round) {
+                continue;
+            }
             if !r.node.has_ready() || self.frozen.contains_key(&g) {
                 continue;
             }
@@ -54,6 +60,7 @@ impl Driver {
                 leader_changes.push((g, ss.leader_id));
                 if ss.raft_state != StateRole::Leader {
                     r.lease_until = None;
+                    self.view.read_leases.publish(g, None);
                     let leader = Some(ss.leader_id).filter(|l| *l != 0);
                     r.fail_all(g, ReplicaError::NotLeader { group: g, leader });
                 }
@@ -68,8 +75,10 @@ impl Driver {
             {
                 // Leadership is being handed over (raft-rs may also do it
                 // on its own): the transferee's forced election can win
-                // inside this leader's lease, so the lease ends now.
+                // inside this leader's lease, so the lease ends now, for
+                // local readers too, before the message leaves.
                 r.lease_until = None;
+                self.view.read_leases.publish(g, None);
             }
             send_messages(self.network.as_ref(), g, msgs, &mut snap_sent);
             if !rd.snapshot().is_empty() {
@@ -136,6 +145,7 @@ impl Driver {
                 );
             }
             r.advance_raft_applied();
+            r.publish_lease(g, &self.view.read_leases);
         }
         if !task.batch.is_empty() || !task.messages.is_empty() || !persisting.is_empty() {
             self.next_task += 1;
@@ -228,20 +238,25 @@ fn send_messages(
     snap_sent: &mut Vec<(u64, u64)>,
 ) {
     for m in msgs {
-        let to = m.to;
         if m.get_msg_type() == MessageType::MsgSnapshot {
-            snap_sent.push((group, to));
+            snap_sent.push((group, m.to));
         }
-        match m.write_to_bytes() {
-            Ok(b) => transport.send(
-                to,
-                Envelope {
-                    group,
-                    message: b.into(),
-                },
-            ),
-            Err(e) => tracing::error!(group, to, error = %e, "encoding a raft message"),
-        }
+        send_one(transport, group, m);
+    }
+}
+
+/// Encodes and sends one message of `group`.
+pub(super) fn send_one(transport: &dyn RaftNetwork, group: u64, m: Message) {
+    let to = m.to;
+    match m.write_to_bytes() {
+        Ok(b) => transport.send(
+            to,
+            Envelope {
+                group,
+                message: b.into(),
+            },
+        ),
+        Err(e) => tracing::error!(group, to, error = %e, "encoding a raft message"),
     }
 }
 

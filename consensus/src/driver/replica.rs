@@ -54,6 +54,16 @@ pub(super) struct Replica {
     pub(super) fences: crate::fence::FenceHistory,
     /// The newest Ready handed to the log writer and not yet persisted.
     pub(super) unpersisted: Option<u64>,
+    /// Local readers use the lease and it runs out soon: confirm the
+    /// leadership again (a ReadIndex) at the next round.
+    pub(super) renew_lease: bool,
+    /// The group sleeps: not ticked until something wakes it
+    /// (`hibernation`).
+    pub(super) hibernating: bool,
+    /// Ticks this leader's group has been quiet in a row.
+    pub(super) quiet_ticks: u32,
+    /// A group that just fell asleep still gets one round.
+    pub(super) settle_round: bool,
 }
 
 impl Replica {
@@ -89,6 +99,7 @@ impl Replica {
             self.preferred = preferred;
             self.serving = serving;
             self.handback_since = None;
+            self.wake(); // the leader checks whether to hand over
         }
     }
 
@@ -177,6 +188,10 @@ impl Driver {
                 log_marks: VecDeque::new(),
                 fences: Default::default(),
                 unpersisted: None,
+                renew_lease: false,
+                hibernating: false,
+                quiet_ticks: 0,
+                settle_round: false,
             },
         );
         Ok(())

@@ -141,11 +141,25 @@ impl Sim {
         for n in &self.nodes {
             n.advance(STEP);
         }
+        if self.now_ms.is_multiple_of(100) {
+            for from in 1..=NODES {
+                for to in (1..=NODES).filter(|to| *to != from) {
+                    if self.nodes[(from - 1) as usize].is_up() {
+                        self.net.ping(from, to);
+                    }
+                }
+            }
+        }
         for m in self.net.due(self.now_ms * 1000) {
             if let Some(h) = self.nodes[(m.to - 1) as usize].handle() {
+                let envelopes = if m.env.group == net::PING {
+                    Vec::new()
+                } else {
+                    vec![m.env]
+                };
                 h.send(DriverMsg::Raft {
                     from: m.from,
-                    envelopes: vec![m.env],
+                    envelopes,
                 });
             }
         }

@@ -105,6 +105,16 @@ impl SimNet {
             .collect()
     }
 
+    /// Queues a ping from `from` to `to` (nodes ping each other so their
+    /// drivers know who is up while every group sleeps).
+    pub fn ping(&self, from: u64, to: u64) {
+        let env = Envelope {
+            group: PING,
+            message: bytes::Bytes::new(),
+        };
+        self.push(from, to, env);
+    }
+
     /// `(sent, lost)` so far.
     pub fn counts(&self) -> (u64, u64) {
         let s = self.lock();
@@ -130,6 +140,9 @@ impl SimNet {
         s.queue.insert((at, seq), InFlight { from, to, env });
     }
 }
+
+/// The group id a ping travels under (no group has it).
+pub const PING: u64 = u64::MAX;
 
 /// One node's end of the simulated network.
 pub struct NodeNet {
