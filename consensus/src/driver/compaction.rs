@@ -70,7 +70,11 @@ impl Driver {
     /// age) and the bytes of log the node holds; once a second.
     pub(super) fn mark_log_ages(&mut self, now: Instant) {
         let keep = self.cfg.log_keep;
-        for r in self.replicas.values_mut() {
+        // A sleeping group's log does not grow: its marks stay as they are.
+        for g in &self.awake {
+            let Some(r) = self.replicas.get_mut(g) else {
+                continue;
+            };
             let last = r.node.raft.raft_log.last_index();
             r.log_marks.push_back((now, last));
             // The newest mark older than `keep` is all that is needed of
@@ -79,16 +83,20 @@ impl Driver {
                 r.log_marks.pop_front();
             }
         }
-        self.retained_bytes = self.wal.live_bytes();
+        // Walks the whole log index: every 10 s is often enough for a budget.
+        if self.ticks.is_multiple_of(100) {
+            self.retained_bytes = self.wal.live_bytes();
+        }
         // Entries that aged out of a quiet shard's log go without waiting
-        // for its next write.
+        // for its next write: the awake groups every 5 s, all every minute.
         if !self.ticks.is_multiple_of(50) {
             return;
         }
+        let all = self.ticks.is_multiple_of(600);
         let groups: Vec<u64> = self
             .replicas
             .keys()
-            .filter(|g| **g != META_GROUP)
+            .filter(|g| **g != META_GROUP && (all || self.awake.contains(*g)))
             .copied()
             .collect();
         for g in groups {

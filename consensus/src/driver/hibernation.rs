@@ -90,6 +90,7 @@ impl Replica {
     pub(super) fn follow_into_hibernation(&mut self, m: &Message) {
         let raft = &self.node.raft;
         if raft.state == StateRole::Follower
+            && self.unpersisted.is_none()
             && raft.leader_id == m.from
             && raft.term == m.term
             && raft.raft_log.committed == m.commit
@@ -111,12 +112,22 @@ impl Replica {
         }
     }
 
-    /// Wakes the group: it ticks again from the next tick on.
+    /// Something happened in the group (a request, a message other than a
+    /// heartbeat): it wakes, and its quiet time starts over.
     pub(super) fn wake(&mut self) {
         self.hibernating = false;
         self.settle_round = false;
         self.quiet_ticks = 0;
     }
+}
+
+/// Whether `m` is a plain heartbeat or its answer: it wakes a sleeping
+/// group but is no activity that keeps an awake one from sleeping.
+pub(super) fn is_heartbeat(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+    )
 }
 
 /// Whether `m` is part of putting a group to sleep (it must not wake it).

@@ -12,7 +12,7 @@ use crate::meta::META_GROUP;
 use crate::snapshot::{SnapshotFetch, StagedCopy};
 use crate::transport::Envelope;
 
-use super::hibernation::is_hibernation_msg;
+use super::hibernation::{is_heartbeat, is_hibernation_msg};
 use super::replica::{Proposal, Replica};
 use super::{Driver, DriverMsg, ReplicaError, Reply};
 
@@ -40,6 +40,7 @@ impl Driver {
                     return true;
                 };
                 r.wake();
+                self.awake.insert(group);
                 // Shard reads are served by the leader; the meta group may
                 // also be read on a follower (Raft forwards the ReadIndex).
                 if group != META_GROUP && !r.is_leader() {
@@ -99,6 +100,7 @@ impl Driver {
             DriverMsg::TransferLeader { group, to } => {
                 if let Some(r) = self.replicas.get_mut(&group) {
                     r.wake();
+                    self.awake.insert(group);
                     if r.is_leader() && to != self.cfg.node {
                         r.hand_over(to);
                         r.publish_lease(group, &self.view.read_leases);
@@ -169,8 +171,9 @@ impl Driver {
             return;
         }
         let hibernation = is_hibernation_msg(&msg);
-        if !hibernation {
+        if !hibernation && (r.hibernating || !is_heartbeat(&msg)) {
             r.wake();
+            self.awake.insert(env.group);
         }
         let sleep_with =
             (hibernation && msg.get_msg_type() == MessageType::MsgHeartbeat).then(|| msg.clone());
@@ -178,7 +181,9 @@ impl Driver {
             tracing::debug!(from, group = env.group, error = %e, "raft step");
         }
         if let Some(m) = sleep_with {
+            // It stays among the awake groups for one more round.
             r.follow_into_hibernation(&m);
+            self.awake.insert(env.group);
         }
     }
 
@@ -269,6 +274,7 @@ impl Driver {
             return;
         };
         r.wake();
+        self.awake.insert(group);
         if !r.is_leader() {
             let leader = r.leader();
             let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
@@ -299,6 +305,7 @@ impl Driver {
             return;
         };
         r.wake();
+        self.awake.insert(group);
         if !r.is_leader() {
             let leader = r.leader();
             let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));

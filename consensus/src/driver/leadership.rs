@@ -17,15 +17,20 @@ impl Driver {
     /// or a follower of a group led here in snapshot or probe state): no
     /// leadership moves back then, it would cost a second stall for nothing.
     pub(super) fn catching_up(&self, now: Instant) -> bool {
+        // Sleeping groups have every replica caught up.
         !self.fetching.is_empty()
-            || self.replicas.values().any(|r| {
-                r.is_leader()
-                    && r.node.raft.prs().iter().any(|(id, p)| {
-                        p.state == raft::ProgressState::Snapshot
-                            || (self.liveness.is_up(*id, now)
-                                && p.state == raft::ProgressState::Probe)
-                    })
-            })
+            || self
+                .awake
+                .iter()
+                .filter_map(|g| self.replicas.get(g))
+                .any(|r| {
+                    r.is_leader()
+                        && r.node.raft.prs().iter().any(|(id, p)| {
+                            p.state == raft::ProgressState::Snapshot
+                                || (self.liveness.is_up(*id, now)
+                                    && p.state == raft::ProgressState::Probe)
+                        })
+                })
     }
 }
 

@@ -54,7 +54,9 @@ impl Driver {
         for rec in self.meta.volumes.values() {
             for (g, nodes) in rec.groups() {
                 if let Some(r) = self.replicas.get_mut(&g) {
-                    r.set_preferred(rec, nodes);
+                    if r.set_preferred(rec, nodes) {
+                        self.awake.insert(g);
+                    }
                 }
             }
         }
@@ -64,6 +66,7 @@ impl Driver {
 
     fn drop_volume(&mut self, rec: &crate::meta::VolumeRecord) {
         for (g, _) in rec.groups() {
+            self.awake.remove(&g);
             if let Some(mut r) = self.replicas.remove(&g) {
                 r.fail_all(g, ReplicaError::NoReplica(g));
                 self.carry.remove_group(g);

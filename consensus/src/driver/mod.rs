@@ -412,6 +412,10 @@ pub struct Driver {
     writer: log_writer::LogWriter,
     /// Which peers were heard from lately.
     liveness: liveness::PeerLiveness,
+    /// The groups that are not asleep (`hibernation`), plus those that fell
+    /// asleep and still get their last round: the driver's per-tick and
+    /// per-round work runs over these only, so sleeping groups cost nothing.
+    awake: std::collections::BTreeSet<u64>,
     /// Whether a replica of this node was being caught up at the last look
     /// (`catching_up`, once a second).
     catching_up: bool,
@@ -520,6 +524,7 @@ impl Driver {
             writer,
             liveness: liveness::PeerLiveness::new(cfg_node, election_window),
             catching_up: false,
+            awake: Default::default(),
             next_task: 1,
             in_flight: std::collections::VecDeque::new(),
         };
@@ -639,16 +644,27 @@ impl Driver {
             .peer_addrs
             .keys()
             .any(|p| !self.liveness.is_up(*p, now));
-        for (&g, r) in self.replicas.iter_mut() {
-            if r.hibernating {
-                if !anyone_silent || !r.member_silent(&self.liveness, now) {
-                    continue;
+        if anyone_silent {
+            for (&g, r) in self.replicas.iter_mut() {
+                if r.hibernating && r.member_silent(&self.liveness, now) {
+                    tracing::debug!(group = g, "a member went silent; waking the group");
+                    r.wake();
+                    self.awake.insert(g);
                 }
-                tracing::debug!(group = g, "a member went silent; waking the group");
-                r.wake();
+            }
+        }
+        let awake: Vec<u64> = self.awake.iter().copied().collect();
+        for g in awake {
+            let Some(r) = self.replicas.get_mut(&g) else {
+                self.awake.remove(&g);
+                continue;
+            };
+            if r.hibernating {
+                continue; // asleep, waiting for its last round
             }
             if r.is_leader() && r.maybe_hibernate(g, &self.liveness, now, self.network.as_ref()) {
                 r.publish_lease(g, &self.view.read_leases);
+                self.awake.remove(&g);
                 continue;
             }
             // On a leader, right before the tick that ends its check-quorum

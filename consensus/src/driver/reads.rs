@@ -134,7 +134,10 @@ impl Driver {
     pub(super) fn send_reads(&mut self) {
         let now = self.clock.now();
         let lease = self.cfg.lease();
-        for r in self.replicas.values_mut() {
+        for g in &self.awake {
+            let Some(r) = self.replicas.get_mut(g) else {
+                continue;
+            };
             let renew = std::mem::take(&mut r.renew_lease) && r.is_leader();
             if r.reads_new.is_empty() && !renew {
                 continue;

@@ -44,12 +44,20 @@ impl Driver {
         let mut meta_changed = false;
         let mut snap_sent = Vec::new();
         let mut leader_changes = Vec::new();
-        for (&g, r) in self.replicas.iter_mut() {
-            // A sleeping group has nothing to do but its last round (the
-            // answer to the heartbeat that put it to sleep, the entries it
-            // committed); skipped cheaply, as most groups sleep.
-            if r.hibernating && !std::mem::take(&mut r.settle_round) {
+        let awake: Vec<u64> = self.awake.iter().copied().collect();
+        for g in awake {
+            let Some(r) = self.replicas.get_mut(&g) else {
+                self.awake.remove(&g);
                 continue;
+            };
+            // A group that fell asleep has one last round (the answer to
+            // the heartbeat that put it to sleep, the entries it committed)
+            // and then leaves the awake groups.
+            if r.hibernating {
+                self.awake.remove(&g);
+                if !std::mem::take(&mut r.settle_round) {
+                    continue;
+                }
             }
             if !r.node.has_ready() || self.frozen.contains_key(&g) {
                 continue;
@@ -183,6 +191,10 @@ impl Driver {
                 };
                 r.node.on_persist_ready(number);
                 r.node.mut_store().persisted(number);
+                // What the write unblocks (commits, applies) needs a round.
+                if !r.hibernating {
+                    self.awake.insert(g);
+                }
                 if r.unpersisted.is_some_and(|n| n <= number) {
                     r.unpersisted = None;
                 }

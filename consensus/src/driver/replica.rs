@@ -92,15 +92,19 @@ impl Replica {
 
     /// Takes the volume's current preferred leader for a shard placed on
     /// `nodes`.
-    pub(super) fn set_preferred(&mut self, rec: &crate::meta::VolumeRecord, nodes: &[u64]) {
+    /// True when it changed (the group woke: its leader checks whether to
+    /// hand over).
+    pub(super) fn set_preferred(&mut self, rec: &crate::meta::VolumeRecord, nodes: &[u64]) -> bool {
         let preferred = rec.preferred_leader(nodes);
         let serving = rec.served_by == Some(preferred);
-        if (preferred, serving) != (self.preferred, self.serving) {
-            self.preferred = preferred;
-            self.serving = serving;
-            self.handback_since = None;
-            self.wake(); // the leader checks whether to hand over
+        if (preferred, serving) == (self.preferred, self.serving) {
+            return false;
         }
+        self.preferred = preferred;
+        self.serving = serving;
+        self.handback_since = None;
+        self.wake();
+        true
     }
 
     pub(super) fn advance_raft_applied(&mut self) {
@@ -169,6 +173,7 @@ impl Driver {
         let applied = storage.applied();
         let node = RawNode::new(&self.raft_config(applied), storage, &self.logger)
             .map_err(|e| format!("group {group}: starting raft: {e}"))?;
+        self.awake.insert(group);
         self.replicas.insert(
             group,
             Replica {
@@ -251,7 +256,7 @@ impl Driver {
             self.insert_replica(group, storage, Some(tx), nodes[0])?;
             if let Some(r) = self.replicas.get_mut(&group) {
                 set_shard_snapshot(r);
-                r.set_preferred(rec, nodes);
+                let _ = r.set_preferred(rec, nodes);
             }
             if fresh && nodes[0] == me {
                 if let Some(r) = self.replicas.get_mut(&group) {

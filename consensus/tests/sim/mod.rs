@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+use raftblock_consensus::command::ShardCommand;
 use raftblock_consensus::driver::DriverMsg;
 use raftblock_consensus::meta::shard_group;
 use raftblock_consensus::{
@@ -122,6 +123,62 @@ fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
 }
 
 impl Sim {
+    /// With no clients every group falls asleep (no Raft message for a
+    /// second, only pings); crashing a leader's node then wakes the other
+    /// replicas, which elect a new leader that takes a write.
+    fn sleep_and_wake(&mut self) -> Result<(), String> {
+        for _ in 0..1_500 {
+            self.step();
+        }
+        let before = self.net.raft_sent();
+        for _ in 0..1_000 {
+            self.step();
+        }
+        let sent = self.net.raft_sent() - before;
+        if sent > 0 {
+            return Err(format!(
+                "{sent} raft messages in a second with no clients: groups did not hibernate"
+            ));
+        }
+        let group = shard_group(self.volume_id, 0);
+        let leader = self.nodes[0]
+            .view()
+            .and_then(|v| v.leader(group))
+            .ok_or("no leader known for shard 0")?;
+        self.node(leader).crash();
+        let data =
+            ShardCommand::write(self.volume_id, 0, 0, Bytes::from(vec![7u8; BLOCK])).encode_bytes();
+        let start = self.now_ms;
+        while self.now_ms - start < 5_000 {
+            for _ in 0..50 {
+                self.step();
+            }
+            let Some(to) = self.up().into_iter().find(|n| {
+                self.nodes[(*n - 1) as usize]
+                    .view()
+                    .and_then(|v| v.leader(group))
+                    .is_some_and(|l| l == *n)
+            }) else {
+                continue;
+            };
+            let Some(mut rx) = self.propose(to, group, data.clone()) else {
+                continue;
+            };
+            for _ in 0..200 {
+                self.step();
+                if let Ok(r) = rx.try_recv() {
+                    if r.is_ok() {
+                        return Ok(());
+                    }
+                    break;
+                }
+            }
+        }
+        Err(format!(
+            "with node {leader} crashed while its groups slept, shard 0 took no write within 5 s"
+        ))
+    }
+
     fn up(&self) -> Vec<u64> {
         self.nodes
             .iter()
@@ -390,6 +447,9 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
                 "chunk {chunk}: the replicas' checksum tables differ"
             ));
         }
+    }
+    if seed % 4 == 0 {
+        sim.sleep_and_wake()?;
     }
     let (messages, lost) = sim.net.counts();
     sim.stats.acked = sim.oracle.acked;

@@ -34,6 +34,7 @@ struct State {
     cut: HashSet<u64>,
     /// Nodes that send but hear nothing (a one-way link failure).
     deaf: HashSet<u64>,
+    raft_sent: u64,
     sent: u64,
     lost: u64,
 }
@@ -55,6 +56,7 @@ impl SimNet {
                 max_delay_us: 2_000,
                 cut: HashSet::new(),
                 deaf: HashSet::new(),
+                raft_sent: 0,
                 sent: 0,
                 lost: 0,
             }),
@@ -115,6 +117,11 @@ impl SimNet {
         self.push(from, to, env);
     }
 
+    /// Raft messages (not pings) sent so far.
+    pub fn raft_sent(&self) -> u64 {
+        self.lock().raft_sent
+    }
+
     /// `(sent, lost)` so far.
     pub fn counts(&self) -> (u64, u64) {
         let s = self.lock();
@@ -124,6 +131,9 @@ impl SimNet {
     fn push(&self, from: u64, to: u64, env: Envelope) {
         let mut s = self.lock();
         s.sent += 1;
+        if env.group != PING {
+            s.raft_sent += 1;
+        }
         if s.cut.contains(&from) || s.cut.contains(&to) {
             s.lost += 1;
             return;
