@@ -243,7 +243,7 @@ async fn run(
                 };
                 let r = match (&failed, index == e.index) {
                     (None, true) => Ok(()),
-                    (Some(msg), true) => Err(ReplicaError::Apply(msg.clone())),
+                    (Some(e), true) => Err(e.clone()),
                     (_, false) => Err(ReplicaError::Retry(group)),
                 };
                 let _ = reply.send(r);
@@ -306,12 +306,14 @@ async fn apply_entry(
     rx: &mpsc::UnboundedReceiver<ApplyMsg>,
     state: &mut ShardState,
     driver: &DriverHandle,
-) -> Result<u64, String> {
+) -> Result<u64, ReplicaError> {
     let cmd = match ShardCommand::decode(data) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(group, index, error = %e, "skipping an undecodable shard entry");
-            return Err(format!("undecodable entry {index}: {e}"));
+            return Err(ReplicaError::Apply(format!(
+                "undecodable entry {index}: {e}"
+            )));
         }
     };
     if state
@@ -377,12 +379,12 @@ async fn apply_entry(
             fence = fence.history.current(),
             "refused a write from a fenced-off attachment"
         );
-        return Err(format!(
-            "volume {} shard {shard}: write with attach epoch {} refused; the volume was attached again (epoch {})",
-            volume.name(),
-            cmd.epoch,
-            fence.history.current()
-        ));
+        return Err(ReplicaError::Fenced {
+            volume: volume.name().to_string(),
+            shard,
+            epoch: cmd.epoch,
+            current: fence.history.current(),
+        });
     }
     let mut delay = Duration::from_millis(10);
     let mut reported = false;
@@ -415,11 +417,13 @@ async fn apply_entry(
             Ok(n) => return Ok(n),
             Err(e @ raftblock_storage::StorageError::OutOfRange { .. }) => {
                 tracing::error!(group, index, error = %e, "skipping a shard entry outside the volume");
-                return Err(e.to_string());
+                return Err(ReplicaError::Apply(e.to_string()));
             }
             Err(e) => {
                 if rx.is_closed() {
-                    return Err(format!("replica removed while applying entry {index}: {e}"));
+                    return Err(ReplicaError::Apply(format!(
+                        "replica removed while applying entry {index}: {e}"
+                    )));
                 }
                 if !reported {
                     tracing::error!(

@@ -17,6 +17,7 @@ use raftblock_storage::{
 
 use crate::cluster::{Cluster, ShardOp};
 use crate::command::ShardCommand;
+use crate::driver::ReplicaError;
 use crate::layout::ShardLayout;
 use crate::meta::{shard_group, VolumeRecord};
 use crate::rpc::{self, RouteError};
@@ -163,8 +164,9 @@ impl ClusterVolume {
     fn error(&self, offset: u64, group: u64, e: RouteError) -> StorageError {
         let (errno, reason) = match e {
             RouteError::Io { errno, message } => (errno, message),
+            RouteError::Replica(e @ ReplicaError::Fenced { .. }) => (e.errno(), e.to_string()),
             RouteError::Replica(e) => (
-                errno::EIO,
+                e.errno(),
                 format!("shard group {group}: {e} (no leader could serve it in time)"),
             ),
         };

@@ -170,8 +170,8 @@ impl RpcResponse {
                         r.message = serde_json::to_string(&m).unwrap_or_default();
                         status::META
                     }
-                    ReplicaError::Apply(_) => {
-                        r.errno = raftblock_storage::error::errno::EIO;
+                    ReplicaError::Apply(_) | ReplicaError::Fenced { .. } => {
+                        r.errno = e.errno();
                         status::FAILED
                     }
                     ReplicaError::Stopped => status::STOPPED,

@@ -68,6 +68,9 @@ async fn an_older_attach_epoch_cannot_write_once_the_volume_moved() {
             .await
             .expect_err("a write from the fenced attachment succeeded");
         assert!(e.to_string().contains("refused"), "{e}");
+        // Whether the shard's leader is local or remote, the NBD client
+        // sees EPERM (not permitted), not EIO (a broken disk).
+        assert_eq!(e.errno(), raftblock_storage::error::errno::EPERM, "{e}");
     }
     let e = first
         .trim(0, 4096, false)

@@ -85,9 +85,35 @@ pub enum ReplicaError {
     /// Applying the command failed on this replica.
     #[error("applying failed: {0}")]
     Apply(String),
+    /// The write came from an attachment that was fenced off: the volume
+    /// was attached again with a newer epoch.
+    #[error("volume {volume} shard {shard}: write with attach epoch {epoch} refused; the volume was attached again (epoch {current})")]
+    Fenced {
+        /// Volume name.
+        volume: String,
+        /// Shard index.
+        shard: u32,
+        /// The write's epoch.
+        epoch: u64,
+        /// The shard's fence.
+        current: u64,
+    },
     /// The node is stopping.
     #[error("the node is stopping")]
     Stopped,
+}
+
+impl ReplicaError {
+    /// The errno an NBD client sees when its request ends with this error
+    /// (the one place replica errors become errnos).
+    pub fn errno(&self) -> i32 {
+        use raftblock_storage::error::errno;
+        match self {
+            ReplicaError::Fenced { .. } => errno::EPERM,
+            ReplicaError::Stopped => errno::ESHUTDOWN,
+            _ => errno::EIO,
+        }
+    }
 }
 
 /// What the driver is asked to do.
