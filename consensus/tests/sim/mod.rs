@@ -448,7 +448,7 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
             ));
         }
     }
-    if seed % 4 == 0 {
+    if seed.is_multiple_of(4) {
         sim.sleep_and_wake()?;
     }
     let (messages, lost) = sim.net.counts();
