@@ -1,7 +1,9 @@
 //! Running fio and parsing its JSON output: against an NBD server with fio's
-//! `nbd` ioengine, or against a file with `libaio` and direct I/O; the four
-//! benchmark workloads (4k random write/read at queue depth 32, 1 MiB
-//! sequential write/read at depth 8), the sequential prefill that makes reads
+//! `nbd` ioengine, against a file with `libaio` and direct I/O, or against
+//! a Ceph RBD image with the `rbd` engine; the benchmark workloads (4k
+//! random write/read at queue depth 32, 1 MiB sequential write/read at
+//! depth 8, and for the cluster suite 4k random write/read at depth 1 for
+//! latency), the sequential prefill that makes reads
 //! hit written data, and extraction of IOPS, bandwidth and completion-latency
 //! percentiles from the read or write side of the single job.
 
@@ -26,13 +28,28 @@ pub enum Workload {
     SeqWrite1m,
     /// 1 MiB sequential reads, iodepth 8.
     SeqRead1m,
+    /// 4 KiB random writes, iodepth 1 (latency).
+    RandWrite4kQd1,
+    /// 4 KiB random reads, iodepth 1 (latency).
+    RandRead4kQd1,
 }
 
 impl Workload {
-    /// All workloads in the order they are run.
+    /// The workloads of the `nbd` and `mount` suites, in the order they are run.
     pub const ALL: [Workload; 4] = [
         Workload::RandWrite4k,
         Workload::RandRead4k,
+        Workload::SeqWrite1m,
+        Workload::SeqRead1m,
+    ];
+
+    /// The workloads of the `cluster` suite: [`Workload::ALL`] plus the
+    /// queue-depth-1 latency runs, in the order they are run.
+    pub const CLUSTER: [Workload; 6] = [
+        Workload::RandWrite4k,
+        Workload::RandWrite4kQd1,
+        Workload::RandRead4k,
+        Workload::RandRead4kQd1,
         Workload::SeqWrite1m,
         Workload::SeqRead1m,
     ];
@@ -44,18 +61,23 @@ impl Workload {
             Workload::RandRead4k => "4k randread",
             Workload::SeqWrite1m => "1M seqwrite",
             Workload::SeqRead1m => "1M seqread",
+            Workload::RandWrite4kQd1 => "4k randwrite QD1",
+            Workload::RandRead4kQd1 => "4k randread QD1",
         }
     }
 
     /// Whether the workload reads (and so needs prefilled data).
     pub fn is_read(self) -> bool {
-        matches!(self, Workload::RandRead4k | Workload::SeqRead1m)
+        matches!(
+            self,
+            Workload::RandRead4k | Workload::SeqRead1m | Workload::RandRead4kQd1
+        )
     }
 
     fn rw(self) -> &'static str {
         match self {
-            Workload::RandWrite4k => "randwrite",
-            Workload::RandRead4k => "randread",
+            Workload::RandWrite4k | Workload::RandWrite4kQd1 => "randwrite",
+            Workload::RandRead4k | Workload::RandRead4kQd1 => "randread",
             Workload::SeqWrite1m => "write",
             Workload::SeqRead1m => "read",
         }
@@ -63,15 +85,20 @@ impl Workload {
 
     fn block_size(self) -> &'static str {
         match self {
-            Workload::RandWrite4k | Workload::RandRead4k => "4k",
+            Workload::RandWrite4k
+            | Workload::RandRead4k
+            | Workload::RandWrite4kQd1
+            | Workload::RandRead4kQd1 => "4k",
             Workload::SeqWrite1m | Workload::SeqRead1m => "1M",
         }
     }
 
-    fn iodepth(self) -> u32 {
+    /// fio's queue depth for the workload.
+    pub fn iodepth(self) -> u32 {
         match self {
             Workload::RandWrite4k | Workload::RandRead4k => 32,
             Workload::SeqWrite1m | Workload::SeqRead1m => 8,
+            Workload::RandWrite4kQd1 | Workload::RandRead4kQd1 => 1,
         }
     }
 }
@@ -83,6 +110,16 @@ pub enum IoTarget {
     Nbd(String),
     /// A file, opened with `O_DIRECT` and driven by `libaio`.
     File(PathBuf),
+    /// An RBD image (fio's `rbd` engine as `client.admin`, finding the
+    /// cluster through `CEPH_CONF=conf`).
+    Rbd {
+        /// The cluster's ceph.conf.
+        conf: PathBuf,
+        /// Pool of the image.
+        pool: String,
+        /// Image name.
+        image: String,
+    },
 }
 
 impl std::fmt::Display for IoTarget {
@@ -90,6 +127,7 @@ impl std::fmt::Display for IoTarget {
         match self {
             IoTarget::Nbd(uri) => f.write_str(uri),
             IoTarget::File(path) => write!(f, "{}", path.display()),
+            IoTarget::Rbd { pool, image, .. } => write!(f, "rbd:{pool}/{image}"),
         }
     }
 }
@@ -133,6 +171,16 @@ fn base_command(target: &IoTarget, size: u64, out: &Path) -> Command {
             cmd.arg("--ioengine=libaio")
                 .arg("--direct=1")
                 .arg(format!("--filename={name}"));
+        }
+        IoTarget::Rbd { conf, pool, image } => {
+            // librados reads the file CEPH_CONF names; `invalidate=0` because
+            // the engine cannot drop a cache (and `rbd cache` is off anyway).
+            cmd.env("CEPH_CONF", conf)
+                .arg("--ioengine=rbd")
+                .arg("--clientname=admin")
+                .arg(format!("--pool={pool}"))
+                .arg(format!("--rbdname={image}"))
+                .arg("--invalidate=0");
         }
     }
     cmd.arg(format!("--size={size}"))
@@ -301,5 +349,50 @@ mod tests {
     #[test]
     fn empty_side_is_an_error() {
         assert!(parse(SAMPLE, true).is_err());
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn rbd_target_uses_the_rbd_engine_and_the_conf() {
+        let target = IoTarget::Rbd {
+            conf: PathBuf::from("/w/ceph.conf"),
+            pool: "rbd".into(),
+            image: "bench".into(),
+        };
+        assert_eq!(target.to_string(), "rbd:rbd/bench");
+        let cmd = base_command(&target, 1 << 30, Path::new("/w/out.json"));
+        let a = args(&cmd);
+        for want in [
+            "--ioengine=rbd",
+            "--clientname=admin",
+            "--pool=rbd",
+            "--rbdname=bench",
+            "--size=1073741824",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} missing in {a:?}");
+        }
+        let conf = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "CEPH_CONF")
+            .and_then(|(_, v)| v);
+        assert_eq!(conf, Some(std::ffi::OsStr::new("/w/ceph.conf")));
+    }
+
+    #[test]
+    fn cluster_suite_adds_queue_depth_one() {
+        let qd1: Vec<&str> = Workload::CLUSTER
+            .iter()
+            .filter(|w| w.iodepth() == 1)
+            .map(|w| w.name())
+            .collect();
+        assert_eq!(qd1, ["4k randwrite QD1", "4k randread QD1"]);
+        assert!(Workload::ALL.iter().all(|w| w.iodepth() > 1));
+        assert!(Workload::RandRead4kQd1.is_read());
+        assert!(!Workload::RandWrite4kQd1.is_read());
     }
 }

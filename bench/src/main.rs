@@ -5,12 +5,17 @@
 //! latency side by side with raftblock/baseline ratios (table and JSON).
 //!
 //! Subcommands: `nbd` (a single node vs. the baselines) and `cluster` (a
-//! local 3-node cluster at replicas 3 and 1 vs. the baselines, plus the CPU
-//! seconds per GiB written), and `mount`: fio with `libaio` and direct I/O
+//! local 3-node cluster at replicas 3 and 1 vs. the baselines, plus
+//! queue-depth-1 latency runs and the CPU seconds per GiB; with
+//! `--with-ceph` also against Ceph RBD with 3 replicas on the same machine,
+//! set up and torn down by `ceph.rs`), and `mount`: fio with `libaio` and direct I/O
 //! on a file in ext4 on cluster volumes (3 and 1 replicas) mounted through
 //! the Docker volume plugin, against ext4 on a loop device over a file on the
-//! same disk (setup and teardown in `mount.rs`; needs root).
+//! same disk (setup and teardown in `mount.rs`; needs root). Every suite
+//! also draws its results as an SVG next to the JSON (`chart.rs`).
 
+mod ceph;
+mod chart;
 mod fio;
 mod mount;
 mod report;
@@ -25,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use fio::{FioJob, IoTarget, Workload};
-use report::{ProcessRow, Report, ReportConfig, ResultRow};
+use report::{CpuPerGib, ProcessRow, Report, ReportConfig, ResultRow, TargetResources};
 use targets::{EngineArg, Server, TargetKind};
 
 /// Benchmarks for raftblock.
@@ -40,9 +45,10 @@ struct Cli {
 enum Command {
     /// fio over NBD against raftblock, nbdkit and qemu-nbd, interleaved.
     Nbd(NbdArgs),
-    /// The same suite against a local 3-node cluster (volumes with 3 and
-    /// with 1 replica), nbdkit and qemu-nbd, interleaved.
-    Cluster(NbdArgs),
+    /// The same suite plus 4k QD1 latency runs against a local 3-node
+    /// cluster (volumes with 3 and with 1 replica), nbdkit and qemu-nbd
+    /// (and with --with-ceph Ceph RBD, 3 replicas), interleaved.
+    Cluster(ClusterArgs),
     /// fio (libaio, direct I/O) on a file in ext4 on cluster volumes mounted
     /// through the Docker plugin, against ext4 on a loop device (root).
     Mount(MountArgs),
@@ -59,6 +65,18 @@ struct NbdArgs {
     /// Benchmark only this target.
     #[arg(long, value_enum)]
     only: Option<TargetKind>,
+}
+
+/// Options of `raftblock-bench cluster`.
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    #[command(flatten)]
+    nbd: NbdArgs,
+    /// Also benchmark `ceph-rbd-r3`: a local Ceph cluster (1 mon, 1 mgr, 3
+    /// BlueStore OSDs on sparse files, pool size 3 / min_size 2) through
+    /// fio's rbd engine. Installs Debian's ceph packages when missing (root).
+    #[arg(long)]
+    with_ceph: bool,
 }
 
 /// Options of `raftblock-bench mount`.
@@ -101,8 +119,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     catch_interrupts();
     match cli.command {
-        Command::Nbd(args) => run_nbd(args, false),
-        Command::Cluster(args) => run_nbd(args, true),
+        Command::Nbd(args) => run_nbd(args, false, false),
+        Command::Cluster(args) => run_nbd(args.nbd, true, args.with_ceph),
         Command::Mount(args) => run_mount(args),
     }
 }
@@ -137,7 +155,7 @@ struct Target {
     procs: Vec<usize>,
 }
 
-fn cpu_of(servers: &[Server], procs: &[usize]) -> f64 {
+fn cpu_of(servers: &[&mut Server], procs: &[usize]) -> f64 {
     procs
         .iter()
         .filter_map(|i| servers.get(*i))
@@ -205,30 +223,45 @@ impl CommonArgs {
 fn select(all: Vec<TargetKind>, only: Option<TargetKind>) -> Result<Vec<TargetKind>> {
     match only {
         Some(k) if all.contains(&k) => Ok(vec![k]),
+        Some(TargetKind::CephRbdR3) => {
+            bail!("--only ceph-rbd-r3 needs `cluster --with-ceph`")
+        }
         Some(k) => bail!("--only {k} is not a target of this suite"),
         None => Ok(all),
     }
 }
 
-fn run_nbd(args: NbdArgs, cluster: bool) -> Result<()> {
+fn run_nbd(args: NbdArgs, cluster: bool, with_ceph: bool) -> Result<()> {
     let set = args.common.settings()?;
     let size = set.size;
     let all: Vec<TargetKind> = if cluster {
-        vec![
+        let mut all = vec![
             TargetKind::ClusterR3,
             TargetKind::ClusterR1,
             TargetKind::Nbdkit,
             TargetKind::QemuNbd,
-        ]
+        ];
+        if with_ceph {
+            all.push(TargetKind::CephRbdR3);
+        }
+        all
     } else {
         TargetKind::ALL.to_vec()
     };
     let kinds = select(all, args.only)?;
     let ours = |k: &TargetKind| TargetKind::OURS.contains(k);
+    let workloads: &[Workload] = if cluster {
+        &Workload::CLUSTER
+    } else {
+        &Workload::ALL
+    };
 
     let root = workspace_root();
     let target = target_dir(&root);
     let fio_version = targets::tool_version("fio", &["--version"])?;
+    if kinds.contains(&TargetKind::CephRbdR3) {
+        ceph::ensure_installed()?;
+    }
 
     // Binaries first, so a failed build costs nothing else.
     let raftblock_bin = if kinds.iter().any(ours) {
@@ -259,9 +292,20 @@ fn run_nbd(args: NbdArgs, cluster: bool) -> Result<()> {
     let mut names: Vec<String> = Vec::new();
     let mut tgts: Vec<Target> = Vec::new();
     let mut cluster_started = false;
+    // Its daemons are numbered after `servers` once everything runs.
+    let mut ceph_cluster: Option<ceph::CephCluster> = None;
     for kind in &kinds {
         let bin = raftblock_bin.as_deref();
         match kind {
+            TargetKind::CephRbdR3 => {
+                let c = ceph::CephCluster::start(dir, size)?;
+                tgts.push(Target {
+                    kind: *kind,
+                    io: c.io_target(),
+                    procs: Vec::new(),
+                });
+                ceph_cluster = Some(c);
+            }
             TargetKind::ClusterR3 | TargetKind::ClusterR1 => {
                 if !cluster_started {
                     cluster_started = true;
@@ -313,10 +357,38 @@ fn run_nbd(args: NbdArgs, cluster: bool) -> Result<()> {
         }
     }
 
-    let (rows, notes) = measure(&set, dir, &tgts, &mut servers)?;
-    let processes = process_rows(&servers, &names)?;
+    let mut notes = Vec::new();
+    let mut all: Vec<&mut Server> = servers.iter_mut().collect();
+    if let Some(c) = ceph_cluster.as_mut() {
+        notes.push(format!(
+            "ceph-rbd-r3 setup (mon, mgr, 3 OSDs, pool, image) took {:.0} s",
+            c.setup.as_secs_f64()
+        ));
+        let first = all.len();
+        for d in c.daemons.iter_mut() {
+            names.push(d.name.clone());
+            all.push(d);
+        }
+        for t in tgts.iter_mut().filter(|t| t.kind == TargetKind::CephRbdR3) {
+            t.procs = (first..all.len()).collect();
+        }
+    }
+
+    let (rows, cpu) = measure(&set, dir, workloads, &tgts, &mut all)?;
+    let processes = process_rows(&all, &names)?;
+    let resources = target_resources(&tgts, &processes);
+    drop(all);
     for server in servers.drain(..) {
         server.stop();
+    }
+    if let Some(c) = ceph_cluster.take() {
+        c.stop();
+    }
+    if kinds.contains(&TargetKind::CephRbdR3) {
+        notes.push(
+            "(ceph-rbd-r3 CPU counts its daemons only; librbd runs inside fio, as fio's NBD client does for the others)"
+                .into(),
+        );
     }
 
     let json = if cluster {
@@ -326,7 +398,23 @@ fn run_nbd(args: NbdArgs, cluster: bool) -> Result<()> {
     };
     let config = report_config(&set, args.engine, fio_version);
     let json_path = args.common.json.unwrap_or_else(|| target.join(json));
-    publish(config, rows, notes, processes, &json_path)
+    let title = if cluster {
+        "raftblock-bench cluster"
+    } else {
+        "raftblock-bench nbd"
+    };
+    publish(
+        config,
+        Measured {
+            rows,
+            cpu,
+            notes,
+            processes,
+            resources,
+        },
+        &json_path,
+        title,
+    )
 }
 
 fn run_mount(args: MountArgs) -> Result<()> {
@@ -375,8 +463,12 @@ fn run_mount(args: MountArgs) -> Result<()> {
         .map(|i| format!("raftblock node {i}"))
         .collect();
 
-    let (rows, mut notes) = measure(&set, dir, &tgts, &mut mt.nodes)?;
-    let processes = process_rows(&mt.nodes, &names)?;
+    let mut nodes: Vec<&mut Server> = mt.nodes.iter_mut().collect();
+    let (rows, cpu) = measure(&set, dir, &Workload::ALL, &tgts, &mut nodes)?;
+    let processes = process_rows(&nodes, &names)?;
+    drop(nodes);
+    let resources = target_resources(&tgts, &processes);
+    let mut notes = Vec::new();
     if !mt.nodes.is_empty() {
         notes.push(
             "(CPU per GiB counts the three daemons only, not the kernel's ext4, loop and FUSE work)"
@@ -391,28 +483,41 @@ fn run_mount(args: MountArgs) -> Result<()> {
         .common
         .json
         .unwrap_or_else(|| target.join("bench-mount.json"));
-    publish(config, rows, notes, processes, &json_path)?;
+    publish(
+        config,
+        Measured {
+            rows,
+            cpu,
+            notes,
+            processes,
+            resources,
+        },
+        &json_path,
+        "raftblock-bench mount",
+    )?;
     cleaned
 }
 
 /// Runs every workload on every target, interleaved, for all rounds
 /// (prefilling every target before the first read workload), and returns
-/// the median-IOPS row of each (workload, target) and the CPU-per-GiB notes.
+/// the median-IOPS row of each (workload, target) and the CPU seconds per
+/// GiB of every target with processes of its own.
 fn measure(
     set: &Settings,
     dir: &Path,
+    workloads: &[Workload],
     tgts: &[Target],
-    servers: &mut [Server],
-) -> Result<(Vec<ResultRow>, Vec<String>)> {
+    servers: &mut [&mut Server],
+) -> Result<(Vec<ResultRow>, Vec<CpuPerGib>)> {
     let size = set.size;
-    let total = Workload::ALL.len() * tgts.len() * set.rounds;
+    let total = workloads.len() * tgts.len() * set.rounds;
     let mut step = 0;
     // Every run of every (workload, target), in order, with the CPU seconds
     // the target's processes used during it.
     let mut runs: Vec<(Workload, TargetKind, fio::FioResult, f64)> = Vec::new();
     let mut prefilled = false;
     for round in 1..=set.rounds {
-        for workload in Workload::ALL {
+        for &workload in workloads {
             if workload.is_read() && !prefilled {
                 for t in tgts {
                     check_interrupted()?;
@@ -465,8 +570,8 @@ fn measure(
         }
     }
     let mut rows: Vec<ResultRow> = Vec::new();
-    let mut notes = Vec::new();
-    for workload in Workload::ALL {
+    let mut cpu_per_gib = Vec::new();
+    for &workload in workloads {
         for t in tgts {
             let mut mine: Vec<&fio::FioResult> = runs
                 .iter()
@@ -475,13 +580,13 @@ fn measure(
                 .collect();
             mine.sort_by(|a, b| a.iops.total_cmp(&b.iops));
             if let Some(median) = mine.get(mine.len() / 2) {
-                rows.push(ResultRow::new(workload.name(), t.kind, median));
+                rows.push(ResultRow::new(workload, t.kind, median));
             }
             // Targets without a process of their own (kernel baselines) get
             // no CPU figure: their work is not attributable to a pid.
-            if !workload.is_read() && !t.procs.is_empty() {
+            if !t.procs.is_empty() {
                 // CPU of all the target's processes over fio's whole run
-                // (ramp included) per GiB fio wrote in that time.
+                // (ramp included) per GiB fio moved in that time.
                 let (cpu, gib) = runs
                     .iter()
                     .filter(|(w, k, _, _)| *w == workload && *k == t.kind)
@@ -490,21 +595,47 @@ fn measure(
                         (c + cpu, g + r.mib_s * secs / 1024.0)
                     });
                 if gib > 0.0 {
-                    notes.push(format!(
-                        "{} on {}: {:.1} CPU s per GiB written",
-                        workload.name(),
-                        t.kind,
-                        cpu / gib
-                    ));
+                    cpu_per_gib.push(CpuPerGib {
+                        workload: workload.name().to_string(),
+                        target: t.kind.to_string(),
+                        write: !workload.is_read(),
+                        cpu_seconds: cpu,
+                        gib,
+                        cpu_s_per_gib: cpu / gib,
+                    });
                 }
             }
         }
     }
-    Ok((rows, notes))
+    Ok((rows, cpu_per_gib))
+}
+
+/// The processes of every distinct set of target processes (targets that
+/// share processes, like raftblock-r3 and -r1, are summed once), from the
+/// [`process_rows`] of the same server list.
+fn target_resources(tgts: &[Target], processes: &[ProcessRow]) -> Vec<TargetResources> {
+    let mut out: Vec<(Vec<usize>, TargetResources)> = Vec::new();
+    for t in tgts.iter().filter(|t| !t.procs.is_empty()) {
+        if let Some((_, r)) = out.iter_mut().find(|(p, _)| *p == t.procs) {
+            r.targets.push(t.kind.to_string());
+            continue;
+        }
+        let rows: Vec<&ProcessRow> = t.procs.iter().filter_map(|i| processes.get(*i)).collect();
+        out.push((
+            t.procs.clone(),
+            TargetResources {
+                targets: vec![t.kind.to_string()],
+                processes: rows.iter().map(|p| p.target.clone()).collect(),
+                cpu_seconds: rows.iter().map(|p| p.cpu_seconds).sum(),
+                peak_rss_mib: rows.iter().map(|p| p.peak_rss_mib).sum(),
+            },
+        ));
+    }
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// CPU time and peak RSS of every server process so far.
-fn process_rows(servers: &[Server], names: &[String]) -> Result<Vec<ProcessRow>> {
+fn process_rows(servers: &[&mut Server], names: &[String]) -> Result<Vec<ProcessRow>> {
     let mut processes = Vec::new();
     for (server, name) in servers.iter().zip(names) {
         let stats = targets::proc_stats(server.pid())
@@ -536,19 +667,30 @@ fn report_config(set: &Settings, engine: Option<EngineArg>, fio_version: String)
     }
 }
 
-/// Prints the report's table on stdout and writes its JSON to `json_path`.
-fn publish(
-    config: ReportConfig,
+/// What [`measure`] and the process stats gave, for [`publish`].
+struct Measured {
     rows: Vec<ResultRow>,
+    cpu: Vec<CpuPerGib>,
+    /// Notes printed before the CPU-per-GiB lines.
     notes: Vec<String>,
     processes: Vec<ProcessRow>,
-    json_path: &Path,
-) -> Result<()> {
-    let mut report = Report::new(config, rows, processes);
-    report.notes = notes;
+    resources: Vec<TargetResources>,
+}
+
+/// Prints the report's table on stdout, writes its JSON to `json_path` and
+/// its chart next to it (same name, `.svg`).
+fn publish(config: ReportConfig, m: Measured, json_path: &Path, title: &str) -> Result<()> {
+    let mut report = Report::new(config, m.rows, m.processes);
+    report.notes = m.notes;
+    report.notes.extend(m.cpu.iter().map(CpuPerGib::note));
+    report.cpu_per_gib = m.cpu;
+    report.resources = m.resources;
     println!("{}", report.render_text());
     report.write_json(json_path)?;
     eprintln!("wrote {}", json_path.display());
+    let svg = json_path.with_extension("svg");
+    chart::write_svg(&report, title, &svg)?;
+    eprintln!("wrote chart {}", svg.display());
     Ok(())
 }
 

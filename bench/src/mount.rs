@@ -41,7 +41,7 @@ pub const ALL: [TargetKind; 3] = [
 ];
 
 /// Whether `tool` is an executable on `PATH`.
-fn on_path(tool: &str) -> bool {
+pub fn on_path(tool: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path).any(|d| {

@@ -1,7 +1,10 @@
 //! The benchmark report: one row per (workload, target) with IOPS, MiB/s and
 //! completion-latency percentiles, raftblock/baseline IOPS ratios on the
-//! raftblock rows, a per-workload "vs best baseline" summary and the servers'
-//! CPU time and peak RSS. Rendered as an aligned markdown table for the
+//! raftblock rows, a per-workload "vs best baseline" summary, the
+//! head-to-head of `raftblock-r3` against the `ceph-rbd-r3` anchor (IOPS
+//! ratios, and p50/p99 latency ratios for the queue-depth-1 workloads), the
+//! servers' CPU time and peak RSS per process and per target, and the CPU
+//! seconds per GiB moved. Rendered as an aligned markdown table for the
 //! terminal and serialised as JSON for later comparison.
 //!
 //! Which targets are ours is [`TargetKind::OURS`]; every other target in the
@@ -13,8 +16,12 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::fio::FioResult;
+use crate::fio::{FioResult, Workload};
 use crate::targets::TargetKind;
+
+/// Head-to-head pairs: (our target, the anchor it is compared with).
+const HEAD_TO_HEAD: [(TargetKind, TargetKind); 1] =
+    [(TargetKind::ClusterR3, TargetKind::CephRbdR3)];
 
 /// Settings the numbers were measured with.
 #[derive(Debug, Serialize)]
@@ -42,6 +49,8 @@ pub struct ResultRow {
     pub workload: String,
     /// Target name, e.g. `nbdkit`.
     pub target: String,
+    /// fio queue depth of the workload.
+    pub iodepth: u32,
     /// I/O operations per second.
     pub iops: f64,
     /// Bandwidth in MiB/s.
@@ -57,10 +66,11 @@ pub struct ResultRow {
 
 impl ResultRow {
     /// A row without ratios (filled in by [`Report::new`]).
-    pub fn new(workload: &str, target: TargetKind, r: &FioResult) -> Self {
+    pub fn new(workload: Workload, target: TargetKind, r: &FioResult) -> Self {
         ResultRow {
-            workload: workload.to_string(),
+            workload: workload.name().to_string(),
             target: target.to_string(),
+            iodepth: workload.iodepth(),
             iops: r.iops,
             mib_s: r.mib_s,
             p50_ms: r.p50_ms,
@@ -81,6 +91,72 @@ pub struct Summary {
     pub best_baseline: String,
     /// raftblock IOPS / best baseline IOPS.
     pub ratio: f64,
+}
+
+/// One of our targets against an anchor (`raftblock-r3` vs `ceph-rbd-r3`)
+/// on one workload.
+#[derive(Debug, Serialize)]
+pub struct HeadToHead {
+    /// Workload name.
+    pub workload: String,
+    /// Our target.
+    pub target: String,
+    /// The anchor it is compared with.
+    pub anchor: String,
+    /// The headline figure: `iops` (higher is better) for queued
+    /// workloads, `p50_latency` (lower is better) at queue depth 1.
+    pub metric: String,
+    /// Ours / anchor of `metric`.
+    pub ratio: f64,
+    /// Ours / anchor IOPS (equal to the bandwidth ratio).
+    pub iops_ratio: f64,
+    /// Ours / anchor median latency (below 1: we are faster).
+    pub p50_ratio: f64,
+    /// Ours / anchor 99th-percentile latency.
+    pub p99_ratio: f64,
+}
+
+/// CPU seconds the processes of a target used per GiB fio moved.
+#[derive(Debug, Serialize)]
+pub struct CpuPerGib {
+    /// Workload name.
+    pub workload: String,
+    /// Target name.
+    pub target: String,
+    /// Whether the workload writes (else it reads).
+    pub write: bool,
+    /// CPU seconds of all the target's processes over its runs (ramp included).
+    pub cpu_seconds: f64,
+    /// GiB fio moved in that time.
+    pub gib: f64,
+    /// `cpu_seconds / gib`.
+    pub cpu_s_per_gib: f64,
+}
+
+impl CpuPerGib {
+    /// `4k randwrite on raftblock-r3: 45.5 CPU s per GiB written`.
+    pub fn note(&self) -> String {
+        format!(
+            "{} on {}: {:.1} CPU s per GiB {}",
+            self.workload,
+            self.target,
+            self.cpu_s_per_gib,
+            if self.write { "written" } else { "read" }
+        )
+    }
+}
+
+/// The processes behind one or more targets, summed over the whole run.
+#[derive(Debug, Serialize)]
+pub struct TargetResources {
+    /// The targets these processes serve (raftblock-r3 and -r1 share nodes).
+    pub targets: Vec<String>,
+    /// Process names (see [`ProcessRow::target`]).
+    pub processes: Vec<String>,
+    /// User plus system CPU seconds of all of them.
+    pub cpu_seconds: f64,
+    /// Sum of the processes' peak RSS (MiB): an upper bound of the joint peak.
+    pub peak_rss_mib: f64,
 }
 
 /// CPU time and peak memory of one server over the whole run.
@@ -107,8 +183,14 @@ pub struct Report {
     pub results: Vec<ResultRow>,
     /// raftblock vs best baseline per workload.
     pub summary: Vec<Summary>,
+    /// raftblock-r3 vs ceph-rbd-r3 per workload (when both ran).
+    pub head_to_head: Vec<HeadToHead>,
     /// Server resource usage.
     pub processes: Vec<ProcessRow>,
+    /// Server resource usage summed per target.
+    pub resources: Vec<TargetResources>,
+    /// CPU seconds per GiB per (workload, target) with processes of its own.
+    pub cpu_per_gib: Vec<CpuPerGib>,
     /// Further measured lines (CPU per GiB written, ...).
     pub notes: Vec<String>,
 }
@@ -116,6 +198,11 @@ pub struct Report {
 /// Whether `target` names one of our targets (the rest are baselines).
 pub fn is_ours(target: &str) -> bool {
     TargetKind::OURS.iter().any(|k| k.as_str() == target)
+}
+
+fn row_of<'a>(rows: &'a [ResultRow], workload: &str, target: &str) -> Option<&'a ResultRow> {
+    rows.iter()
+        .find(|r| r.workload == workload && r.target == target)
 }
 
 fn iops_of(rows: &[ResultRow], workload: &str, target: &str) -> Option<f64> {
@@ -126,6 +213,41 @@ fn iops_of(rows: &[ResultRow], workload: &str, target: &str) -> Option<f64> {
 
 fn ratio(ours: f64, theirs: Option<f64>) -> Option<f64> {
     theirs.filter(|t| *t > 0.0).map(|t| ours / t)
+}
+
+/// The [`HEAD_TO_HEAD`] comparisons of every workload where both ran.
+pub fn head_to_head(results: &[ResultRow]) -> Vec<HeadToHead> {
+    let workloads = distinct(results, |r| &r.workload, |_| true);
+    let mut out = Vec::new();
+    for (ours, anchor) in HEAD_TO_HEAD {
+        for w in &workloads {
+            let (Some(a), Some(b)) = (
+                row_of(results, w, ours.as_str()),
+                row_of(results, w, anchor.as_str()),
+            ) else {
+                continue;
+            };
+            let (Some(iops_ratio), Some(p50_ratio), Some(p99_ratio)) = (
+                ratio(a.iops, Some(b.iops)),
+                ratio(a.p50_ms, Some(b.p50_ms)),
+                ratio(a.p99_ms, Some(b.p99_ms)),
+            ) else {
+                continue;
+            };
+            let latency = a.iodepth == 1;
+            out.push(HeadToHead {
+                workload: w.clone(),
+                target: ours.to_string(),
+                anchor: anchor.to_string(),
+                metric: if latency { "p50_latency" } else { "iops" }.into(),
+                ratio: if latency { p50_ratio } else { iops_ratio },
+                iops_ratio,
+                p50_ratio,
+                p99_ratio,
+            });
+        }
+    }
+    out
 }
 
 /// The distinct values of `f` over `rows` that satisfy `keep`, in
@@ -188,12 +310,16 @@ impl Report {
                 }
             }
         }
+        let head_to_head = head_to_head(&results);
         Report {
             config,
             baselines,
             results,
             summary,
+            head_to_head,
             processes,
+            resources: Vec::new(),
+            cpu_per_gib: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -273,6 +399,18 @@ impl Report {
                 s.workload, s.target, s.ratio, s.best_baseline
             ));
         }
+        let mut pair = None;
+        for h in &self.head_to_head {
+            if pair != Some((&h.target, &h.anchor)) {
+                pair = Some((&h.target, &h.anchor));
+                out.push_str(&format!(
+                    "\n{} vs {} (IOPS: higher is better; latency: lower is better):\n",
+                    h.target, h.anchor
+                ));
+            }
+            out.push_str(&self.render_head_to_head(h));
+            out.push('\n');
+        }
         if !self.processes.is_empty() {
             out.push('\n');
         }
@@ -282,11 +420,48 @@ impl Report {
                 p.target, p.pid, p.cpu_seconds, p.peak_rss_mib
             ));
         }
+        for r in &self.resources {
+            out.push_str(&format!(
+                "{} ({} process{}: {}): {:.1} CPU s in all, peak RSS {:.1} MiB (sum of per-process peaks)\n",
+                r.targets.join(" + "),
+                r.processes.len(),
+                if r.processes.len() == 1 { "" } else { "es" },
+                r.processes.join(", "),
+                r.cpu_seconds,
+                r.peak_rss_mib
+            ));
+        }
         for n in &self.notes {
             out.push_str(n);
             out.push('\n');
         }
         out
+    }
+
+    /// One head-to-head line, with both sides' figures.
+    fn render_head_to_head(&self, h: &HeadToHead) -> String {
+        let ours = row_of(&self.results, &h.workload, &h.target);
+        let theirs = row_of(&self.results, &h.workload, &h.anchor);
+        let (Some(a), Some(b)) = (ours, theirs) else {
+            return format!("  {}: {:.2}x {}", h.workload, h.ratio, h.metric);
+        };
+        if h.metric == "p50_latency" {
+            format!(
+                "  {}: p50 latency {:.2}x ({} vs {}), p99 {:.2}x ({} vs {})",
+                h.workload,
+                h.p50_ratio,
+                fmt_latency(a.p50_ms),
+                fmt_latency(b.p50_ms),
+                h.p99_ratio,
+                fmt_latency(a.p99_ms),
+                fmt_latency(b.p99_ms),
+            )
+        } else {
+            format!(
+                "  {}: {:.2}x IOPS ({:.0} vs {:.0} IOPS, {:.1} vs {:.1} MiB/s), p99 latency {:.2}x",
+                h.workload, h.iops_ratio, a.iops, b.iops, a.mib_s, b.mib_s, h.p99_ratio
+            )
+        }
     }
 
     /// Writes the report as pretty JSON to `path`.
@@ -300,18 +475,44 @@ impl Report {
     }
 }
 
+/// A latency in µs below 1 ms, else in ms: `85 µs`, `2.11 ms`.
+pub fn fmt_latency(ms: f64) -> String {
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1000.0)
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(workload: &str, target: TargetKind, iops: f64) -> ResultRow {
+    fn workload(name: &str) -> Workload {
+        Workload::CLUSTER
+            .into_iter()
+            .find(|w| w.name() == name)
+            .unwrap_or(Workload::RandWrite4k)
+    }
+
+    fn row(name: &str, target: TargetKind, iops: f64) -> ResultRow {
         let r = FioResult {
             iops,
             mib_s: iops * 4.0 / 1024.0,
             p50_ms: 0.5,
             p99_ms: 1.5,
         };
-        ResultRow::new(workload, target, &r)
+        ResultRow::new(workload(name), target, &r)
+    }
+
+    fn latency_row(name: &str, target: TargetKind, p50_ms: f64, p99_ms: f64) -> ResultRow {
+        let r = FioResult {
+            iops: 1000.0 / p50_ms,
+            mib_s: 4.0 / p50_ms,
+            p50_ms,
+            p99_ms,
+        };
+        ResultRow::new(workload(name), target, &r)
     }
 
     fn config() -> ReportConfig {
@@ -415,5 +616,109 @@ mod tests {
         assert_eq!(json["results"][1]["ratio_vs"]["ext4-loop"], 0.5);
         assert_eq!(json["baselines"][0], "ext4-loop");
         Ok(())
+    }
+
+    #[test]
+    fn raftblock_r3_against_ceph() -> Result<()> {
+        let rows = vec![
+            row("4k randwrite", TargetKind::ClusterR3, 8000.0),
+            row("4k randwrite", TargetKind::ClusterR1, 9000.0),
+            row("4k randwrite", TargetKind::Nbdkit, 20000.0),
+            row("4k randwrite", TargetKind::CephRbdR3, 1600.0),
+            latency_row("4k randread QD1", TargetKind::ClusterR3, 0.1, 0.4),
+            latency_row("4k randread QD1", TargetKind::ClusterR1, 0.09, 0.3),
+            latency_row("4k randread QD1", TargetKind::CephRbdR3, 0.4, 2.0),
+            // No ceph row: no head-to-head for this workload.
+            row("1M seqread", TargetKind::ClusterR3, 100.0),
+            row("1M seqread", TargetKind::Nbdkit, 100.0),
+        ];
+        let rep = Report::new(config(), rows, Vec::new());
+        assert_eq!(rep.baselines, ["nbdkit", "ceph-rbd-r3"]);
+        assert_eq!(rep.head_to_head.len(), 2);
+        let w = &rep.head_to_head[0];
+        assert_eq!(
+            (w.workload.as_str(), w.target.as_str(), w.anchor.as_str()),
+            ("4k randwrite", "raftblock-r3", "ceph-rbd-r3")
+        );
+        assert_eq!(w.metric, "iops");
+        assert!((w.ratio - 5.0).abs() < 1e-9);
+        let q = &rep.head_to_head[1];
+        assert_eq!(q.metric, "p50_latency");
+        assert!((q.ratio - 0.25).abs() < 1e-9);
+        assert!((q.p99_ratio - 0.2).abs() < 1e-9);
+        assert!((q.iops_ratio - 4.0).abs() < 1e-9);
+        // The ceph row is a baseline: our rows get a column for it.
+        assert_eq!(rep.results[0].ratio_vs.get("ceph-rbd-r3"), Some(&5.0));
+        assert_eq!(rep.results[4].iodepth, 1);
+
+        let text = rep.render_text();
+        assert!(text.contains("raftblock-r3 vs ceph-rbd-r3 ("), "{text}");
+        assert!(
+            text.contains("  4k randwrite: 5.00x IOPS (8000 vs 1600 IOPS"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  4k randread QD1: p50 latency 0.25x (100 µs vs 400 µs), p99 0.20x (400 µs vs 2.00 ms)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("  1M seqread:"), "{text}");
+        let json: serde_json::Value = serde_json::to_value(&rep)?;
+        assert_eq!(json["head_to_head"][1]["metric"], "p50_latency");
+        assert_eq!(json["head_to_head"][1]["ratio"], 0.25);
+        assert_eq!(json["results"][4]["iodepth"], 1);
+        Ok(())
+    }
+
+    #[test]
+    fn no_anchor_no_head_to_head() {
+        let rows = vec![
+            row("4k randwrite", TargetKind::ClusterR3, 80.0),
+            row("4k randwrite", TargetKind::Nbdkit, 100.0),
+        ];
+        let rep = Report::new(config(), rows, Vec::new());
+        assert!(rep.head_to_head.is_empty());
+        assert!(!rep.render_text().contains(" vs ceph-rbd-r3"));
+    }
+
+    #[test]
+    fn renders_resources_and_cpu_per_gib() {
+        let mut rep = Report::new(
+            config(),
+            vec![row("4k randwrite", TargetKind::CephRbdR3, 100.0)],
+            Vec::new(),
+        );
+        rep.resources.push(TargetResources {
+            targets: vec!["ceph-rbd-r3".into()],
+            processes: vec!["ceph-mon.a".into(), "ceph-osd.0".into()],
+            cpu_seconds: 12.3,
+            peak_rss_mib: 400.0,
+        });
+        let c = CpuPerGib {
+            workload: "4k randread".into(),
+            target: "ceph-rbd-r3".into(),
+            write: false,
+            cpu_seconds: 10.0,
+            gib: 2.0,
+            cpu_s_per_gib: 5.0,
+        };
+        assert_eq!(
+            c.note(),
+            "4k randread on ceph-rbd-r3: 5.0 CPU s per GiB read"
+        );
+        let text = rep.render_text();
+        assert!(
+            text.contains(
+                "ceph-rbd-r3 (2 processes: ceph-mon.a, ceph-osd.0): 12.3 CPU s in all, peak RSS 400.0 MiB"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn latency_units() {
+        assert_eq!(fmt_latency(0.0855), "86 µs");
+        assert_eq!(fmt_latency(2.114), "2.11 ms");
     }
 }

@@ -48,6 +48,10 @@ pub enum TargetKind {
     /// ext4 on a loop device over a file (the `mount` suite's baseline).
     #[value(name = "ext4-loop")]
     Ext4Loop,
+    /// An RBD image in a 3-replica pool of a local Ceph cluster (one
+    /// monitor, one manager, three BlueStore OSDs; `cluster --with-ceph`).
+    #[value(name = "ceph-rbd-r3")]
+    CephRbdR3,
 }
 
 impl TargetKind {
@@ -78,6 +82,7 @@ impl TargetKind {
             TargetKind::MountR3 => "raftblock-r3-mount",
             TargetKind::MountR1 => "raftblock-r1-mount",
             TargetKind::Ext4Loop => "ext4-loop",
+            TargetKind::CephRbdR3 => "ceph-rbd-r3",
         }
     }
 }
@@ -106,11 +111,14 @@ impl std::fmt::Display for EngineArg {
     }
 }
 
-/// A running NBD server; dropping it stops the process.
+/// A running server process (an NBD server, a cluster node or a Ceph
+/// daemon); dropping it stops the process.
 #[derive(Debug)]
 pub struct Server {
-    /// Which server this is.
+    /// Which target the process belongs to.
     pub kind: TargetKind,
+    /// The process's name in messages (the target name unless set, e.g. `ceph-osd.0`).
+    pub name: String,
     /// URI for fio, `nbd://127.0.0.1:PORT/EXPORT`.
     pub uri: String,
     child: Child,
@@ -128,7 +136,7 @@ impl Server {
         if let Some(status) = self.child.try_wait().context("polling server process")? {
             bail!(
                 "{} exited unexpectedly ({status}){}",
-                self.kind,
+                self.name,
                 log_tail(&self.log)
             );
         }
@@ -138,6 +146,24 @@ impl Server {
     /// Stops the server (SIGTERM, then SIGKILL after a grace period).
     pub fn stop(mut self) {
         self.terminate();
+    }
+
+    /// Sends SIGTERM without waiting (so several servers can shut down at
+    /// once before they are stopped one by one).
+    pub fn signal_term(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+                // SAFETY: plain kill(2) on our own child, which has not been reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+    }
+
+    /// Where the process's stdout and stderr go.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     fn terminate(&mut self) {
@@ -218,7 +244,7 @@ pub fn is_tmpfs(path: &Path) -> bool {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a probe port")?;
     Ok(l.local_addr().context("probe port address")?.port())
 }
@@ -226,7 +252,7 @@ fn free_port() -> Result<u16> {
 /// Spawns `cmd` with output going to `log`, in its own process group (a
 /// Ctrl-C is ours to handle, so we can unmount before the servers stop),
 /// and with SIGTERM on our death.
-fn spawn(kind: TargetKind, mut cmd: Command, log: PathBuf, uri: String) -> Result<Server> {
+pub fn spawn(kind: TargetKind, mut cmd: Command, log: PathBuf, uri: String) -> Result<Server> {
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out
         .try_clone()
@@ -250,6 +276,7 @@ fn spawn(kind: TargetKind, mut cmd: Command, log: PathBuf, uri: String) -> Resul
         .with_context(|| format!("starting {program} (is it installed?)"))?;
     Ok(Server {
         kind,
+        name: kind.to_string(),
         uri,
         child,
         log,
@@ -267,7 +294,7 @@ pub fn wait_ready(server: &mut Server, what: &str, mut ready: impl FnMut() -> bo
         if started.elapsed() > READY_TIMEOUT {
             bail!(
                 "{}: {what} not ready after {} s{}",
-                server.kind,
+                server.name,
                 READY_TIMEOUT.as_secs(),
                 log_tail(&server.log)
             );
@@ -538,10 +565,16 @@ pub fn proc_stats(pid: u32) -> Result<ProcStats> {
 }
 
 /// The last lines of a server log, formatted for an error message.
-fn log_tail(path: &Path) -> String {
+pub fn log_tail(path: &Path) -> String {
+    log_tail_lines(path, 15)
+}
+
+/// The last `n` lines of a log, formatted for an error message.
+pub fn log_tail_lines(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+    // Ceph's daemons put a blank line after every stderr entry.
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join("\n");
     if tail.trim().is_empty() {
         format!(" (log {} is empty)", path.display())
     } else {
