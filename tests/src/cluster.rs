@@ -168,51 +168,47 @@ impl TestCluster {
     /// Waits until `node` leads every shard of `volume` (the node serving a
     /// volume's clients draws its leaders; panics after `within`).
     pub fn wait_leaders_on(&mut self, volume: &str, node: u64, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let st = self.status();
-            let done = st["volumes"].as_array().is_some_and(|vols| {
-                vols.iter().filter(|v| v["name"] == volume).all(|v| {
-                    v["shards"].as_array().is_some_and(|shards| {
-                        shards.iter().all(|s| s["leader"].as_u64() == Some(node))
-                    })
-                })
-            });
-            if done {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {node} did not take the leaders of {volume} within {within:?}: {st:#}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let what = format!("node {node} did not take the leaders of {volume}");
+        self.wait_shards(volume, within, &what, |s| {
+            s["leader"].as_u64() == Some(node)
+        });
     }
 
     /// Waits until every shard of `volume` has a leader and every replica
     /// has applied everything the leader has (panics after `within`).
     pub fn wait_converged(&mut self, volume: &str, within: Duration) {
+        let what = format!("volume {volume} did not converge");
+        self.wait_shards(volume, within, &what, |s| {
+            s["leader"].as_u64().unwrap_or(0) != 0
+                && s["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["lag"].as_u64() == Some(0)))
+        });
+    }
+
+    /// Polls the cluster status until every shard of `volume` passes `ok`;
+    /// panics with `what` and the last status after `within`.
+    fn wait_shards(
+        &mut self,
+        volume: &str,
+        within: Duration,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) {
         let deadline = Instant::now() + within;
         loop {
             let st = self.status();
             let done = st["volumes"].as_array().is_some_and(|vols| {
-                vols.iter().filter(|v| v["name"] == volume).all(|v| {
-                    v["shards"].as_array().is_some_and(|shards| {
-                        shards.iter().all(|s| {
-                            s["leader"].as_u64().unwrap_or(0) != 0
-                                && s["replicas"]
-                                    .as_array()
-                                    .is_some_and(|r| r.iter().all(|r| r["lag"].as_u64() == Some(0)))
-                        })
-                    })
-                })
+                vols.iter()
+                    .filter(|v| v["name"] == volume)
+                    .all(|v| v["shards"].as_array().is_some_and(|s| s.iter().all(&ok)))
             });
             if done {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "volume {volume} did not converge within {within:?}: {st:#}"
+                "{what} within {within:?}: {st:#}"
             );
             std::thread::sleep(Duration::from_millis(250));
         }
