@@ -17,6 +17,7 @@
 mod ceph;
 mod chart;
 mod fio;
+mod idle;
 mod mount;
 mod report;
 mod targets;
@@ -52,6 +53,26 @@ enum Command {
     /// fio (libaio, direct I/O) on a file in ext4 on cluster volumes mounted
     /// through the Docker plugin, against ext4 on a loop device (root).
     Mount(MountArgs),
+    /// What idle shard replicas cost: a local 3-node cluster with many
+    /// volumes of many shards, nothing written; CPU and memory per node.
+    Idle(IdleCmd),
+}
+
+/// Options of `raftblock-bench idle`.
+#[derive(Args, Debug)]
+struct IdleCmd {
+    #[command(flatten)]
+    idle: idle::IdleArgs,
+    /// Where to write the results as JSON (default: <target dir>/bench-idle.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Directory under which the nodes' data directories are created
+    /// (default: the workspace's target dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Use the existing target/release/raftblock instead of running `cargo build` first.
+    #[arg(long)]
+    no_build: bool,
 }
 
 /// Options of `raftblock-bench nbd` and `cluster`.
@@ -122,7 +143,27 @@ fn main() -> Result<()> {
         Command::Nbd(args) => run_nbd(args, false, false),
         Command::Cluster(args) => run_nbd(args.nbd, true, args.with_ceph),
         Command::Mount(args) => run_mount(args),
+        Command::Idle(args) => run_idle(args),
     }
+}
+
+fn run_idle(args: IdleCmd) -> Result<()> {
+    let root = workspace_root();
+    let target = target_dir(&root);
+    let bin = target.join("release").join("raftblock");
+    if !args.no_build {
+        targets::build_raftblock(&root)?;
+    }
+    if !bin.is_file() {
+        bail!("{} not found (build it or drop --no-build)", bin.display());
+    }
+    let base = args.dir.clone().unwrap_or_else(|| target.clone());
+    let scratch = tempfile::Builder::new()
+        .prefix("bench-idle-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a scratch dir under {}", base.display()))?;
+    let json_path = args.json.unwrap_or_else(|| target.join("bench-idle.json"));
+    idle::run(&args.idle, &bin, scratch.path(), &json_path).map(|_| ())
 }
 
 /// The workspace root (parent of this crate's manifest directory).
