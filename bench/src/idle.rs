@@ -22,11 +22,13 @@ pub struct IdleArgs {
     /// Shards per volume (each a Raft group with a replica on every node).
     #[arg(long, default_value_t = 100)]
     pub shards: u32,
-    /// Seconds to let the cluster settle after the last volume was created.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds to let the cluster settle after the last volume was created
+    /// (10,000 groups take most of a minute to all fall asleep).
+    #[arg(long, default_value_t = 90)]
     pub settle: u64,
-    /// Seconds over which the nodes' CPU time is measured.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds over which the nodes' CPU time is measured (a minute takes in
+    /// the once-a-minute compaction sweep over every group).
+    #[arg(long, default_value_t = 60)]
     pub measure: u64,
 }
 
