@@ -56,7 +56,9 @@ impl ReadLeases {
 
     /// Whether reads of `group` may be served locally at `now`.
     pub fn holds(&self, group: u64, now: Instant) -> bool {
-        let Some(l) = self.get(group) else {
+        // Under the read lock, no Arc clone: this runs for every read.
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let Some(l) = groups.get(&group) else {
             return false;
         };
         l.wanted.store(true, Ordering::Relaxed);

@@ -17,6 +17,7 @@
 
 use raft::prelude::{Message, MessageType};
 use raft::StateRole;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use super::liveness::PeerLiveness;
@@ -112,9 +113,17 @@ impl Replica {
         }
     }
 
-    /// Something happened in the group (a request, a message other than a
-    /// heartbeat): it wakes, and its quiet time starts over.
-    pub(super) fn wake(&mut self) {
+    /// Something happened in group `group` (a request, a message other
+    /// than a heartbeat): it wakes, joins the driver's `awake` groups, and
+    /// its quiet time starts over.
+    pub(super) fn wake(&mut self, group: u64, awake: &mut BTreeSet<u64>) {
+        awake.insert(group);
+        self.stir();
+    }
+
+    /// Resets the sleep state without touching the awake set (the caller
+    /// records the group as awake).
+    pub(super) fn stir(&mut self) {
         self.hibernating = false;
         self.settle_round = false;
         self.quiet_ticks = 0;

@@ -39,8 +39,7 @@ impl Driver {
                     let _ = reply.send(Err(ReplicaError::NoReplica(group)));
                     return true;
                 };
-                r.wake();
-                self.awake.insert(group);
+                r.wake(group, &mut self.awake);
                 // Shard reads are served by the leader; the meta group may
                 // also be read on a follower (Raft forwards the ReadIndex).
                 if group != META_GROUP && !r.is_leader() {
@@ -99,8 +98,7 @@ impl Driver {
             DriverMsg::SnapshotPrepared { group, ok } => self.snapshot_prepared(group, ok),
             DriverMsg::TransferLeader { group, to } => {
                 if let Some(r) = self.replicas.get_mut(&group) {
-                    r.wake();
-                    self.awake.insert(group);
+                    r.wake(group, &mut self.awake);
                     if r.is_leader() && to != self.cfg.node {
                         r.hand_over(to);
                         r.publish_lease(group, &self.view.read_leases);
@@ -172,8 +170,7 @@ impl Driver {
         }
         let hibernation = is_hibernation_msg(&msg);
         if !hibernation && (r.hibernating || !is_heartbeat(&msg)) {
-            r.wake();
-            self.awake.insert(env.group);
+            r.wake(env.group, &mut self.awake);
         }
         let sleep_with =
             (hibernation && msg.get_msg_type() == MessageType::MsgHeartbeat).then(|| msg.clone());
@@ -273,8 +270,7 @@ impl Driver {
             let _ = reply.send(Err(ReplicaError::NoReplica(group)));
             return;
         };
-        r.wake();
-        self.awake.insert(group);
+        r.wake(group, &mut self.awake);
         if !r.is_leader() {
             let leader = r.leader();
             let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
@@ -304,8 +300,7 @@ impl Driver {
             let _ = reply.send(Err(ReplicaError::NoReplica(group)));
             return;
         };
-        r.wake();
-        self.awake.insert(group);
+        r.wake(group, &mut self.awake);
         if !r.is_leader() {
             let leader = r.leader();
             let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));

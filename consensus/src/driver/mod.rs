@@ -595,6 +595,12 @@ impl Driver {
         before - self.in_flight.len()
     }
 
+    /// The awake groups as they are now (the caller's loop may put some
+    /// to sleep; a dropped replica leaves the set with it).
+    fn awake_now(&self) -> Vec<u64> {
+        self.awake.iter().copied().collect()
+    }
+
     fn tick_if_due(&mut self) {
         let now = self.clock.now();
         if now >= self.next_tick {
@@ -674,15 +680,12 @@ impl Driver {
             for (&g, r) in self.replicas.iter_mut() {
                 if r.hibernating && r.member_silent(&self.liveness, now) {
                     tracing::debug!(group = g, "a member went silent; waking the group");
-                    r.wake();
-                    self.awake.insert(g);
+                    r.wake(g, &mut self.awake);
                 }
             }
         }
-        let awake: Vec<u64> = self.awake.iter().copied().collect();
-        for g in awake {
+        for g in self.awake_now() {
             let Some(r) = self.replicas.get_mut(&g) else {
-                self.awake.remove(&g);
                 continue;
             };
             if r.hibernating {

@@ -44,10 +44,8 @@ impl Driver {
         let mut meta_changed = false;
         let mut snap_sent = Vec::new();
         let mut leader_changes = Vec::new();
-        let awake: Vec<u64> = self.awake.iter().copied().collect();
-        for g in awake {
+        for g in self.awake_now() {
             let Some(r) = self.replicas.get_mut(&g) else {
-                self.awake.remove(&g);
                 continue;
             };
             // A group that fell asleep has one last round (the answer to

@@ -103,7 +103,7 @@ impl Replica {
         self.preferred = preferred;
         self.serving = serving;
         self.handback_since = None;
-        self.wake();
+        self.stir(); // the caller records the group awake
         true
     }
 
