@@ -5,8 +5,6 @@
 //! log instead of copying chunks. Its Raft snapshot then points at where
 //! the log starts, and WAL segments no log needs any more are purged.
 
-use bytes::Bytes;
-use raft::prelude::{Snapshot, SnapshotMetadata};
 use raft::{StateRole, Storage as _};
 use std::time::{Duration, Instant};
 
@@ -50,7 +48,7 @@ impl Driver {
                 tracing::warn!(group, error = %e, "compacting a shard log");
             } else {
                 self.compacted = true;
-                set_shard_snapshot(r);
+                r.set_shard_snapshot();
             }
         }
     }
@@ -166,29 +164,4 @@ fn compact_to(
         to = to.min(by_age.max(by_size));
     }
     to
-}
-
-/// Points the shard's Raft snapshot at where its log now starts: the data
-/// behind it is the shard's chunks, copied by the follower (`snapshot`).
-pub(super) fn set_shard_snapshot(r: &mut Replica) {
-    let store = r.node.store();
-    let index = store.first_index().unwrap_or(1).saturating_sub(1);
-    if index == 0 {
-        return;
-    }
-    let Ok(term) = store.term(index) else {
-        return;
-    };
-    let mut md = SnapshotMetadata {
-        index,
-        term,
-        ..SnapshotMetadata::default()
-    };
-    md.set_conf_state(store.conf_state());
-    let mut snap = Snapshot {
-        data: Bytes::from(crate::fence::snapshot_marker(r.fences.at(index))),
-        ..Snapshot::default()
-    };
-    snap.set_metadata(md);
-    r.node.mut_store().set_snapshot(snap);
 }

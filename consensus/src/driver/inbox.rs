@@ -86,7 +86,7 @@ impl Driver {
                 if let Some(r) = self.replicas.get_mut(&group) {
                     r.fences = crate::fence::FenceHistory { fences };
                     // The snapshot offered to followers carries the fence.
-                    super::compaction::set_shard_snapshot(r);
+                    r.set_shard_snapshot();
                 }
             }
             DriverMsg::SnapshotFetched {

@@ -10,15 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::read_lease::ReadLeases;
 
-use super::replica::Replica;
-use super::{Driver, ReplicaError, Reply};
-
-/// Reads sent as one ReadIndex request, waiting for its ReadState.
-pub(super) struct ReadBatch {
-    pub(super) ctx: u64,
-    pub(super) issued: Instant,
-    pub(super) waiters: Vec<Reply>,
-}
+use super::replica::{ReadBatch, Replica};
+use super::{Driver, ReplicaError};
 
 impl Replica {
     /// Answers the reads whose index this replica has applied.

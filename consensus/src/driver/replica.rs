@@ -3,6 +3,8 @@
 //! lifecycle in the driver: opening them from the WAL at start, creating a
 //! volume's shard replicas, and reporting their state.
 
+use bytes::Bytes;
+use raft::prelude::{Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole, Storage as _};
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -12,9 +14,7 @@ use crate::apply::{self, ApplyMsg};
 use crate::meta::{shard_of_group, META_GROUP};
 use crate::peer_storage::PeerStorage;
 
-use super::compaction::set_shard_snapshot;
 use super::config::META_INIT_INDEX;
-use super::reads::ReadBatch;
 use super::{Driver, GroupStatus, ReplicaError, Reply};
 
 /// A proposal of this node waiting for its entry to commit.
@@ -24,6 +24,13 @@ pub(super) struct Proposal {
     /// A membership change (Raft may silently turn it into an empty entry).
     pub(super) conf: bool,
     pub(super) reply: Reply,
+}
+
+/// Reads sent as one ReadIndex request, waiting for its ReadState.
+pub(super) struct ReadBatch {
+    pub(super) ctx: u64,
+    pub(super) issued: Instant,
+    pub(super) waiters: Vec<Reply>,
 }
 
 /// One Raft group replica of this node and what waits on it.
@@ -105,6 +112,31 @@ impl Replica {
         self.handback_since = None;
         self.stir(); // the caller records the group awake
         true
+    }
+
+    /// Points the shard's Raft snapshot at where its log now starts: the data
+    /// behind it is the shard's chunks, copied by the follower (`snapshot`).
+    pub(super) fn set_shard_snapshot(&mut self) {
+        let store = self.node.store();
+        let index = store.first_index().unwrap_or(1).saturating_sub(1);
+        if index == 0 {
+            return;
+        }
+        let Ok(term) = store.term(index) else {
+            return;
+        };
+        let mut md = SnapshotMetadata {
+            index,
+            term,
+            ..SnapshotMetadata::default()
+        };
+        md.set_conf_state(store.conf_state());
+        let mut snap = Snapshot {
+            data: Bytes::from(crate::fence::snapshot_marker(self.fences.at(index))),
+            ..Snapshot::default()
+        };
+        snap.set_metadata(md);
+        self.node.mut_store().set_snapshot(snap);
     }
 
     pub(super) fn advance_raft_applied(&mut self) {
@@ -255,7 +287,7 @@ impl Driver {
             );
             self.insert_replica(group, storage, Some(tx), nodes[0])?;
             if let Some(r) = self.replicas.get_mut(&group) {
-                set_shard_snapshot(r);
+                r.set_shard_snapshot();
                 let _ = r.set_preferred(rec, nodes);
             }
             if fresh && nodes[0] == me {
