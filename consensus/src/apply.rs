@@ -23,10 +23,10 @@ use raftblock_storage::staging;
 use raftblock_storage::{LocalVolume, VolumeIo, ZeroMode};
 
 use crate::command::{BlockOp, ShardCommand};
+use crate::cut::{OpenCut, CUT_MAX_ENTRIES};
 use crate::driver::{DriverHandle, DriverMsg, ReplicaError, Reply};
 use crate::fence::FenceHistory;
 use crate::meta::shard_of_group;
-use crate::verify::{OpenCut, CUT_MAX_ENTRIES};
 
 /// How long applied data may stay only in the page cache (the log still has it).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);

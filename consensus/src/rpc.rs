@@ -7,7 +7,9 @@ use bytes::Bytes;
 
 use raftblock_storage::{Extent, ReadSegment};
 
-use crate::driver::ReplicaError;
+use crate::error::ReplicaError;
+
+pub use crate::error::RouteError;
 use crate::meta::MetaError;
 
 /// Request kinds.
@@ -125,22 +127,6 @@ pub struct RpcResponse {
     /// Read data or extents.
     #[prost(message, repeated, tag = "6")]
     pub segments: Vec<RpcSegment>,
-}
-
-/// Why a routed request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    /// The replica refused (leadership, retry, metadata).
-    #[error(transparent)]
-    Replica(#[from] ReplicaError),
-    /// The I/O failed on the serving node.
-    #[error("{message}")]
-    Io {
-        /// Errno for the client.
-        errno: i32,
-        /// What failed.
-        message: String,
-    },
 }
 
 impl RpcResponse {

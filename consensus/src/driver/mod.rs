@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use raftblock_storage::{ChunkStore, Wal, WalBatch};
 
-use crate::meta::{MetaError, MetaState};
+use crate::meta::MetaState;
 use crate::snapshot::SnapshotFetch;
 use crate::transport::{Envelope, Transport};
 
@@ -58,63 +58,10 @@ pub use log_writer::LogWriterMode;
 pub use ports::{Clock, ManualClock, RaftNetwork, SystemClock};
 use replica::Replica;
 
+pub use crate::error::ReplicaError;
+
 /// Where a proposal's or a read's outcome is sent.
 pub type Reply = oneshot::Sender<Result<(), ReplicaError>>;
-
-/// Why a replica could not serve a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplicaError {
-    /// This node is not the group's leader; `leader` is, if known.
-    #[error("this node is not the leader of group {group} (leader: {leader:?})")]
-    NotLeader {
-        /// The group.
-        group: u64,
-        /// The leader this node knows of.
-        leader: Option<u64>,
-    },
-    /// This node holds no replica of the group.
-    #[error("no replica of group {0} on this node")]
-    NoReplica(u64),
-    /// The group could not take the request now (no leader yet, a leader
-    /// change, a full queue): the caller retries.
-    #[error("group {0} could not take the request now; retry")]
-    Retry(u64),
-    /// The metadata command was refused.
-    #[error("{0}")]
-    Meta(MetaError),
-    /// Applying the command failed on this replica.
-    #[error("applying failed: {0}")]
-    Apply(String),
-    /// The write came from an attachment that was fenced off: the volume
-    /// was attached again with a newer epoch.
-    #[error("volume {volume} shard {shard}: write with attach epoch {epoch} refused; the volume was attached again (epoch {current})")]
-    Fenced {
-        /// Volume name.
-        volume: String,
-        /// Shard index.
-        shard: u32,
-        /// The write's epoch.
-        epoch: u64,
-        /// The shard's fence.
-        current: u64,
-    },
-    /// The node is stopping.
-    #[error("the node is stopping")]
-    Stopped,
-}
-
-impl ReplicaError {
-    /// The errno an NBD client sees when its request ends with this error
-    /// (the one place replica errors become errnos).
-    pub fn errno(&self) -> i32 {
-        use raftblock_storage::error::errno;
-        match self {
-            ReplicaError::Fenced { .. } => errno::EPERM,
-            ReplicaError::Stopped => errno::ESHUTDOWN,
-            _ => errno::EIO,
-        }
-    }
-}
 
 /// What the driver is asked to do.
 pub enum DriverMsg {
@@ -219,12 +166,12 @@ pub enum DriverMsg {
 #[derive(Clone)]
 pub struct DriverHandle {
     tx: Sender<DriverMsg>,
-    cuts: Arc<crate::verify::CutRegistry>,
+    cuts: Arc<crate::cut::CutRegistry>,
 }
 
 impl DriverHandle {
     /// The checksum tables this node's replicas recorded at comparison cuts.
-    pub fn cuts(&self) -> &crate::verify::CutRegistry {
+    pub fn cuts(&self) -> &crate::cut::CutRegistry {
         &self.cuts
     }
 
