@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-use raftblock_storage::{ChunkStore, LocalVolume, StorageError, VolumeIo};
+use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, VolumeIo};
 
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
 use crate::meta::{shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP};
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
-use crate::snapshot::SnapshotFetch;
+use crate::snapshot::{self, ChunkSource, SnapshotFetch};
 use crate::transport::{Transport, TransportEvent};
 
 /// How long a forwarded request may go unanswered before it is retried.
@@ -922,11 +922,18 @@ impl Cluster {
     }
 }
 
+/// Copies the shard data behind each MsgSnapshot the driver holds back from
+/// the snapshot's sender (`snapshot`), and hands the message back.
 async fn fetch_snapshots(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<SnapshotFetch>) {
     while let Some(f) = rx.recv().await {
         let c = c.clone();
         tokio::spawn(async move {
-            let copy = match crate::snapshot::fetch(&c, &f).await {
+            let src = SnapshotSender {
+                c: &c,
+                from: f.from,
+                group: f.group,
+            };
+            let copy = match snapshot::fetch(&c.view.meta(), &c.store, &f, &src).await {
                 Ok(copy) => Some(copy),
                 Err(e) => {
                     tracing::warn!(group = f.group, error = %e, "shard snapshot failed; the leader will send another");
@@ -940,6 +947,35 @@ async fn fetch_snapshots(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Snapsh
                 copy,
             });
         });
+    }
+}
+
+/// A snapshot's sender (the shard's leader), reached over the node-to-node
+/// RPC: where a catch-up copy reads from.
+struct SnapshotSender<'a> {
+    c: &'a Cluster,
+    from: u64,
+    group: u64,
+}
+
+impl SnapshotSender<'_> {
+    async fn call(&self, op: ShardOp) -> Result<Vec<RpcSegment>, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        self.c
+            .call_node(self.from, self.group, &op, deadline)
+            .await
+            .map_err(|e| format!("{op:?} from node {}: {e}", self.from))
+    }
+}
+
+impl ChunkSource for SnapshotSender<'_> {
+    async fn sums(&self, chunk: u64) -> Result<Option<Vec<u32>>, String> {
+        rpc::sums_of_segments(self.call(ShardOp::ChunkSums { chunk }).await?)
+    }
+
+    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>, String> {
+        let segs = self.call(ShardOp::ReadLocal { offset, len }).await?;
+        rpc::read_of_segments(segs).map_err(|e| format!("at {offset}: {e}"))
     }
 }
 

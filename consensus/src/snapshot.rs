@@ -20,12 +20,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use raftblock_storage::staging::{self, ChunkSwap};
-use raftblock_storage::{LocalVolume, ReadSegment, VolumeIo};
+use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, VolumeIo};
 
-use crate::cluster::{Cluster, ShardOp};
 use crate::layout::ShardId;
-use crate::meta::shard_of_group;
-use crate::rpc;
+use crate::meta::{shard_of_group, MetaState};
 
 /// Bytes copied per request.
 const PIECE: u64 = 4 << 20;
@@ -67,59 +65,29 @@ pub trait ChunkSource {
     ) -> impl Future<Output = Result<Vec<ReadSegment>, String>> + Send;
 }
 
-/// The snapshot's sender, reached over the node-to-node RPC.
-struct Sender<'a> {
-    c: &'a Cluster,
-    from: u64,
-    group: u64,
-}
-
-impl Sender<'_> {
-    async fn call(&self, op: ShardOp) -> Result<Vec<rpc::RpcSegment>, String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        self.c
-            .call_node(self.from, self.group, &op, deadline)
-            .await
-            .map_err(|e| format!("{op:?} from node {}: {e}", self.from))
-    }
-}
-
-impl ChunkSource for Sender<'_> {
-    async fn sums(&self, chunk: u64) -> Result<Option<Vec<u32>>, String> {
-        rpc::sums_of_segments(self.call(ShardOp::ChunkSums { chunk }).await?)
-    }
-
-    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>, String> {
-        let segs = self.call(ShardOp::ReadLocal { offset, len }).await?;
-        rpc::read_of_segments(segs).map_err(|e| format!("at {offset}: {e}"))
-    }
-}
-
-/// Stages the chunks of the shard that differ from the sender's copy;
-/// returns what the swap will do.
-pub async fn fetch(c: &Cluster, f: &SnapshotFetch) -> Result<StagedCopy, String> {
+/// Stages the chunks of the shard that differ from the sender's copy,
+/// read through `src`; returns what the swap will do.
+pub async fn fetch(
+    meta: &MetaState,
+    store: &ChunkStore,
+    f: &SnapshotFetch,
+    src: &impl ChunkSource,
+) -> Result<StagedCopy, String> {
     let (vol, index) = shard_of_group(f.group);
     let snap_index = f.msg.get_snapshot().get_metadata().index;
-    let meta = c.view().meta();
     let rec = meta
         .volumes
         .values()
         .find(|v| v.meta.id == vol)
         .ok_or_else(|| format!("group {}: volume {vol} is not in the metadata", f.group))?;
-    let volume = c
-        .store()
+    let volume = store
         .volume(&rec.meta.name)
         .map_err(|e| format!("group {}: {e}", f.group))?;
     let chunks: Vec<u64> = rec
         .layout()
         .chunks_of(ShardId { volume: vol, index })
         .collect();
-    let src = Sender {
-        c,
-        from: f.from,
-        group: f.group,
-    };
-    stage(&volume, f.group, &chunks, snap_index, &src)
+    stage(&volume, f.group, &chunks, snap_index, src)
         .await
         .map_err(|e| format!("group {}: {e}", f.group))
 }
