@@ -14,7 +14,7 @@ use raftblock_storage::{ChunkStore, Engine, StorageError, VolumeIo};
 use raftblock_volume_driver::{ExportCatalog, ExportInfo, NbdMetrics, NbdServer, OpenExport};
 
 use crate::admin::{self, AdminState};
-use crate::cli::ServeArgs;
+use crate::config::ServeArgs;
 use crate::docker_volumes::ClusterVolumes;
 use crate::replication::{self, ClusterExports, ClusterNode};
 use raftblock_volume_driver::docker::{self, Plugin, PluginMetrics};

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use raftblock_volume_driver::NbdClient;
 
-use crate::cli::{DemoArgs, ServeArgs};
 use crate::client::AdminClient;
+use crate::config::{DemoArgs, ServeArgs};
 use crate::daemon::{shutdown_on_signal, Node};
 use crate::size::{human, parse_size};
 

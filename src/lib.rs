@@ -7,6 +7,7 @@
 mod admin;
 mod cli;
 pub mod client;
+mod config;
 mod daemon;
 mod demo;
 mod docker_volumes;

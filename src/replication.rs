@@ -17,8 +17,8 @@ use raftblock_consensus::{Cluster, ClusterVolume, Driver, DriverConfig, NodeInfo
 use raftblock_storage::{ChunkStore, StorageError, Wal, WalOptions};
 use raftblock_volume_driver::{ExportCatalog, ExportInfo, OpenExport};
 
-use crate::cli::ServeArgs;
 use crate::client::AdminClient;
+use crate::config::ServeArgs;
 
 /// What the data directory remembers about the node's place in a cluster.
 #[derive(Debug, Serialize, Deserialize)]
