@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, VolumeIo};
 
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
+use crate::last_heard::LastHeard;
 use crate::meta::{shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP};
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
 use crate::snapshot::{self, ChunkSource, SnapshotFetch};
@@ -24,8 +25,6 @@ use crate::transport::{Transport, TransportEvent};
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Corrupt blocks one read may repair from other replicas before failing.
 const MAX_REPAIRS: u32 = 64;
-/// A node counts as up while it was heard from this recently.
-const LIVE_WINDOW: Duration = Duration::from_secs(5);
 
 /// What to do on a shard's leader.
 #[derive(Debug, Clone)]
@@ -103,10 +102,9 @@ pub struct Cluster {
     /// Forwarded requests awaiting an answer: id -> (callee, reply).
     pending: Mutex<HashMap<u64, (u64, oneshot::Sender<RpcResponse>)>>,
     next_id: AtomicU64,
-    last_seen: Mutex<HashMap<u64, Instant>>,
+    heard: LastHeard,
     hints: RwLock<HashMap<u64, u64>>,
     leader_wait: Duration,
-    started: Instant,
     /// Per attached volume: the attachment's (epoch, renewals) as last
     /// seen here, and when they last changed by this node's clock.
     leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
@@ -133,10 +131,9 @@ impl Cluster {
             store,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            last_seen: Mutex::new(HashMap::new()),
+            heard: LastHeard::new(node),
             hints: RwLock::new(HashMap::new()),
             leader_wait,
-            started: Instant::now(),
             leases: Mutex::new(HashMap::new()),
         });
         tokio::spawn(route_events(c.clone(), events));
@@ -195,29 +192,13 @@ impl Cluster {
 
     /// Nodes heard from lately, and this one.
     pub fn live_nodes(&self) -> Vec<u64> {
-        let now = Instant::now();
-        let mut live: Vec<u64> = lock(&self.last_seen)
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) < LIVE_WINDOW)
-            .map(|(n, _)| *n)
-            .collect();
-        live.push(self.node);
-        live.sort_unstable();
-        live.dedup();
-        live
+        self.heard.live()
     }
 
     /// How long `node` has not been heard from (since this node started,
     /// if never).
     pub fn silent_for(&self, node: u64) -> Duration {
-        if node == self.node {
-            return Duration::ZERO;
-        }
-        lock(&self.last_seen)
-            .get(&node)
-            .copied()
-            .unwrap_or(self.started)
-            .elapsed()
+        self.heard.silent_for(node)
     }
 
     /// Notes which attachments renewed since the last look.
@@ -251,20 +232,16 @@ impl Cluster {
             .map_or(Duration::ZERO, |l| l.2.elapsed())
     }
 
-    fn seen(&self, node: u64) {
-        lock(&self.last_seen).insert(node, Instant::now());
-    }
-
     fn on_event(self: &Arc<Self>, ev: TransportEvent) {
         match ev {
             TransportEvent::Received { from, envelopes } => {
-                self.seen(from);
+                self.heard.seen(from);
                 // Even an empty frame (a ping) tells the driver the peer is
                 // up: sleeping groups wake when a member's node goes silent.
                 self.driver.send(DriverMsg::Raft { from, envelopes });
             }
             TransportEvent::Requests { from, requests } => {
-                self.seen(from);
+                self.heard.seen(from);
                 for req in requests {
                     let c = self.clone();
                     tokio::spawn(async move {
@@ -276,7 +253,7 @@ impl Cluster {
                 }
             }
             TransportEvent::Responses { from, responses } => {
-                self.seen(from);
+                self.heard.seen(from);
                 let mut pending = lock(&self.pending);
                 for r in responses {
                     if let Some((_, tx)) = pending.remove(&r.id) {

@@ -17,6 +17,7 @@ pub mod cut;
 pub mod driver;
 pub mod error;
 pub mod fence;
+mod last_heard;
 pub mod layout;
 pub mod meta;
 pub mod peer_storage;
