@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, VolumeIo};
 
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
-use crate::last_heard::LastHeard;
+use crate::last_heard::{LastHeard, LeaseRenewals};
 use crate::meta::{shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP};
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
 use crate::snapshot::{self, ChunkSource, SnapshotFetch};
@@ -105,9 +105,7 @@ pub struct Cluster {
     heard: LastHeard,
     hints: RwLock<HashMap<u64, u64>>,
     leader_wait: Duration,
-    /// Per attached volume: the attachment's (epoch, renewals) as last
-    /// seen here, and when they last changed by this node's clock.
-    leases: Mutex<HashMap<String, (u64, u64, Instant)>>,
+    renewals: LeaseRenewals,
 }
 
 impl Cluster {
@@ -134,7 +132,7 @@ impl Cluster {
             heard: LastHeard::new(node),
             hints: RwLock::new(HashMap::new()),
             leader_wait,
-            leases: Mutex::new(HashMap::new()),
+            renewals: LeaseRenewals::default(),
         });
         tokio::spawn(route_events(c.clone(), events));
         tokio::spawn(fetch_snapshots(c.clone(), snapshots));
@@ -146,7 +144,7 @@ impl Cluster {
                 if Arc::strong_count(&watcher) == 1 {
                     return;
                 }
-                watcher.watch_leases();
+                watcher.renewals.watch(&watcher.view.meta());
             }
         });
         let pinger = c.clone();
@@ -201,35 +199,11 @@ impl Cluster {
         self.heard.silent_for(node)
     }
 
-    /// Notes which attachments renewed since the last look.
-    fn watch_leases(&self) {
-        let meta = self.view.meta();
-        let mut leases = lock(&self.leases);
-        leases.retain(|name, _| {
-            meta.volumes
-                .get(name)
-                .is_some_and(|v| v.attachment.is_some())
-        });
-        for (name, v) in &meta.volumes {
-            let Some(a) = &v.attachment else { continue };
-            let now = (a.epoch, a.renewed);
-            match leases.get_mut(name) {
-                Some(l) if (l.0, l.1) == now => {}
-                Some(l) => *l = (now.0, now.1, Instant::now()),
-                None => {
-                    leases.insert(name.clone(), (now.0, now.1, Instant::now()));
-                }
-            }
-        }
-    }
-
     /// How long the attachment of `name` has gone without a renewal, by
     /// this node's clock (zero for one it has not watched yet).
     pub fn lease_silent_for(&self, name: &str) -> Duration {
-        self.watch_leases();
-        lock(&self.leases)
-            .get(name)
-            .map_or(Duration::ZERO, |l| l.2.elapsed())
+        self.renewals.watch(&self.view.meta());
+        self.renewals.silent_for(name)
     }
 
     fn on_event(self: &Arc<Self>, ev: TransportEvent) {

@@ -1,13 +1,18 @@
-//! When this node last heard from each other node over the transport (any
-//! frame counts, the pings that `Cluster` sends every 250 ms included), by
-//! its own clock. Placement of a new volume asks which nodes are up, and
-//! attach takeover asks how long the holder has been silent. Not the
-//! driver's `PeerLiveness` (driver/liveness.rs), which counts only Raft
-//! messages, over one election timeout, for log and leadership decisions.
+//! Signs of life as this node sees them, by its own clock: when it last
+//! heard from each other node over the transport (`LastHeard`; any frame
+//! counts, the pings that `Cluster` sends every 250 ms included), and when
+//! each attachment's lease was last seen renewed in the metadata
+//! (`LeaseRenewals`). Placement of a new volume asks which nodes are up;
+//! attach takeover (`attachment`) asks how long the holder has been silent
+//! both ways. Not the driver's `PeerLiveness` (driver/liveness.rs), which
+//! counts only Raft messages, over one election timeout, for log and
+//! leadership decisions.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::meta::MetaState;
 
 /// A node counts as up while it was heard from this recently.
 const LIVE_WINDOW: Duration = Duration::from_secs(5);
@@ -66,5 +71,45 @@ impl LastHeard {
             .copied()
             .unwrap_or(self.started)
             .elapsed()
+    }
+}
+
+/// Per attached volume: the attachment's `(epoch, renewals)` as last seen
+/// here, and when they last changed by this node's clock.
+#[derive(Default)]
+pub(crate) struct LeaseRenewals {
+    seen: Mutex<HashMap<String, (u64, u64, Instant)>>,
+}
+
+impl LeaseRenewals {
+    /// Notes which attachments in `meta` renewed since the last look.
+    pub(crate) fn watch(&self, meta: &MetaState) {
+        let mut leases = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        leases.retain(|name, _| {
+            meta.volumes
+                .get(name)
+                .is_some_and(|v| v.attachment.is_some())
+        });
+        for (name, v) in &meta.volumes {
+            let Some(a) = &v.attachment else { continue };
+            let now = (a.epoch, a.renewed);
+            match leases.get_mut(name) {
+                Some(l) if (l.0, l.1) == now => {}
+                Some(l) => *l = (now.0, now.1, Instant::now()),
+                None => {
+                    leases.insert(name.clone(), (now.0, now.1, Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// How long the attachment of `name` has gone without a renewal, by
+    /// this node's clock (zero for one not watched yet).
+    pub(crate) fn silent_for(&self, name: &str) -> Duration {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map_or(Duration::ZERO, |l| l.2.elapsed())
     }
 }
