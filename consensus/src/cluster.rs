@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, VolumeIo};
+use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, VolumeIo};
 
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
+use crate::error::io_error;
 use crate::last_heard::{LastHeard, LeaseRenewals};
 use crate::meta::{shard_of_group, MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP};
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
@@ -23,8 +24,6 @@ use crate::transport::{Transport, TransportEvent};
 
 /// How long a forwarded request may go unanswered before it is retried.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-/// Corrupt blocks one read may repair from other replicas before failing.
-const MAX_REPAIRS: u32 = 64;
 
 /// What to do on a shard's leader.
 #[derive(Debug, Clone)]
@@ -75,21 +74,6 @@ pub enum ShardOp {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What a scrub of one node's copy of a volume found.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct ScrubReport {
-    /// The node.
-    pub node: u64,
-    /// Chunks verified.
-    pub chunks: u64,
-    /// Blocks whose bytes did not match their checksum.
-    pub bad: u64,
-    /// Of those, repaired from another replica.
-    pub repaired: u64,
-    /// Volume offsets of bad blocks no replica had a good copy of.
-    pub unrepaired: Vec<u64>,
 }
 
 /// The replication service of one node.
@@ -329,28 +313,7 @@ impl Cluster {
             ShardOp::Read { offset, len } => {
                 self.driver.read_barrier(group).await?;
                 let v = self.local_volume(group)?;
-                // A block whose bytes went bad here is repaired from another
-                // replica and the read tried again (a few blocks per read).
-                let mut repaired = 0;
-                loop {
-                    match v.read(*offset, *len).await {
-                        Ok(segs) => return Ok(rpc::segments_of_read(segs)),
-                        Err(StorageError::Checksum { offset: bad, .. })
-                            if repaired < MAX_REPAIRS =>
-                        {
-                            if !self.repair_block(group, &v, bad).await {
-                                let e = v.read(*offset, *len).await.err();
-                                return Err(io_error(e.unwrap_or(StorageError::Checksum {
-                                    volume: v.name().to_string(),
-                                    chunk: bad / v.meta().chunk_size,
-                                    offset: bad,
-                                })));
-                            }
-                            repaired += 1;
-                        }
-                        Err(e) => return Err(io_error(e)),
-                    }
-                }
+                self.read_repairing(group, &v, *offset, *len).await
             }
             ShardOp::ReadLocal { offset, len } => {
                 let v = self.local_volume(group)?;
@@ -377,141 +340,6 @@ impl Cluster {
                 Ok(rpc::segments_of_extents(ext))
             }
         }
-    }
-
-    /// Verifies this node's copy of every shard of `name` it holds against
-    /// the recorded checksums, and repairs bad blocks from other replicas
-    /// (as a read on the leader does): Ceph's deep scrub, on demand.
-    pub async fn scrub_volume(&self, name: &str) -> Result<ScrubReport, RouteError> {
-        let rec = self
-            .view
-            .meta()
-            .volumes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ReplicaError::Meta(MetaError::VolumeNotFound(name.to_string())))?;
-        let v = self.store.volume(name).map_err(io_error)?;
-        let layout = rec.layout();
-        let mut report = ScrubReport {
-            node: self.node,
-            ..ScrubReport::default()
-        };
-        let started = Instant::now();
-        let mine: u64 = rec
-            .shards
-            .iter()
-            .enumerate()
-            .filter(|(_, nodes)| nodes.contains(&self.node))
-            .map(|(i, _)| {
-                layout
-                    .chunks_of(crate::layout::ShardId {
-                        volume: rec.meta.id,
-                        index: i as u32,
-                    })
-                    .count() as u64
-            })
-            .sum();
-        let mut last_report = Instant::now();
-        for (index, nodes) in rec.shards.iter().enumerate() {
-            if !nodes.contains(&self.node) {
-                continue;
-            }
-            let group = crate::meta::shard_group(rec.meta.id, index as u32);
-            let shard = crate::layout::ShardId {
-                volume: rec.meta.id,
-                index: index as u32,
-            };
-            for chunk in layout.chunks_of(shard) {
-                report.chunks += 1;
-                if last_report.elapsed() >= Duration::from_secs(10) {
-                    last_report = Instant::now();
-                    tracing::info!(
-                        volume = name,
-                        done = report.chunks,
-                        of = mine,
-                        bad = report.bad,
-                        "scrubbing"
-                    );
-                }
-                for bad in v.scrub_chunk(chunk).await.map_err(io_error)? {
-                    report.bad += 1;
-                    if self.repair_block(group, &v, bad).await {
-                        report.repaired += 1;
-                    } else {
-                        report.unrepaired.push(bad);
-                    }
-                }
-            }
-        }
-        tracing::info!(
-            volume = name,
-            chunks = report.chunks,
-            bad = report.bad,
-            repaired = report.repaired,
-            secs = started.elapsed().as_secs_f64(),
-            "scrub done"
-        );
-        Ok(report)
-    }
-
-    /// Fetches the block at volume offset `bad` from the shard's other
-    /// replicas and rewrites this node's copy with the first one whose bytes
-    /// match the block's recorded checksum (a stale replica's older bytes
-    /// do not match, so only the committed content is ever written back).
-    async fn repair_block(&self, group: u64, v: &LocalVolume, bad: u64) -> bool {
-        let (vol, _) = shard_of_group(group);
-        let replicas: Vec<u64> = {
-            let meta = self.view.meta();
-            let Some(rec) = meta.volumes.values().find(|r| r.meta.id == vol) else {
-                return false;
-            };
-            let (_, index) = shard_of_group(group);
-            rec.shards.get(index as usize).cloned().unwrap_or_default()
-        };
-        let block = raftblock_storage::BLOCK_SIZE;
-        for n in replicas.into_iter().filter(|n| *n != self.node) {
-            let op = ShardOp::ReadLocal {
-                offset: bad,
-                len: block,
-            };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let Ok(segs) = self.call(n, group, &op, deadline).await else {
-                continue;
-            };
-            let mut data = Vec::with_capacity(block as usize);
-            for s in segs {
-                if s.hole {
-                    data.resize(data.len() + s.len as usize, 0);
-                } else {
-                    data.extend_from_slice(&s.data);
-                }
-            }
-            if data.len() as u64 != block {
-                continue;
-            }
-            match v.repair_block(bad, Bytes::from(data)).await {
-                Ok(true) => {
-                    tracing::warn!(
-                        group,
-                        offset = bad,
-                        from = n,
-                        "corrupt block repaired from a replica"
-                    );
-                    return true;
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(group, offset = bad, error = %e, "repairing a corrupt block");
-                    return false;
-                }
-            }
-        }
-        tracing::error!(
-            group,
-            offset = bad,
-            "no replica holds a good copy of a corrupt block"
-        );
-        false
     }
 
     fn local_volume(&self, group: u64) -> Result<Arc<LocalVolume>, RouteError> {
@@ -933,12 +761,5 @@ impl ChunkSource for SnapshotSender<'_> {
 async fn route_events(c: Arc<Cluster>, mut events: mpsc::UnboundedReceiver<TransportEvent>) {
     while let Some(ev) = events.recv().await {
         c.on_event(ev);
-    }
-}
-
-fn io_error(e: StorageError) -> RouteError {
-    RouteError::Io {
-        errno: e.errno(),
-        message: e.to_string(),
     }
 }

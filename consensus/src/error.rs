@@ -4,6 +4,8 @@
 //! an errno. Kept in a leaf module so those layers share the words without
 //! importing each other.
 
+use raftblock_storage::StorageError;
+
 use crate::meta::MetaError;
 
 /// Why a replica could not serve a request.
@@ -75,4 +77,12 @@ pub enum RouteError {
         /// What failed.
         message: String,
     },
+}
+
+/// A storage failure on the serving node, as a routed request ends with it.
+pub(crate) fn io_error(e: StorageError) -> RouteError {
+    RouteError::Io {
+        errno: e.errno(),
+        message: e.to_string(),
+    }
 }

@@ -22,6 +22,7 @@ pub mod layout;
 pub mod meta;
 pub mod peer_storage;
 pub mod read_lease;
+pub mod repair;
 pub mod router;
 pub mod rpc;
 pub mod snapshot;
@@ -29,7 +30,7 @@ pub mod transport;
 pub mod verify;
 
 pub use attachment::AttachError;
-pub use cluster::{Cluster, ScrubReport, ShardOp};
+pub use cluster::{Cluster, ShardOp};
 pub use driver::{
     Clock, ClusterView, Driver, DriverConfig, DriverHandle, DriverMsg, GroupStatus, LogWriterMode,
     ManualClock, RaftNetwork, ReplicaError, SystemClock,
@@ -37,6 +38,7 @@ pub use driver::{
 pub use layout::{ShardId, ShardLayout};
 pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, VolumeRecord, META_GROUP};
 pub use peer_storage::PeerStorage;
+pub use repair::ScrubReport;
 pub use router::ClusterVolume;
 pub use rpc::RouteError;
 pub use transport::{Transport, TransportEvent};
