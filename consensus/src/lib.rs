@@ -20,6 +20,7 @@ pub mod fence;
 mod last_heard;
 pub mod layout;
 pub mod meta;
+mod meta_client;
 pub mod peer_storage;
 pub mod read_lease;
 pub mod repair;
