@@ -26,7 +26,7 @@ use crate::error::io_error;
 use crate::last_heard::{LastHeard, LeaseRenewals};
 use crate::meta::shard_of_group;
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
-use crate::snapshot::{self, ChunkSource, SnapshotFetch};
+use crate::snapshot::{self, ChunkSource, SnapshotFetch, SourceError};
 use crate::transport::{Transport, TransportEvent};
 
 /// How long a forwarded request may go unanswered before it is retried.
@@ -596,23 +596,34 @@ struct SnapshotSender<'a> {
 }
 
 impl SnapshotSender<'_> {
-    async fn call(&self, op: ShardOp) -> Result<Vec<RpcSegment>, String> {
+    async fn call(&self, op: ShardOp) -> Result<Vec<RpcSegment>, RouteError> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        self.c
-            .call_node(self.from, self.group, &op, deadline)
-            .await
-            .map_err(|e| format!("{op:?} from node {}: {e}", self.from))
+        self.c.call_node(self.from, self.group, &op, deadline).await
     }
 }
 
 impl ChunkSource for SnapshotSender<'_> {
-    async fn sums(&self, chunk: u64) -> Result<Option<Vec<u32>>, String> {
-        rpc::sums_of_segments(self.call(ShardOp::ChunkSums { chunk }).await?)
+    async fn sums(&self, chunk: u64) -> Result<Option<Vec<u32>>, SourceError> {
+        let from = self.from;
+        let segs = self
+            .call(ShardOp::ChunkSums { chunk })
+            .await
+            .map_err(|source| SourceError::Sums { from, source })?;
+        rpc::sums_of_segments(segs).map_err(|source| SourceError::Corrupt { from, source })
     }
 
-    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>, String> {
-        let segs = self.call(ShardOp::ReadLocal { offset, len }).await?;
-        rpc::read_of_segments(segs).map_err(|e| format!("at {offset}: {e}"))
+    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>, SourceError> {
+        let from = self.from;
+        let segs = self
+            .call(ShardOp::ReadLocal { offset, len })
+            .await
+            .map_err(|source| SourceError::Read {
+                from,
+                offset,
+                len,
+                source,
+            })?;
+        rpc::read_of_segments(segs).map_err(|source| SourceError::Corrupt { from, source })
     }
 }
 

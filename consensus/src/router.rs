@@ -138,11 +138,11 @@ impl ClusterVolume {
             len: p.len,
         };
         let part = self.run(p.offset, op).await?;
-        rpc::read_of_segments(part).map_err(|reason| StorageError::Replication {
+        rpc::read_of_segments(part).map_err(|e| StorageError::Replication {
             volume: self.rec.meta.name.clone(),
             offset: p.offset,
             errno: errno::EIO,
-            reason,
+            reason: e.to_string(),
         })
     }
 

@@ -217,9 +217,32 @@ pub fn segments_of_read(segs: Vec<ReadSegment>) -> Vec<RpcSegment> {
         .collect()
 }
 
+/// Why the segments of an RPC answer are not what they should carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    /// A data segment's bytes disagree with its length or its crc.
+    #[error("a forwarded read segment at +{at} ({len} bytes) failed its checksum")]
+    ReadChecksum {
+        /// Where the segment starts, from the start of the read.
+        at: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A checksum-table answer carried no segment.
+    #[error("a checksum table answer without a segment")]
+    NoSums,
+    /// A checksum table's bytes are not whole 32-bit words or disagree
+    /// with their crc.
+    #[error("a checksum table of {len} bytes failed its own checksum")]
+    SumsChecksum {
+        /// Bytes received.
+        len: usize,
+    },
+}
+
 /// RPC segments as read segments; a data segment whose crc does not match
 /// (or whose length disagrees) is an error naming its position.
-pub fn read_of_segments(segs: Vec<RpcSegment>) -> Result<Vec<ReadSegment>, String> {
+pub fn read_of_segments(segs: Vec<RpcSegment>) -> Result<Vec<ReadSegment>, SegmentError> {
     let mut at = 0u64;
     segs.into_iter()
         .map(|s| {
@@ -227,10 +250,7 @@ pub fn read_of_segments(segs: Vec<RpcSegment>) -> Result<Vec<ReadSegment>, Strin
                 ReadSegment::Hole(s.len)
             } else {
                 if s.data.len() as u64 != s.len || crc32fast::hash(&s.data) != s.crc {
-                    return Err(format!(
-                        "a forwarded read segment at +{at} ({} bytes) failed its checksum",
-                        s.len
-                    ));
+                    return Err(SegmentError::ReadChecksum { at, len: s.len });
                 }
                 ReadSegment::Data(s.data)
             };
@@ -261,18 +281,15 @@ pub fn segments_of_sums(sums: Option<Vec<u32>>) -> Vec<RpcSegment> {
 }
 
 /// The checksum table an RPC answer carries ([`segments_of_sums`]).
-pub fn sums_of_segments(segs: Vec<RpcSegment>) -> Result<Option<Vec<u32>>, String> {
+pub fn sums_of_segments(segs: Vec<RpcSegment>) -> Result<Option<Vec<u32>>, SegmentError> {
     let Some(s) = segs.into_iter().next() else {
-        return Err("a checksum table answer without a segment".into());
+        return Err(SegmentError::NoSums);
     };
     if s.hole {
         return Ok(None);
     }
     if s.data.len() % 4 != 0 || crc32fast::hash(&s.data) != s.crc {
-        return Err(format!(
-            "a checksum table of {} bytes failed its own checksum",
-            s.data.len()
-        ));
+        return Err(SegmentError::SumsChecksum { len: s.data.len() });
     }
     Ok(Some(
         s.data

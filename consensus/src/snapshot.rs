@@ -20,10 +20,12 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use raftblock_storage::staging::{self, ChunkSwap};
-use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, VolumeIo};
+use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, VolumeIo};
 
+use crate::error::RouteError;
 use crate::layout::ShardId;
 use crate::meta::{shard_of_group, MetaState};
+use crate::rpc::SegmentError;
 
 /// Bytes copied per request.
 const PIECE: u64 = 4 << 20;
@@ -53,16 +55,89 @@ pub struct StagedCopy {
     pub bytes: u64,
 }
 
+/// Why a shard's catch-up copy could not be staged (the driver then lets
+/// the leader send another snapshot).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The shard's volume is not in this node's metadata.
+    #[error("group {group}: volume {volume} is not in the metadata")]
+    VolumeUnknown {
+        /// The shard group.
+        group: u64,
+        /// The volume id.
+        volume: u64,
+    },
+    /// This node's copy of the volume or the shard's staging area failed
+    /// (the storage error names the volume, chunk and offset).
+    #[error("group {group}: {source}")]
+    Local {
+        /// The shard group.
+        group: u64,
+        /// What failed.
+        source: StorageError,
+    },
+    /// The sender could not give a chunk's checksum table or bytes.
+    #[error("group {group}: chunk {chunk}: {source}")]
+    Source {
+        /// The shard group.
+        group: u64,
+        /// The chunk being compared or copied.
+        chunk: u64,
+        /// What failed.
+        source: SourceError,
+    },
+}
+
+/// Why a `ChunkSource` could not give what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Asking the sender for a chunk's checksum table failed.
+    #[error("checksum table from node {from}: {source}")]
+    Sums {
+        /// The sender.
+        from: u64,
+        /// What failed.
+        source: RouteError,
+    },
+    /// Reading `[offset, offset + len)` from the sender failed.
+    #[error("reading {len} bytes at {offset} from node {from}: {source}")]
+    Read {
+        /// The sender.
+        from: u64,
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// What failed.
+        source: RouteError,
+    },
+    /// The sender's answer did not pass its checksums.
+    #[error("answer from node {from}: {source}")]
+    Corrupt {
+        /// The sender.
+        from: u64,
+        /// What was wrong with it.
+        source: SegmentError,
+    },
+    /// The source's own storage failed (a source that reads a copy
+    /// directly, as the simulation's does).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// Where a catch-up copy reads from: the snapshot's sender.
 pub trait ChunkSource {
     /// The sender's checksum table of `chunk` (`None`: no data there).
-    fn sums(&self, chunk: u64) -> impl Future<Output = Result<Option<Vec<u32>>, String>> + Send;
+    fn sums(
+        &self,
+        chunk: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u32>>, SourceError>> + Send;
     /// The sender's copy of `[offset, offset + len)`, verified.
     fn read(
         &self,
         offset: u64,
         len: u64,
-    ) -> impl Future<Output = Result<Vec<ReadSegment>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<ReadSegment>, SourceError>> + Send;
 }
 
 /// Stages the chunks of the shard that differ from the sender's copy,
@@ -72,24 +147,28 @@ pub async fn fetch(
     store: &ChunkStore,
     f: &SnapshotFetch,
     src: &impl ChunkSource,
-) -> Result<StagedCopy, String> {
+) -> Result<StagedCopy, SnapshotError> {
     let (vol, index) = shard_of_group(f.group);
     let snap_index = f.msg.get_snapshot().get_metadata().index;
-    let rec = meta
-        .volumes
-        .values()
-        .find(|v| v.meta.id == vol)
-        .ok_or_else(|| format!("group {}: volume {vol} is not in the metadata", f.group))?;
+    let rec =
+        meta.volumes
+            .values()
+            .find(|v| v.meta.id == vol)
+            .ok_or(SnapshotError::VolumeUnknown {
+                group: f.group,
+                volume: vol,
+            })?;
     let volume = store
         .volume(&rec.meta.name)
-        .map_err(|e| format!("group {}: {e}", f.group))?;
+        .map_err(|source| SnapshotError::Local {
+            group: f.group,
+            source,
+        })?;
     let chunks: Vec<u64> = rec
         .layout()
         .chunks_of(ShardId { volume: vol, index })
         .collect();
-    stage(&volume, f.group, &chunks, snap_index, src)
-        .await
-        .map_err(|e| format!("group {}: {e}", f.group))
+    stage(&volume, f.group, &chunks, snap_index, src).await
 }
 
 /// Compares each of `chunks` with `src` and stages the ones that differ in
@@ -100,9 +179,10 @@ pub async fn stage(
     chunks: &[u64],
     snap_index: u64,
     src: &impl ChunkSource,
-) -> Result<StagedCopy, String> {
+) -> Result<StagedCopy, SnapshotError> {
     let (_, index) = shard_of_group(group);
-    let staged = staging::create(volume, index).map_err(|e| e.to_string())?;
+    let local = |source| SnapshotError::Local { group, source };
+    let staged = staging::create(volume, index).map_err(local)?;
     let (cs, size) = (volume.meta().chunk_size, volume.meta().size);
     let started = Instant::now();
     let mut copy = StagedCopy {
@@ -113,11 +193,13 @@ pub async fn stage(
     };
     let mut last_report = Instant::now();
     for (n, &chunk) in chunks.iter().enumerate() {
-        let theirs = src
-            .sums(chunk)
-            .await
-            .map_err(|e| format!("chunk {chunk}: {e}"))?;
-        let ours = volume.chunk_sums(chunk).map_err(|e| e.to_string())?;
+        let from_source = |source| SnapshotError::Source {
+            group,
+            chunk,
+            source,
+        };
+        let theirs = src.sums(chunk).await.map_err(from_source)?;
+        let ours = volume.chunk_sums(chunk).map_err(local)?;
         if theirs == ours {
             copy.keeps.push((chunk, ours));
             continue;
@@ -131,13 +213,10 @@ pub async fn stage(
         while off < end {
             let len = PIECE.min(end - off);
             let mut pos = off;
-            for s in src.read(off, len).await? {
+            for s in src.read(off, len).await.map_err(from_source)? {
                 let l = s.len();
                 if let ReadSegment::Data(d) = s {
-                    staged
-                        .write(pos, d, false)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    staged.write(pos, d, false).await.map_err(local)?;
                     copy.bytes += l;
                 }
                 pos += l;
@@ -146,10 +225,7 @@ pub async fn stage(
         }
         // The sender may have trimmed the chunk to holes since its table
         // was read: then nothing was staged, and the live chunk must go.
-        let staged_any = staged
-            .chunk_sums(chunk)
-            .map_err(|e| e.to_string())?
-            .is_some();
+        let staged_any = staged.chunk_sums(chunk).map_err(local)?.is_some();
         copy.swaps.push(if staged_any {
             ChunkSwap::Replace(chunk)
         } else {
@@ -166,7 +242,7 @@ pub async fn stage(
             last_report = Instant::now();
         }
     }
-    staged.flush().await.map_err(|e| e.to_string())?;
+    staged.flush().await.map_err(local)?;
     tracing::info!(
         group,
         index = snap_index,

@@ -27,7 +27,7 @@ use crate::command::ShardCommand;
 use crate::driver::ReplicaError;
 use crate::layout::ShardId;
 use crate::meta::{shard_group, MetaError};
-use crate::rpc::{self, RouteError};
+use crate::rpc::{self, RouteError, SegmentError};
 
 pub use crate::cut::{CutRegistry, CutTables};
 
@@ -82,6 +82,20 @@ pub struct VerifyReport {
     pub blocks: Vec<Divergence>,
     /// Replicas or shards that could not be compared, and why.
     pub skipped: Vec<String>,
+}
+
+/// Why a replica's checksum tables at a cut could not be had.
+#[derive(Debug, thiserror::Error)]
+enum CutTablesError {
+    /// This node did not apply the cut within the wait.
+    #[error("this node did not apply the cut in time")]
+    NotAppliedHere,
+    /// Asking the replica's node failed.
+    #[error(transparent)]
+    Route(RouteError),
+    /// The replica's answer did not pass its checksums.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
 }
 
 impl Cluster {
@@ -319,7 +333,7 @@ impl Cluster {
         n: u64,
         id: u64,
         chunks: &[u64],
-    ) -> Result<Arc<CutTables>, String> {
+    ) -> Result<Arc<CutTables>, CutTablesError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         if n == self.node() {
             loop {
@@ -327,7 +341,7 @@ impl Cluster {
                     return Ok(t);
                 }
                 if Instant::now() > deadline {
-                    return Err("this node did not apply the cut in time".into());
+                    return Err(CutTablesError::NotAppliedHere);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -346,7 +360,7 @@ impl Cluster {
                     {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(CutTablesError::Route(e)),
                 }
             }
         }

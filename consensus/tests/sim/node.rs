@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raftblock_consensus::driver::DriverMsg;
-use raftblock_consensus::snapshot::{self, ChunkSource, SnapshotFetch};
+use raftblock_consensus::snapshot::{self, ChunkSource, SnapshotFetch, SourceError};
 use raftblock_consensus::{
     Clock, ClusterView, Driver, DriverConfig, DriverHandle, GroupStatus, ManualClock, RaftNetwork,
 };
@@ -51,15 +51,15 @@ pub static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 const COPY_LATENCY: Duration = Duration::from_millis(40);
 
 impl ChunkSource for Direct {
-    async fn sums(&self, chunk: u64) -> Result<Option<Vec<u32>>, String> {
+    async fn sums(&self, chunk: u64) -> Result<Option<Vec<u32>>, SourceError> {
         tokio::time::sleep(COPY_LATENCY).await;
-        self.0.chunk_sums(chunk).map_err(|e| e.to_string())
+        Ok(self.0.chunk_sums(chunk)?)
     }
 
-    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>, String> {
+    async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>, SourceError> {
         // The request travels, the sender reads, the answer travels back.
         tokio::time::sleep(COPY_LATENCY).await;
-        let data = self.0.read(offset, len).await.map_err(|e| e.to_string());
+        let data = self.0.read(offset, len).await.map_err(SourceError::from);
         tokio::time::sleep(COPY_LATENCY).await;
         data
     }
