@@ -39,12 +39,8 @@ impl FenceHistory {
     }
 
     /// Loads the history (empty when there is none yet).
-    pub fn load(path: &Path) -> Result<FenceHistory, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FenceHistory::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+    pub fn load(path: &Path) -> Result<FenceHistory, crate::meta::StateFileError> {
+        crate::meta::load_json(path)
     }
 
     /// Saves it durably (a crash leaves the old or the new file).

@@ -33,8 +33,8 @@ pub mod verify;
 pub use attachment::AttachError;
 pub use cluster::{Cluster, ShardOp};
 pub use driver::{
-    Clock, ClusterView, Driver, DriverConfig, DriverHandle, DriverMsg, GroupStatus, LogWriterMode,
-    ManualClock, RaftNetwork, ReplicaError, SystemClock,
+    Clock, ClusterView, Driver, DriverConfig, DriverError, DriverHandle, DriverMsg, GroupStatus,
+    LogWriterMode, ManualClock, RaftNetwork, ReplicaError, SystemClock,
 };
 pub use layout::{ShardId, ShardLayout};
 pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, VolumeRecord, META_GROUP};

@@ -480,18 +480,54 @@ impl MetaState {
     }
 
     /// Loads the state saved by [`MetaState::save`], or an empty one.
-    pub fn load(path: &Path) -> Result<MetaState, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MetaState::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+    pub fn load(path: &Path) -> Result<MetaState, StateFileError> {
+        load_json(path)
     }
 
     /// Saves the state atomically (write, fsync, rename, fsync the directory).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         write_atomic(path, &data)
+    }
+}
+
+/// Why a JSON state file (the metadata's `meta.json`, a shard's
+/// `fence-N.json`) could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// The file exists but could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Its contents are not what was saved there.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: serde_json::Error,
+    },
+}
+
+/// Loads a JSON state file written by [`write_atomic`] (the default value
+/// when there is none yet).
+pub(crate) fn load_json<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+) -> Result<T, StateFileError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|source| StateFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(StateFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -87,11 +87,61 @@ pub fn encode_entry(e: &Entry) -> Bytes {
     .into()
 }
 
-fn decode_entry(index: u64, term: u64, bytes: Bytes) -> Result<Entry, String> {
+/// Why a replica's Raft state or log in the WAL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerStorageError {
+    /// The group's stored hard state, conf state and indexes do not decode.
+    #[error("group {group}: undecodable state in the WAL: {source}")]
+    UndecodableState {
+        /// The group.
+        group: u64,
+        /// What failed.
+        source: prost::DecodeError,
+    },
+    /// A log entry does not decode.
+    #[error("entry {index}: {source}")]
+    UndecodableEntry {
+        /// Its index.
+        index: u64,
+        /// What failed.
+        source: prost::DecodeError,
+    },
+    /// A log entry has an entry type this version does not know.
+    #[error("entry {index}: unknown type {code}")]
+    UnknownEntryType {
+        /// Its index.
+        index: u64,
+        /// The stored type.
+        code: i32,
+    },
+    /// Compaction was asked to drop entries that are not durably applied.
+    #[error("group {group}: compaction to {index} beyond the durable applied index {applied}")]
+    CompactBeyondApplied {
+        /// The group.
+        group: u64,
+        /// Where compaction was to end.
+        index: u64,
+        /// The durable applied index.
+        applied: u64,
+    },
+    /// The WAL has no term for the entry compaction would end at.
+    #[error("group {group}: no term for index {index}")]
+    NoTerm {
+        /// The group.
+        group: u64,
+        /// The index.
+        index: u64,
+    },
+}
+
+fn decode_entry(index: u64, term: u64, bytes: Bytes) -> Result<Entry, PeerStorageError> {
     // From `Bytes`, prost slices the data field instead of copying it.
-    let s = StoredEntry::decode(bytes).map_err(|e| format!("entry {index}: {e}"))?;
-    let t = entry_type_of(s.entry_type)
-        .ok_or_else(|| format!("entry {index}: unknown type {}", s.entry_type))?;
+    let s = StoredEntry::decode(bytes)
+        .map_err(|source| PeerStorageError::UndecodableEntry { index, source })?;
+    let t = entry_type_of(s.entry_type).ok_or(PeerStorageError::UnknownEntryType {
+        index,
+        code: s.entry_type,
+    })?;
     let mut e = Entry::default();
     e.set_entry_type(t);
     e.index = index;
@@ -113,18 +163,18 @@ pub struct PeerStorage {
     unpersisted: Option<Unpersisted>,
 }
 
-fn other(e: impl std::fmt::Display) -> raft::Error {
-    raft::Error::Store(StorageError::Other(e.to_string().into()))
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
 }
 
 impl PeerStorage {
     /// Opens the replica of `group` from the WAL, if it has any state there.
-    pub fn open(wal: Arc<Wal>, group: u64) -> Result<Option<PeerStorage>, String> {
+    pub fn open(wal: Arc<Wal>, group: u64) -> Result<Option<PeerStorage>, PeerStorageError> {
         let Some(blob) = wal.state(group) else {
             return Ok(None);
         };
         let state = StoredState::decode(&blob[..])
-            .map_err(|e| format!("group {group}: undecodable state in the WAL: {e}"))?;
+            .map_err(|source| PeerStorageError::UndecodableState { group, source })?;
         Ok(Some(PeerStorage {
             group,
             wal,
@@ -265,20 +315,28 @@ impl PeerStorage {
 
     /// Stages dropping the log up to and including `index` (which must be
     /// applied durably): the WAL can then free the space.
-    pub fn stage_compact(&mut self, index: u64, batch: &mut WalBatch) -> Result<(), String> {
+    pub fn stage_compact(
+        &mut self,
+        index: u64,
+        batch: &mut WalBatch,
+    ) -> Result<(), PeerStorageError> {
         if index <= self.state.truncated_index {
             return Ok(());
         }
         if index > self.state.applied {
-            return Err(format!(
-                "group {}: compaction to {index} beyond the durable applied index {}",
-                self.group, self.state.applied
-            ));
+            return Err(PeerStorageError::CompactBeyondApplied {
+                group: self.group,
+                index,
+                applied: self.state.applied,
+            });
         }
         let term = self
             .wal
             .term(self.group, index)
-            .ok_or_else(|| format!("group {}: no term for index {index}", self.group))?;
+            .ok_or(PeerStorageError::NoTerm {
+                group: self.group,
+                index,
+            })?;
         self.state.truncated_index = index;
         self.state.truncated_term = term;
         batch.compact(self.group, index + 1);

@@ -25,7 +25,7 @@ use raftblock_storage::{Wal, WalBatch};
 
 use crate::transport::Envelope;
 
-use super::{fatal, DriverMsg, RaftNetwork};
+use super::{fatal, DriverError, DriverMsg, RaftNetwork};
 
 /// Rounds the driver may be ahead of the disk before it waits (the bound
 /// on unpersisted log in memory).
@@ -72,7 +72,7 @@ impl LogWriter {
         wal: Arc<Wal>,
         network: Arc<dyn RaftNetwork>,
         driver: std::sync::mpsc::Sender<DriverMsg>,
-    ) -> Result<LogWriter, String> {
+    ) -> Result<LogWriter, DriverError> {
         if mode == LogWriterMode::Deferred {
             return Ok(LogWriter::Deferred(VecDeque::new()));
         }
@@ -86,7 +86,10 @@ impl LogWriter {
                 let _guard = rt.as_ref().map(|rt| rt.enter());
                 run(&rx, &wal, network.as_ref(), &finished, &driver);
             })
-            .map_err(|e| format!("starting the raft log writer thread: {e}"))?;
+            .map_err(|source| DriverError::Thread {
+                name: "raft log writer",
+                source,
+            })?;
         Ok(LogWriter::Thread {
             tx: Some(tx),
             done,

@@ -403,6 +403,50 @@ fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why the driver could not start, or could not open a volume's replicas.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// A thread could not be started.
+    #[error("starting the {name} thread: {source}")]
+    Thread {
+        /// Which thread.
+        name: &'static str,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The saved metadata could not be loaded.
+    #[error(transparent)]
+    Meta(#[from] crate::meta::StateFileError),
+    /// A replica's Raft state in the WAL cannot be used.
+    #[error(transparent)]
+    PeerStorage(#[from] crate::peer_storage::PeerStorageError),
+    /// raft-rs refused to start a group's replica.
+    #[error("group {group}: starting raft: {source}")]
+    Raft {
+        /// The group.
+        group: u64,
+        /// What failed.
+        source: raft::Error,
+    },
+    /// This node's copy of a volume could not be adopted or opened.
+    #[error("volume {volume}: {source}")]
+    Volume {
+        /// The volume.
+        volume: String,
+        /// What failed.
+        source: raftblock_storage::StorageError,
+    },
+    /// A swap of a staged shard copy that a crash interrupted could not be
+    /// finished.
+    #[error("group {group}: staged copy: {source}")]
+    StagedCopy {
+        /// The shard group.
+        group: u64,
+        /// What failed.
+        source: raftblock_storage::StorageError,
+    },
+}
+
 /// Stops the node on an error it cannot go on after (the log or a swap
 /// could not be written): a restart recovers from what is durable.
 pub(crate) fn fatal(msg: &str) -> ! {
@@ -423,7 +467,7 @@ impl Driver {
         meta_path: PathBuf,
         peers: &HashMap<u64, SocketAddr>,
         snapshots: mpsc::UnboundedSender<SnapshotFetch>,
-    ) -> Result<(DriverHandle, Arc<ClusterView>, std::thread::JoinHandle<()>), String> {
+    ) -> Result<(DriverHandle, Arc<ClusterView>, std::thread::JoinHandle<()>), DriverError> {
         let ports = (
             Arc::new(transport) as Arc<dyn RaftNetwork>,
             Arc::new(SystemClock) as Arc<dyn Clock>,
@@ -436,7 +480,10 @@ impl Driver {
                 let _guard = rt.enter();
                 d.run();
             })
-            .map_err(|e| format!("starting the raft driver thread: {e}"))?;
+            .map_err(|source| DriverError::Thread {
+                name: "raft driver",
+                source,
+            })?;
         Ok((handle, view, thread))
     }
 
@@ -451,7 +498,7 @@ impl Driver {
         meta_path: PathBuf,
         peers: &HashMap<u64, SocketAddr>,
         snapshots: mpsc::UnboundedSender<SnapshotFetch>,
-    ) -> Result<(Driver, DriverHandle, Arc<ClusterView>), String> {
+    ) -> Result<(Driver, DriverHandle, Arc<ClusterView>), DriverError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let writer =
             log_writer::LogWriter::start(cfg.log_writer, wal.clone(), network.clone(), tx.clone())?;

@@ -15,7 +15,7 @@ use crate::meta::{shard_of_group, META_GROUP};
 use crate::peer_storage::PeerStorage;
 
 use super::config::META_INIT_INDEX;
-use super::{Driver, GroupStatus, ReplicaError, Reply};
+use super::{Driver, DriverError, GroupStatus, ReplicaError, Reply};
 
 /// A proposal of this node waiting for its entry to commit.
 pub(super) struct Proposal {
@@ -149,7 +149,7 @@ impl Replica {
 }
 
 impl Driver {
-    pub(super) fn open_replicas(&mut self) -> Result<(), String> {
+    pub(super) fn open_replicas(&mut self) -> Result<(), DriverError> {
         let me = self.cfg.node;
         // The meta group.
         let meta_store = match PeerStorage::open(self.wal.clone(), META_GROUP)? {
@@ -201,10 +201,10 @@ impl Driver {
         storage: PeerStorage,
         apply: Option<mpsc::UnboundedSender<ApplyMsg>>,
         preferred: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let applied = storage.applied();
         let node = RawNode::new(&self.raft_config(applied), storage, &self.logger)
-            .map_err(|e| format!("group {group}: starting raft: {e}"))?;
+            .map_err(|source| DriverError::Raft { group, source })?;
         self.awake.insert(group);
         self.replicas.insert(
             group,
@@ -235,18 +235,20 @@ impl Driver {
     }
 
     /// Opens or creates this node's replicas of a volume's shards.
-    pub(super) fn start_volume(&mut self, rec: &crate::meta::VolumeRecord) -> Result<(), String> {
+    pub(super) fn start_volume(
+        &mut self,
+        rec: &crate::meta::VolumeRecord,
+    ) -> Result<(), DriverError> {
         let me = self.cfg.node;
         if !rec.is_on(me) {
             return Ok(());
         }
-        self.store
-            .adopt_volume(&rec.meta)
-            .map_err(|e| format!("volume {}: {e}", rec.meta.name))?;
-        let volume = self
-            .store
-            .volume(&rec.meta.name)
-            .map_err(|e| format!("volume {}: {e}", rec.meta.name))?;
+        let volume_error = |source| DriverError::Volume {
+            volume: rec.meta.name.clone(),
+            source,
+        };
+        self.store.adopt_volume(&rec.meta).map_err(volume_error)?;
+        let volume = self.store.volume(&rec.meta.name).map_err(volume_error)?;
         for (group, nodes) in rec.groups() {
             if !nodes.contains(&me) || self.replicas.contains_key(&group) {
                 continue;
@@ -269,7 +271,7 @@ impl Driver {
                     tracing::info!(group, index, "finished swapping in a staged shard copy")
                 }
                 Ok(None) => {}
-                Err(e) => return Err(format!("group {group}: staged copy: {e}")),
+                Err(source) => return Err(DriverError::StagedCopy { group, source }),
             }
             let chunks = rec
                 .layout()
