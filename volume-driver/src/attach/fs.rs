@@ -5,7 +5,33 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::docker::api::Filesystem;
+/// Filesystem made on a volume's first mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filesystem {
+    /// ext4 (the default).
+    Ext4,
+    /// XFS.
+    Xfs,
+}
+
+impl Filesystem {
+    /// The name `mkfs.<name>` and `mount -t` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+
+    /// Parses `ext4` or `xfs`.
+    pub fn parse(s: &str) -> Result<Filesystem, String> {
+        match s {
+            "ext4" => Ok(Filesystem::Ext4),
+            "xfs" => Ok(Filesystem::Xfs),
+            other => Err(format!("fs `{other}` is not supported (use ext4 or xfs)")),
+        }
+    }
+}
 
 fn run(cmd: &mut Command) -> Result<std::process::Output, String> {
     let shown = format!("{cmd:?}");

@@ -80,33 +80,9 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
-/// Filesystem made on a volume's first mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Filesystem {
-    /// ext4 (the default).
-    Ext4,
-    /// XFS.
-    Xfs,
-}
-
-impl Filesystem {
-    /// The name `mkfs.<name>` and `mount -t` use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Filesystem::Ext4 => "ext4",
-            Filesystem::Xfs => "xfs",
-        }
-    }
-
-    /// Parses `ext4` or `xfs`.
-    pub fn parse(s: &str) -> Result<Filesystem, String> {
-        match s {
-            "ext4" => Ok(Filesystem::Ext4),
-            "xfs" => Ok(Filesystem::Xfs),
-            other => Err(format!("fs `{other}` is not supported (use ext4 or xfs)")),
-        }
-    }
-}
+/// The filesystem made on a volume's first mount (the `fs` option); it
+/// belongs to attaching, which makes and mounts it.
+pub use crate::attach::fs::Filesystem;
 
 /// Options of `docker volume create -d raftblock -o ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
