@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::nbd::proto;
-
-/// Commands we keep separate series for.
+/// Commands we keep separate series for. `Op::of` (in `nbd::proto`, which
+/// knows the wire codes) maps an NBD command to its series; this module
+/// stays below the NBD server and knows nothing of the protocol.
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
     /// NBD_CMD_READ
@@ -38,21 +38,6 @@ const OPS: [(&str, Op); 7] = [
     ("block_status", Op::BlockStatus),
     ("other", Op::Other),
 ];
-
-impl Op {
-    /// The series a command counts in.
-    pub fn of(kind: u16) -> Op {
-        match kind {
-            proto::CMD_READ => Op::Read,
-            proto::CMD_WRITE => Op::Write,
-            proto::CMD_FLUSH => Op::Flush,
-            proto::CMD_TRIM => Op::Trim,
-            proto::CMD_WRITE_ZEROES => Op::WriteZeroes,
-            proto::CMD_BLOCK_STATUS => Op::BlockStatus,
-            _ => Op::Other,
-        }
-    }
-}
 
 /// Histogram bucket upper bounds, in seconds.
 const BUCKETS: [f64; 14] = [

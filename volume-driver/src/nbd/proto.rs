@@ -210,3 +210,20 @@ pub fn command_name(kind: u16) -> &'static str {
         _ => "unknown",
     }
 }
+
+impl crate::metrics::Op {
+    /// The metrics series a command counts in (kept here, beside the wire
+    /// codes, so the metrics module does not depend on the NBD server).
+    pub fn of(kind: u16) -> crate::metrics::Op {
+        use crate::metrics::Op;
+        match kind {
+            CMD_READ => Op::Read,
+            CMD_WRITE => Op::Write,
+            CMD_FLUSH => Op::Flush,
+            CMD_TRIM => Op::Trim,
+            CMD_WRITE_ZEROES => Op::WriteZeroes,
+            CMD_BLOCK_STATUS => Op::BlockStatus,
+            _ => Op::Other,
+        }
+    }
+}
