@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use super::error::AttachError;
+use super::tool::{check, output};
+
 /// Filesystem made on a volume's first mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filesystem {
@@ -24,39 +27,28 @@ impl Filesystem {
     }
 
     /// Parses `ext4` or `xfs`.
-    pub fn parse(s: &str) -> Result<Filesystem, String> {
+    pub fn parse(s: &str) -> Result<Filesystem, UnsupportedFilesystem> {
         match s {
             "ext4" => Ok(Filesystem::Ext4),
             "xfs" => Ok(Filesystem::Xfs),
-            other => Err(format!("fs `{other}` is not supported (use ext4 or xfs)")),
+            other => Err(UnsupportedFilesystem(other.to_string())),
         }
     }
 }
 
-fn run(cmd: &mut Command) -> Result<std::process::Output, String> {
-    let shown = format!("{cmd:?}");
-    cmd.output().map_err(|e| format!("{shown}: {e}"))
-}
-
-fn check(cmd: &mut Command) -> Result<(), String> {
-    let shown = format!("{cmd:?}");
-    let out = run(cmd)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+/// A filesystem name other than `ext4` or `xfs` (in `-o fs=...`, or on a
+/// volume created elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fs `{0}` is not supported (use ext4 or xfs)")]
+pub struct UnsupportedFilesystem(pub String);
 
 /// The filesystem type on `dev`, or `None` when it holds none.
-pub fn probe(dev: &Path) -> Result<Option<String>, String> {
-    let out = run(Command::new("blkid")
-        .args(["-p", "-o", "value", "-s", "TYPE"])
-        .arg(dev))?;
+pub fn probe(dev: &Path) -> Result<Option<String>, AttachError> {
+    let out = output(
+        Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", "TYPE"])
+            .arg(dev),
+    )?;
     match out.status.code() {
         Some(0) => {
             let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -64,16 +56,15 @@ pub fn probe(dev: &Path) -> Result<Option<String>, String> {
         }
         // 2: nothing recognised on the device.
         Some(2) => Ok(None),
-        _ => Err(format!(
-            "blkid {}: {}",
-            dev.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
+        _ => Err(AttachError::Probe {
+            device: dev.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
     }
 }
 
 /// Makes a filesystem on `dev`.
-pub fn make(dev: &Path, fs: Filesystem) -> Result<(), String> {
+pub fn make(dev: &Path, fs: Filesystem) -> Result<(), AttachError> {
     match fs {
         // No discard pass: a new volume is all holes already.
         Filesystem::Ext4 => check(
@@ -86,19 +77,22 @@ pub fn make(dev: &Path, fs: Filesystem) -> Result<(), String> {
 }
 
 /// Mounts `dev` (holding `fs`) on `dir`, creating `dir`.
-pub fn mount(dev: &Path, dir: &Path, fs: &str) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+pub fn mount(dev: &Path, dir: &Path, fs: &str) -> Result<(), AttachError> {
+    std::fs::create_dir_all(dir).map_err(|source| AttachError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     check(Command::new("mount").args(["-t", fs]).arg(dev).arg(dir))
 }
 
 /// Unmounts `dir` (flushing the filesystem to the volume).
-pub fn unmount(dir: &Path) -> Result<(), String> {
+pub fn unmount(dir: &Path) -> Result<(), AttachError> {
     check(Command::new("umount").arg(dir))
 }
 
 /// Detaches whatever is mounted on `dir` now and cleans up when it is no
 /// longer busy (for mounts whose device is already dead).
-pub fn unmount_lazy(dir: &Path) -> Result<(), String> {
+pub fn unmount_lazy(dir: &Path) -> Result<(), AttachError> {
     check(Command::new("umount").arg("-l").arg(dir))
 }
 

@@ -16,6 +16,8 @@ use fuser::{
 use raftblock_storage::{ReadSegment, StorageError, VolumeIo, ZeroMode};
 use tokio::runtime::Handle;
 
+use super::error::AttachError;
+
 /// Name of the one file.
 pub const FILE_NAME: &str = "disk";
 const ROOT: u64 = 1;
@@ -268,8 +270,15 @@ pub struct MountedFile {
 
 /// Mounts the FUSE filesystem of `volume` on `dir`; the volume is then the
 /// file `dir/disk`. I/O is run on `rt`.
-pub fn mount<V: VolumeIo>(volume: Arc<V>, rt: Handle, dir: &Path) -> Result<MountedFile, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+pub fn mount<V: VolumeIo>(
+    volume: Arc<V>,
+    rt: Handle,
+    dir: &Path,
+) -> Result<MountedFile, AttachError> {
+    std::fs::create_dir_all(dir).map_err(|source| AttachError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let name = volume.name().to_string();
     let fs = VolumeFile { volume, rt };
     let opts = [
@@ -278,7 +287,10 @@ pub fn mount<V: VolumeIo>(volume: Arc<V>, rt: Handle, dir: &Path) -> Result<Moun
         MountOption::RW,
         MountOption::NoExec,
     ];
-    let session = fuser::spawn_mount2(fs, dir, &opts)
-        .map_err(|e| format!("FUSE mount of volume {name} on {}: {e}", dir.display()))?;
+    let session = fuser::spawn_mount2(fs, dir, &opts).map_err(|source| AttachError::FuseMount {
+        volume: name,
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     Ok(MountedFile { _session: session })
 }

@@ -18,6 +18,7 @@ use raftblock_storage::VolumeIo;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use super::error::AttachError;
 use crate::NbdMetrics;
 
 // ioctl numbers from <linux/nbd.h>: _IO(0xab, n).
@@ -60,6 +61,16 @@ fn ioctl(f: &File, req: libc::c_ulong, arg: libc::c_ulong) -> std::io::Result<li
     }
 }
 
+/// Builds the error for `step` on `device` from the I/O error it ended with.
+fn nbd_err(step: &'static str, device: &Path) -> impl FnOnce(std::io::Error) -> AttachError {
+    let device = device.to_path_buf();
+    move |source| AttachError::Nbd {
+        step,
+        device,
+        source,
+    }
+}
+
 /// A volume attached as `/dev/nbdN`; [`KernelDevice::detach`] undoes it.
 pub struct KernelDevice {
     /// The block device.
@@ -71,10 +82,10 @@ pub struct KernelDevice {
 
 impl KernelDevice {
     /// Disconnects the device and stops serving it.
-    pub fn detach(mut self) -> Result<(), String> {
+    pub fn detach(mut self) -> Result<(), AttachError> {
         let r = ioctl(&self.file, NBD_DISCONNECT, 0)
             .map(|_| ())
-            .map_err(|e| format!("NBD_DISCONNECT {}: {e}", self.device.display()));
+            .map_err(nbd_err("NBD_DISCONNECT", &self.device));
         if let Some(t) = self.do_it.take() {
             let _ = t.join();
         }
@@ -84,10 +95,10 @@ impl KernelDevice {
 }
 
 /// Configures a free `/dev/nbdN` for `volume` and starts serving it on `rt`.
-pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle) -> Result<KernelDevice, String> {
+pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle) -> Result<KernelDevice, AttachError> {
     let size = volume.size();
     let block: u64 = if size & 4095 == 0 { 4096 } else { 512 };
-    let mut last_err = String::from("no /dev/nbdN devices");
+    let mut last_err = AttachError::NoNbdDevices;
     for i in 0..MAX_DEVICES {
         let device = PathBuf::from(format!("/dev/nbd{i}"));
         if !device.exists() {
@@ -102,13 +113,17 @@ pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle) -> Result<KernelDevice, S
             .open(&device)
         {
             Ok(f) => f,
-            Err(e) => {
-                last_err = format!("opening {}: {e}", device.display());
+            Err(source) => {
+                last_err = AttachError::Nbd {
+                    step: "opening",
+                    device,
+                    source,
+                };
                 continue;
             }
         };
         let (kernel_end, our_end) =
-            UnixStream::pair().map_err(|e| format!("socket pair for {}: {e}", device.display()))?;
+            UnixStream::pair().map_err(nbd_err("making a socket pair for", &device))?;
         let configured = (|| -> std::io::Result<()> {
             ioctl(&file, NBD_CLEAR_SOCK, 0)?;
             ioctl(&file, NBD_SET_BLKSIZE, block as libc::c_ulong)?;
@@ -122,19 +137,23 @@ pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle) -> Result<KernelDevice, S
             ioctl(&file, NBD_SET_SOCK, kernel_end.as_raw_fd() as libc::c_ulong)?;
             Ok(())
         })();
-        if let Err(e) = configured {
+        if let Err(source) = configured {
             // EBUSY: another attach took this device meanwhile.
-            last_err = format!("configuring {}: {e}", device.display());
+            last_err = AttachError::Nbd {
+                step: "configuring",
+                device,
+                source,
+            };
             let _ = ioctl(&file, NBD_CLEAR_SOCK, 0);
             continue;
         }
         our_end
             .set_nonblocking(true)
-            .map_err(|e| format!("socket pair: {e}"))?;
+            .map_err(nbd_err("serving", &device))?;
         let (stop, stop_rx) = watch::channel(false);
         let serving = {
             let _in_rt = rt.enter();
-            tokio::net::UnixStream::from_std(our_end).map_err(|e| format!("socket pair: {e}"))?
+            tokio::net::UnixStream::from_std(our_end).map_err(nbd_err("serving", &device))?
         };
         let name = volume.name().to_string();
         let dev = device.clone();
@@ -160,7 +179,7 @@ pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle) -> Result<KernelDevice, S
                 let _ = ioctl(&f2, NBD_CLEAR_SOCK, 0);
                 drop(kernel_end);
             })
-            .map_err(|e| format!("starting the {} thread: {e}", device.display()))?;
+            .map_err(nbd_err("starting the thread serving", &device))?;
         return Ok(KernelDevice {
             device,
             file,
@@ -168,5 +187,7 @@ pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle) -> Result<KernelDevice, S
             stop,
         });
     }
-    Err(format!("no free kernel NBD device: {last_err}"))
+    Err(AttachError::NoFreeNbdDevice {
+        last: Box::new(last_err),
+    })
 }

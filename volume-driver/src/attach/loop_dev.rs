@@ -4,53 +4,36 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::error::AttachError;
+use super::tool::{check, run};
+
 /// Binds `file` to a free loop device and returns the device. Direct I/O
 /// is asked for (the loop device then keeps many requests in flight and no
 /// second page cache); where it is refused, buffered I/O is used.
-pub fn bind(file: &Path) -> Result<PathBuf, String> {
+pub fn bind(file: &Path) -> Result<PathBuf, AttachError> {
     bind_with(file, &["--direct-io=on"]).or_else(|e| {
         tracing::debug!(error = %e, "loop device with direct I/O refused; binding without");
         bind_with(file, &[])
     })
 }
 
-fn bind_with(file: &Path, extra: &[&str]) -> Result<PathBuf, String> {
-    let out = Command::new("losetup")
+fn bind_with(file: &Path, extra: &[&str]) -> Result<PathBuf, AttachError> {
+    let out = run(Command::new("losetup")
         .args(["--find", "--show"])
         .args(extra)
-        .arg(file)
-        .output()
-        .map_err(|e| format!("losetup: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "losetup --find --show {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+        .arg(file))?;
     let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if dev.is_empty() {
-        return Err("losetup printed no device".into());
+        return Err(AttachError::NoLoopDevice {
+            file: file.to_path_buf(),
+        });
     }
     Ok(PathBuf::from(dev))
 }
 
 /// Releases `dev`.
-pub fn release(dev: &Path) -> Result<(), String> {
-    let out = Command::new("losetup")
-        .arg("-d")
-        .arg(dev)
-        .output()
-        .map_err(|e| format!("losetup -d: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "losetup -d {}: {}",
-            dev.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+pub fn release(dev: &Path) -> Result<(), AttachError> {
+    check(Command::new("losetup").arg("-d").arg(dev))
 }
 
 /// Waits (up to `within`) until `dev` no longer holds its backing file:

@@ -5,10 +5,14 @@
 //! (`fuse_file`) bound to a loop device (`loop_dev`). Either way the
 //! caller gets a `/dev/...` path and a handle that detaches.
 
+mod error;
 pub mod fs;
 pub mod fuse_file;
 pub mod kernel_nbd;
 pub mod loop_dev;
+mod tool;
+
+pub use error::AttachError;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,7 +65,7 @@ pub struct Attached {
 
 impl Attached {
     /// Releases the device (and unmounts the FUSE file).
-    pub fn detach(self) -> Result<(), String> {
+    pub fn detach(self) -> Result<(), AttachError> {
         match self.backend {
             Backend::FuseLoop { fuse_dir, mut file } => {
                 loop_dev::release(&self.device)?;
@@ -89,7 +93,7 @@ pub fn attach<V: VolumeIo>(
     volume: Arc<V>,
     rt: Handle,
     work_dir: &Path,
-) -> Result<Attached, String> {
+) -> Result<Attached, AttachError> {
     if method() == KERNEL_NBD {
         match kernel_nbd::attach(volume.clone(), rt.clone()) {
             Ok(d) => {

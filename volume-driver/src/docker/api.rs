@@ -127,7 +127,7 @@ impl CreateOptions {
                                 format!("option replicas: `{v}` is not a number from 1 to 7")
                             })?
                 }
-                "fs" => o.fs = Filesystem::parse(v)?,
+                "fs" => o.fs = Filesystem::parse(v).map_err(|e| e.to_string())?,
                 "chunk_size" => {
                     o.chunk_size = Some(
                         raftblock_storage::size::parse_size(v)

@@ -191,7 +191,7 @@ impl<B: VolumeBackend> Plugin<B> {
             .lookup(&name)
             .ok_or_else(|| format!("no such volume: {name}"))?;
         let fs = match info.fs.as_deref() {
-            Some(f) => Filesystem::parse(f)?,
+            Some(f) => Filesystem::parse(f).map_err(|e| e.to_string())?,
             None => Filesystem::Ext4,
         };
         let (volume, epoch) =
@@ -209,7 +209,7 @@ impl<B: VolumeBackend> Plugin<B> {
         let this = self.clone();
         let name2 = name.clone();
         let done = tokio::task::spawn_blocking(move || -> Result<MountedVolume, String> {
-            let a = attach::attach(volume, rt, &work)?;
+            let a = attach::attach(volume, rt, &work).map_err(|e| e.to_string())?;
             let (device, method) = (a.device.clone(), a.method);
             let prepared = (|| {
                 let found = attach::fs::probe(&device)?;
@@ -224,7 +224,7 @@ impl<B: VolumeBackend> Plugin<B> {
             })();
             if let Err(e) = prepared {
                 let _ = a.detach();
-                return Err(e);
+                return Err(e.to_string());
             }
             lock(&this.attached).insert(name2, a);
             Ok(MountedVolume {
@@ -295,10 +295,10 @@ impl<B: VolumeBackend> Plugin<B> {
         let name2 = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             if attach::fs::is_mounted(&mp) {
-                attach::fs::unmount(&mp)?;
+                attach::fs::unmount(&mp).map_err(|e| e.to_string())?;
             }
             if let Some(a) = lock(&this.attached).remove(&name2) {
-                a.detach()?;
+                a.detach().map_err(|e| e.to_string())?;
             }
             Ok(())
         })
