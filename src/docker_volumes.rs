@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftblock_consensus::{Cluster, ClusterVolume, VolumeRecord};
+use raftblock_consensus::{AttachError, Cluster, ClusterVolume, VolumeRecord};
 use raftblock_storage::catalog::{validate_name, validate_sizes};
 use raftblock_storage::DEFAULT_CHUNK_SIZE;
 use raftblock_volume_driver::docker::api::CreateOptions;
-use raftblock_volume_driver::docker::{VolumeBackend, VolumeInfo};
+use raftblock_volume_driver::docker::{BackendError, VolumeBackend, VolumeInfo};
 
 /// Label under which a volume records the filesystem Docker asked for.
 pub const FS_LABEL: &str = "fs";
@@ -50,21 +50,23 @@ impl VolumeBackend for ClusterVolumes {
         self.cluster.node()
     }
 
-    async fn create(&self, name: &str, opts: &CreateOptions) -> Result<(), String> {
-        validate_name(name).map_err(|e| e.to_string())?;
+    async fn create(&self, name: &str, opts: &CreateOptions) -> Result<(), BackendError> {
+        validate_name(name)?;
         let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-        validate_sizes(opts.size, chunk_size).map_err(|e| e.to_string())?;
-        let same = |rec: &VolumeRecord| -> Result<(), String> {
+        validate_sizes(opts.size, chunk_size)?;
+        let same = |rec: &VolumeRecord| -> Result<(), BackendError> {
             if rec.meta.size != opts.size {
-                Err(format!(
-                    "volume {name} already exists with size {} (asked for {})",
-                    rec.meta.size, opts.size
-                ))
+                Err(BackendError::SizeDiffers {
+                    volume: name.to_string(),
+                    size: rec.meta.size,
+                    asked: opts.size,
+                })
             } else if rec.replicas != opts.replicas {
-                Err(format!(
-                    "volume {name} already exists with {} replica(s) (asked for {})",
-                    rec.replicas, opts.replicas
-                ))
+                Err(BackendError::ReplicasDiffer {
+                    volume: name.to_string(),
+                    replicas: rec.replicas,
+                    asked: opts.replicas,
+                })
             } else {
                 Ok(())
             }
@@ -88,12 +90,12 @@ impl VolumeBackend for ClusterVolumes {
             Err(e) => match self.cluster.view().meta().volumes.get(name) {
                 // Created by a concurrent call in the meantime.
                 Some(rec) => same(rec),
-                None => Err(format!("creating volume {name}: {e}")),
+                None => Err(cluster_err("creating", name)(e)),
             },
         }
     }
 
-    async fn remove(&self, name: &str) -> Result<(), String> {
+    async fn remove(&self, name: &str) -> Result<(), BackendError> {
         self.cluster.meta_barrier(Duration::from_secs(5)).await;
         let held = self
             .cluster
@@ -106,20 +108,21 @@ impl VolumeBackend for ClusterVolumes {
             // A holder that died keeps its lease; once it has been silent
             // for the grace period its attachment is ended here.
             if a.node == self.cluster.node() || self.cluster.silent_for(a.node) < self.grace {
-                return Err(format!(
-                    "volume {name} is in use: attached on node {} (epoch {})",
-                    a.node, a.epoch
-                ));
+                return Err(BackendError::InUse {
+                    volume: name.to_string(),
+                    node: a.node,
+                    epoch: a.epoch,
+                });
             }
             self.cluster
                 .detach_volume(name, a.epoch)
                 .await
-                .map_err(|e| format!("removing volume {name}: {e}"))?;
+                .map_err(cluster_err("removing", name))?;
         }
         self.cluster
             .delete_volume(name)
             .await
-            .map_err(|e| format!("removing volume {name}: {e}"))
+            .map_err(cluster_err("removing", name))
     }
 
     fn lookup(&self, name: &str) -> Option<VolumeInfo> {
@@ -136,21 +139,41 @@ impl VolumeBackend for ClusterVolumes {
             .collect()
     }
 
-    async fn acquire(&self, name: &str) -> Result<(Arc<ClusterVolume>, u64), String> {
+    async fn acquire(&self, name: &str) -> Result<(Arc<ClusterVolume>, u64), BackendError> {
         let v = self
             .cluster
             .attach_volume(name, self.grace)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                AttachError::NotFound(volume) => BackendError::NotFound { volume },
+                AttachError::HeldElsewhere {
+                    name,
+                    node,
+                    epoch,
+                    silent_ms,
+                    grace_ms,
+                } => BackendError::HeldElsewhere {
+                    volume: name,
+                    node,
+                    epoch,
+                    silent_ms,
+                    grace_ms,
+                },
+                AttachError::Route { name, source } => BackendError::Cluster {
+                    op: "attaching",
+                    volume: name,
+                    source: source.into(),
+                },
+            })?;
         let epoch = v.epoch();
         Ok((Arc::new(v), epoch))
     }
 
-    async fn renew(&self, held: Vec<(String, u64)>) -> Result<(), String> {
+    async fn renew(&self, held: Vec<(String, u64)>) -> Result<(), BackendError> {
         self.cluster
             .renew_attachments(held)
             .await
-            .map_err(|e| format!("renewing attachments: {e}"))
+            .map_err(|e| BackendError::Renew { source: e.into() })
     }
 
     fn renew_every(&self) -> Duration {
@@ -159,10 +182,23 @@ impl VolumeBackend for ClusterVolumes {
         (self.grace / 3).max(Duration::from_millis(500))
     }
 
-    async fn release(&self, name: &str, epoch: u64) -> Result<(), String> {
+    async fn release(&self, name: &str, epoch: u64) -> Result<(), BackendError> {
         self.cluster
             .detach_volume(name, epoch)
             .await
-            .map_err(|e| format!("detaching volume {name}: {e}"))
+            .map_err(cluster_err("detaching", name))
+    }
+}
+
+/// Builds the error for a cluster call doing `op` on `volume` that failed.
+fn cluster_err<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    volume: &str,
+) -> impl FnOnce(E) -> BackendError {
+    let volume = volume.to_string();
+    move |e| BackendError::Cluster {
+        op,
+        volume,
+        source: Box::new(e),
     }
 }

@@ -2,8 +2,11 @@
 //! API): what dockerd posts and what it expects back, with Go's field names,
 //! and the parsing of `docker volume create -o` options.
 
+use raftblock_storage::size::SizeError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+use crate::attach::fs::UnsupportedFilesystem;
 
 /// Content type of every answer (dockerd does not check it; this is the
 /// conventional one).
@@ -84,6 +87,29 @@ pub fn rfc3339(secs: u64) -> String {
 /// belongs to attaching, which makes and mounts it.
 pub use crate::attach::fs::Filesystem;
 
+/// Why the options of `docker volume create -o ...` were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// `size` or `chunk_size` is not a size.
+    #[error("option {key}: {source}")]
+    Size {
+        /// The option (`size` or `chunk_size`).
+        key: &'static str,
+        /// Why the value did not parse.
+        source: SizeError,
+    },
+    /// `replicas` is not a number from 1 to 7.
+    #[error("option replicas: `{0}` is not a number from 1 to 7")]
+    Replicas(String),
+    /// `fs` names a filesystem that is not supported.
+    #[error(transparent)]
+    Filesystem(#[from] UnsupportedFilesystem),
+    /// An option this plugin does not know (so a typo is not silently
+    /// ignored).
+    #[error("unknown option `{0}` (known: size, replicas, fs, chunk_size)")]
+    Unknown(String),
+}
+
 /// Options of `docker volume create -d raftblock -o ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateOptions {
@@ -105,7 +131,11 @@ pub const DEFAULT_REPLICAS: u32 = 3;
 impl CreateOptions {
     /// Parses the options map; unknown keys are an error, so a typo is not
     /// silently ignored.
-    pub fn parse(opts: &BTreeMap<String, String>) -> Result<CreateOptions, String> {
+    pub fn parse(opts: &BTreeMap<String, String>) -> Result<CreateOptions, OptionError> {
+        let size = |key, v: &str| {
+            raftblock_storage::size::parse_size(v)
+                .map_err(|source| OptionError::Size { key, source })
+        };
         let mut o = CreateOptions {
             size: DEFAULT_SIZE,
             replicas: DEFAULT_REPLICAS,
@@ -114,31 +144,17 @@ impl CreateOptions {
         };
         for (k, v) in opts {
             match k.as_str() {
-                "size" => {
-                    o.size = raftblock_storage::size::parse_size(v)
-                        .map_err(|e| format!("option size: {e}"))?
-                }
+                "size" => o.size = size("size", v)?,
                 "replicas" => {
-                    o.replicas =
-                        v.parse()
-                            .ok()
-                            .filter(|r| (1..=7).contains(r))
-                            .ok_or_else(|| {
-                                format!("option replicas: `{v}` is not a number from 1 to 7")
-                            })?
+                    o.replicas = v
+                        .parse()
+                        .ok()
+                        .filter(|r| (1..=7).contains(r))
+                        .ok_or_else(|| OptionError::Replicas(v.clone()))?
                 }
-                "fs" => o.fs = Filesystem::parse(v).map_err(|e| e.to_string())?,
-                "chunk_size" => {
-                    o.chunk_size = Some(
-                        raftblock_storage::size::parse_size(v)
-                            .map_err(|e| format!("option chunk_size: {e}"))?,
-                    )
-                }
-                other => {
-                    return Err(format!(
-                        "unknown option `{other}` (known: size, replicas, fs, chunk_size)"
-                    ))
-                }
+                "fs" => o.fs = Filesystem::parse(v)?,
+                "chunk_size" => o.chunk_size = Some(size("chunk_size", v)?),
+                other => return Err(OptionError::Unknown(other.to_string())),
             }
         }
         Ok(o)
@@ -186,7 +202,9 @@ mod tests {
             ("fs", "btrfs"),
             ("color", "red"),
         ] {
-            let e = CreateOptions::parse(&opts(&[bad])).expect_err("refused");
+            let e = CreateOptions::parse(&opts(&[bad]))
+                .expect_err("refused")
+                .to_string();
             assert!(e.contains(bad.0) || e.contains(bad.1), "{e}");
         }
     }

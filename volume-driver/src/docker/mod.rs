@@ -3,10 +3,12 @@
 //! [`VolumeBackend`]; Mount attaches the volume on this node (FUSE file +
 //! loop device), makes the filesystem on first use and mounts it under the
 //! data directory, reference-counted by the IDs dockerd sends; the last
-//! Unmount detaches. Errors are answered as HTTP 500 with `{"Err": ...}`.
+//! Unmount detaches. Errors are answered as HTTP 500 with `{"Err": ...}`
+//! ([`PluginError`], in `error.rs`).
 
 pub mod api;
 pub mod backend;
+mod error;
 pub mod metrics;
 pub mod mounts;
 
@@ -24,9 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixListener;
 
-use crate::attach::{self, Attached};
+use crate::attach::{self, AttachError, Attached};
 use api::{CreateOptions, CreateRequest, Filesystem, MountRequest, NameRequest, VolumeView};
-pub use backend::{VolumeBackend, VolumeInfo};
+pub use backend::{BackendError, VolumeBackend, VolumeInfo};
+pub use error::PluginError;
 pub use metrics::PluginMetrics;
 use mounts::{MountTable, MountedVolume};
 
@@ -69,23 +72,13 @@ fn ok(v: Value) -> Response {
         .into_response()
 }
 
-fn err(msg: impl std::fmt::Display) -> Response {
-    let body = json!({ "Err": msg.to_string() });
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        [(header::CONTENT_TYPE, api::CONTENT_TYPE)],
-        body.to_string(),
-    )
-        .into_response()
-}
-
 /// Parses a request body; dockerd sends no content type, and an empty body
 /// for Activate.
-fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, String> {
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, PluginError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| format!("malformed request: {e}"))
+    serde_json::from_slice(body).map_err(PluginError::Malformed)
 }
 
 impl<B: VolumeBackend> Plugin<B> {
@@ -94,7 +87,7 @@ impl<B: VolumeBackend> Plugin<B> {
         backend: Arc<B>,
         root: &Path,
         metrics: Arc<PluginMetrics>,
-    ) -> Result<Arc<Plugin<B>>, String> {
+    ) -> Result<Arc<Plugin<B>>, PluginError> {
         let table = MountTable::load(&root.join("mounts.json"))?;
         attach::log_method();
         Ok(Arc::new(Plugin {
@@ -147,29 +140,37 @@ impl<B: VolumeBackend> Plugin<B> {
         }
     }
 
-    async fn create(&self, req: CreateRequest) -> Result<Value, String> {
-        let opts = CreateOptions::parse(&req.opts.unwrap_or_default())
-            .map_err(|e| format!("volume {}: {e}", req.name))?;
+    async fn create(&self, req: CreateRequest) -> Result<Value, PluginError> {
+        let opts = CreateOptions::parse(&req.opts.unwrap_or_default()).map_err(|source| {
+            PluginError::Options {
+                volume: req.name.clone(),
+                source,
+            }
+        })?;
         self.backend.create(&req.name, &opts).await?;
         Ok(json!({ "Err": "" }))
     }
 
-    async fn remove(&self, name: &str) -> Result<Value, String> {
+    async fn remove(&self, name: &str) -> Result<Value, PluginError> {
         if lock(&self.table).volumes.contains_key(name) {
-            return Err(format!("volume {name} is mounted on this node"));
+            return Err(PluginError::MountedHere {
+                volume: name.to_string(),
+            });
         }
         match tokio::time::timeout(REMOVE_BUDGET, self.backend.remove(name)).await {
             Ok(r) => r?,
             Err(_) => {
-                return Err(format!(
-                    "removing volume {name}: no answer from the cluster within {REMOVE_BUDGET:?}"
-                ))
+                return Err(PluginError::Timeout {
+                    op: "removing",
+                    volume: name.to_string(),
+                    budget: REMOVE_BUDGET,
+                })
             }
         }
         Ok(json!({ "Err": "" }))
     }
 
-    async fn mount(self: &Arc<Self>, req: MountRequest) -> Result<Value, String> {
+    async fn mount(self: &Arc<Self>, req: MountRequest) -> Result<Value, PluginError> {
         let started = std::time::Instant::now();
         let name = req.name.clone();
         let guard = self.volume_lock(&name).await;
@@ -189,9 +190,14 @@ impl<B: VolumeBackend> Plugin<B> {
         let info = self
             .backend
             .lookup(&name)
-            .ok_or_else(|| format!("no such volume: {name}"))?;
+            .ok_or_else(|| PluginError::NoSuchVolume {
+                volume: name.clone(),
+            })?;
         let fs = match info.fs.as_deref() {
-            Some(f) => Filesystem::parse(f).map_err(|e| e.to_string())?,
+            Some(f) => Filesystem::parse(f).map_err(|source| PluginError::Filesystem {
+                volume: name.clone(),
+                source,
+            })?,
             None => Filesystem::Ext4,
         };
         let (volume, epoch) =
@@ -199,17 +205,19 @@ impl<B: VolumeBackend> Plugin<B> {
                 Ok(r) => r?,
                 // A lease granted after this is given back by the sweep.
                 Err(_) => {
-                    return Err(format!(
-                    "attaching volume {name}: no answer from the cluster within {ATTACH_BUDGET:?}"
-                ))
+                    return Err(PluginError::Timeout {
+                        op: "attaching",
+                        volume: name,
+                        budget: ATTACH_BUDGET,
+                    })
                 }
             };
         let (work, mp) = (self.work_dir(&name), self.mountpoint(&name));
         let rt = tokio::runtime::Handle::current();
         let this = self.clone();
         let name2 = name.clone();
-        let done = tokio::task::spawn_blocking(move || -> Result<MountedVolume, String> {
-            let a = attach::attach(volume, rt, &work).map_err(|e| e.to_string())?;
+        let done = tokio::task::spawn_blocking(move || -> Result<MountedVolume, AttachError> {
+            let a = attach::attach(volume, rt, &work)?;
             let (device, method) = (a.device.clone(), a.method);
             let prepared = (|| {
                 let found = attach::fs::probe(&device)?;
@@ -224,7 +232,7 @@ impl<B: VolumeBackend> Plugin<B> {
             })();
             if let Err(e) = prepared {
                 let _ = a.detach();
-                return Err(e.to_string());
+                return Err(e);
             }
             lock(&this.attached).insert(name2, a);
             Ok(MountedVolume {
@@ -236,12 +244,19 @@ impl<B: VolumeBackend> Plugin<B> {
             })
         })
         .await
-        .map_err(|e| format!("mount task failed: {e}"))?;
+        .map_err(|source| PluginError::Task {
+            op: "mount",
+            volume: name.clone(),
+            source,
+        })?;
         let mut mounted = match done {
             Ok(m) => m,
-            Err(e) => {
+            Err(source) => {
                 let _ = self.backend.release(&name, epoch).await;
-                return Err(format!("mounting volume {name}: {e}"));
+                return Err(PluginError::Mount {
+                    volume: name,
+                    source,
+                });
             }
         };
         mounted.ids.insert(req.id);
@@ -255,7 +270,7 @@ impl<B: VolumeBackend> Plugin<B> {
         Ok(json!({ "Mountpoint": mp, "Err": "" }))
     }
 
-    async fn unmount(self: &Arc<Self>, req: MountRequest) -> Result<Value, String> {
+    async fn unmount(self: &Arc<Self>, req: MountRequest) -> Result<Value, PluginError> {
         let name = req.name.clone();
         let guard = self.volume_lock(&name).await;
         let _held = guard.lock().await;
@@ -290,21 +305,28 @@ impl<B: VolumeBackend> Plugin<B> {
         name: &str,
         mp: PathBuf,
         epoch: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), PluginError> {
         let this = self.clone();
         let name2 = name.to_string();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
+        tokio::task::spawn_blocking(move || -> Result<(), AttachError> {
             if attach::fs::is_mounted(&mp) {
-                attach::fs::unmount(&mp).map_err(|e| e.to_string())?;
+                attach::fs::unmount(&mp)?;
             }
             if let Some(a) = lock(&this.attached).remove(&name2) {
-                a.detach().map_err(|e| e.to_string())?;
+                a.detach()?;
             }
             Ok(())
         })
         .await
-        .map_err(|e| format!("unmount task failed: {e}"))?
-        .map_err(|e| format!("unmounting volume {name}: {e}"))?;
+        .map_err(|source| PluginError::Task {
+            op: "unmount",
+            volume: name.to_string(),
+            source,
+        })?
+        .map_err(|source| PluginError::Unmount {
+            volume: name.to_string(),
+            source,
+        })?;
         {
             let mut t = lock(&self.table);
             t.volumes.remove(name);
@@ -449,11 +471,13 @@ impl<B: VolumeBackend> Plugin<B> {
         json!({ "Mountpoint": mp, "Err": "" })
     }
 
-    fn get(&self, name: &str) -> Result<Value, String> {
+    fn get(&self, name: &str) -> Result<Value, PluginError> {
         let v = self
             .backend
             .lookup(name)
-            .ok_or_else(|| format!("no such volume: {name}"))?;
+            .ok_or_else(|| PluginError::NoSuchVolume {
+                volume: name.to_string(),
+            })?;
         Ok(json!({ "Volume": self.view(&v), "Err": "" }))
     }
 
@@ -471,13 +495,13 @@ async fn capabilities() -> Response {
     ok(json!({ "Capabilities": { "Scope": "global" } }))
 }
 
-fn answer(m: &PluginMetrics, endpoint: &'static str, r: Result<Value, String>) -> Response {
+fn answer(m: &PluginMetrics, endpoint: &'static str, r: Result<Value, PluginError>) -> Response {
     m.call(endpoint, r.is_ok());
     match r {
         Ok(v) => ok(v),
         Err(e) => {
             tracing::warn!(endpoint, error = %e, "volume plugin call failed");
-            err(e)
+            e.into_response()
         }
     }
 }
@@ -485,42 +509,42 @@ fn answer(m: &PluginMetrics, endpoint: &'static str, r: Result<Value, String>) -
 async fn create<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<CreateRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Create", p.create(r).await),
-        Err(e) => err(e),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn remove<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Remove", p.remove(&r.name).await),
-        Err(e) => err(e),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn mount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Mount", p.mount(r).await),
-        Err(e) => err(e),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn unmount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Unmount", p.unmount(r).await),
-        Err(e) => err(e),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn path<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => ok(p.path(&r.name)),
-        Err(e) => err(e),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn get<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Get", p.get(&r.name)),
-        Err(e) => err(e),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -543,12 +567,18 @@ pub fn router<B: VolumeBackend>(plugin: Arc<Plugin<B>>) -> Router {
         .with_state(plugin)
 }
 
+/// Builds the error for `step` on the socket (or its directory) `path`.
+fn socket_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PluginError {
+    let path = path.to_path_buf();
+    move |source| PluginError::Socket { step, path, source }
+}
+
 /// Binds the plugin socket at `path`, mode 0600. While another live
 /// process answers on it (another daemon on this host), waits and tries
 /// again every second: this node takes over when that one dies.
-pub async fn bind(path: &Path) -> Result<UnixListener, String> {
+pub async fn bind(path: &Path) -> Result<UnixListener, PluginError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(socket_err("creating", dir))?;
     }
     let mut told = false;
     while tokio::net::UnixStream::connect(path).await.is_ok() {
@@ -561,11 +591,17 @@ pub async fn bind(path: &Path) -> Result<UnixListener, String> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("removing stale socket {}: {e}", path.display())),
+        Err(source) => {
+            return Err(PluginError::Socket {
+                step: "removing stale socket",
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     }
-    let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let l = UnixListener::bind(path).map_err(socket_err("binding", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        .map_err(socket_err("chmod", path))?;
     Ok(l)
 }
 

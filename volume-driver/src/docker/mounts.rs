@@ -34,22 +34,31 @@ pub struct MountTable {
 
 impl MountTable {
     /// Loads the table at `path` (empty if there is none).
-    pub fn load(path: &Path) -> Result<MountTable, String> {
+    pub fn load(path: &Path) -> Result<MountTable, MountTableError> {
         let mut t = match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice::<MountTable>(&b)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
+            Ok(b) => serde_json::from_slice::<MountTable>(&b).map_err(|source| {
+                MountTableError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MountTable::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(source) => {
+                return Err(MountTableError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
         t.path = path.to_path_buf();
         Ok(t)
     }
 
     /// Writes the table (atomically: a crash leaves the old or the new one).
-    pub fn save(&self) -> Result<(), String> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+    pub fn save(&self) -> Result<(), MountTableError> {
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
+            let bytes = serde_json::to_vec_pretty(self)?;
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -58,8 +67,40 @@ impl MountTable {
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
-        write().map_err(|e| format!("saving {}: {e}", self.path.display()))
+        write().map_err(|source| MountTableError::Save {
+            path: self.path.clone(),
+            source,
+        })
     }
+}
+
+/// Why the mount table could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum MountTableError {
+    /// The file exists but could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not a mount table.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: serde_json::Error,
+    },
+    /// The table could not be written.
+    #[error("saving {}: {source}", path.display())]
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]
@@ -67,8 +108,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn survives_a_reload() -> Result<(), String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    fn survives_a_reload() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("docker/mounts.json");
         let mut t = MountTable::load(&path)?;
         assert!(t.volumes.is_empty());
