@@ -137,6 +137,17 @@ pub async fn create(
     Ok(volume_view(s, c, &rec))
 }
 
+/// Why a member gave no answer to [`ask_members`].
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    /// The member registered no admin API address.
+    #[error("no admin address")]
+    NoAdminAddress,
+    /// The call to its admin API failed.
+    #[error("{0}")]
+    Failed(anyhow::Error),
+}
+
 /// Asks the members `ids` other than this node, in parallel on blocking
 /// threads, through their admin APIs (`ask`, within `timeout`); a member
 /// without an admin address, or whose call failed, answers the error.
@@ -145,7 +156,7 @@ async fn ask_members<T: Send + 'static>(
     ids: impl IntoIterator<Item = u64>,
     timeout: Duration,
     ask: impl Fn(&AdminClient) -> anyhow::Result<T> + Clone + Send + 'static,
-) -> Vec<(u64, Result<T, String>)> {
+) -> Vec<(u64, Result<T, AskError>)> {
     let meta = c.view().meta();
     let mut asks = Vec::new();
     for id in ids.into_iter().filter(|id| *id != c.node()) {
@@ -154,8 +165,8 @@ async fn ask_members<T: Send + 'static>(
         asks.push(tokio::task::spawn_blocking(move || {
             let answer = match addr {
                 Some(a) => ask(&AdminClient::with_timeout(&a.to_string(), timeout))
-                    .map_err(|e| e.to_string()),
-                None => Err("no admin address".to_string()),
+                    .map_err(AskError::Failed),
+                None => Err(AskError::NoAdminAddress),
             };
             (id, answer)
         }));
@@ -236,7 +247,7 @@ pub async fn scrub(c: &Cluster, name: &str) -> Result<Value, ApiError> {
         });
     }
     for (id, v) in remote.await {
-        nodes.push(v.unwrap_or_else(|e| json!({ "node": id, "error": e })));
+        nodes.push(v.unwrap_or_else(|e| json!({ "node": id, "error": e.to_string() })));
     }
     nodes.sort_by_key(|n| n["node"].as_u64().unwrap_or(0));
     // Each copy is sound by its own checksums; now compare them.
