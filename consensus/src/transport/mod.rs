@@ -7,15 +7,16 @@
 //! dropped (Raft retransmits) and the peer is reported unreachable. Senders
 //! reconnect with exponential backoff.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message as _;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+
+mod wire;
 
 use crate::rpc::{RpcRequest, RpcResponse};
 
@@ -230,32 +231,20 @@ async fn accept_loop(
 }
 
 async fn receive_loop(
-    sock: TcpStream,
+    mut sock: TcpStream,
     events: mpsc::UnboundedSender<TransportEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut rd = tokio::io::BufReader::with_capacity(1 << 20, sock);
+    let mut reader = wire::FrameReader::default();
     loop {
-        let len = tokio::select! {
-            r = rd.read_u32_le() => r? as usize,
+        let bytes = tokio::select! {
+            r = reader.next(&mut sock) => match r? {
+                Some(b) => b,
+                None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            },
             _ = shutdown.changed() => return Ok(()),
         };
-        if len > MAX_FRAME {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes exceeds {MAX_FRAME}"),
-            ));
-        }
-        // Filled straight from the socket buffer, never zeroed first.
-        let mut buf = BytesMut::with_capacity(len);
-        while buf.len() < len {
-            let want = len - buf.len();
-            let n = (&mut rd).take(want as u64).read_buf(&mut buf).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        let frame = Frame::decode(buf.freeze())
+        let frame = Frame::decode(bytes)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let from = frame.from;
         let mut sent = true;
@@ -383,24 +372,9 @@ async fn send_loop(
                 Outbound::Ping => {}
             }
         }
-        let mut buf = BytesMut::with_capacity(frame.encoded_len() + 4);
-        buf.put_u32_le(frame.encoded_len() as u32);
-        if frame.encode(&mut buf).is_err() {
-            continue; // cannot happen: the buffer was sized for it
-        }
         let Some(s) = conn.as_mut() else { continue };
-        let mut data = buf.freeze();
-        let r = async {
-            while data.has_remaining() {
-                let n = s.write(&data).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::WriteZero.into());
-                }
-                data.advance(n);
-            }
-            Ok::<(), std::io::Error>(())
-        }
-        .await;
+        let mut parts = wire::encode(&frame);
+        let r = wire::write_parts(s, &mut parts).await;
         if let Err(e) = r {
             tracing::debug!(peer = to, error = %e, "raft connection lost");
             conn = None;
@@ -444,6 +418,7 @@ fn report_lost(events: &mpsc::UnboundedSender<TransportEvent>, to: u64, lost: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn env(group: u64, i: u32) -> Envelope {
         Envelope {
