@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use raftblock_storage::{Wal, WalBatch};
 
-use crate::transport::Envelope;
+use crate::transport::OutgoingEnvelope;
 
 use super::{fatal, DriverError, DriverMsg, RaftNetwork};
 
@@ -50,7 +50,7 @@ pub(super) struct WriteTask {
     pub(super) batch: WalBatch,
     pub(super) sync: bool,
     /// Messages to send once the record is durable: `(to, envelope)`.
-    pub(super) messages: Vec<(u64, Envelope)>,
+    pub(super) messages: Vec<(u64, OutgoingEnvelope)>,
 }
 
 /// The driver's end of the writer.

@@ -24,6 +24,7 @@
 
 mod compaction;
 mod config;
+mod encode;
 mod hibernation;
 mod inbox;
 mod leadership;

@@ -8,18 +8,18 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::transport::{Envelope, Transport};
+use crate::transport::{OutgoingEnvelope, Transport};
 
 /// Where Raft messages go.
 pub trait RaftNetwork: Send + Sync {
     /// Queues `env` for node `to` (never blocks; a dead peer drops it).
-    fn send(&self, to: u64, env: Envelope);
+    fn send(&self, to: u64, env: OutgoingEnvelope);
     /// Learns where node `node` listens.
     fn add_peer(&self, node: u64, addr: SocketAddr);
 }
 
 impl RaftNetwork for Transport {
-    fn send(&self, to: u64, env: Envelope) {
+    fn send(&self, to: u64, env: OutgoingEnvelope) {
         Transport::send(self, to, env)
     }
 

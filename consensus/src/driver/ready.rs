@@ -17,9 +17,9 @@ use raftblock_storage::WalBatch;
 
 use crate::apply::ApplyMsg;
 use crate::meta::{MetaEffect, MetaState, META_GROUP};
-use crate::transport::Envelope;
+use crate::transport::OutgoingEnvelope;
 
-use super::RaftNetwork;
+use super::{encode, RaftNetwork};
 
 use super::log_writer::WriteTask;
 use super::meta_apply::{apply_meta_entries, install_meta_snapshot};
@@ -226,17 +226,12 @@ impl Driver {
     }
 }
 
-fn encode_messages(group: u64, msgs: Vec<Message>, out: &mut Vec<(u64, Envelope)>) {
+fn encode_messages(group: u64, msgs: Vec<Message>, out: &mut Vec<(u64, OutgoingEnvelope)>) {
     for m in msgs {
-        match m.write_to_bytes() {
-            Ok(b) => out.push((
-                m.to,
-                Envelope {
-                    group,
-                    message: b.into(),
-                },
-            )),
-            Err(e) => tracing::error!(group, to = m.to, error = %e, "encoding a raft message"),
+        let to = m.to;
+        match encode::envelope(group, m) {
+            Ok(env) => out.push((to, env)),
+            Err(e) => tracing::error!(group, to, error = %e, "encoding a raft message"),
         }
     }
 }
@@ -258,14 +253,8 @@ fn send_messages(
 /// Encodes and sends one message of `group`.
 pub(super) fn send_one(transport: &dyn RaftNetwork, group: u64, m: Message) {
     let to = m.to;
-    match m.write_to_bytes() {
-        Ok(b) => transport.send(
-            to,
-            Envelope {
-                group,
-                message: b.into(),
-            },
-        ),
+    match encode::envelope(group, m) {
+        Ok(env) => transport.send(to, env),
         Err(e) => tracing::error!(group, to, error = %e, "encoding a raft message"),
     }
 }

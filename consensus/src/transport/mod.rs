@@ -31,6 +31,46 @@ pub struct Envelope {
     pub message: Bytes,
 }
 
+/// A Raft message on its way out: the protobuf encoding of the message as
+/// pieces to send in order, so a large entry's data is a piece of its own
+/// and is never copied into the message (see `driver::encode`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutgoingEnvelope {
+    /// Raft group (shard or meta) id.
+    pub group: u64,
+    /// The encoded message, in pieces.
+    pub pieces: Vec<Bytes>,
+}
+
+impl OutgoingEnvelope {
+    /// Bytes of the encoded message.
+    pub fn message_len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    /// The envelope as the receiver decodes it (the pieces joined; only
+    /// for in-process delivery).
+    pub fn to_envelope(&self) -> Envelope {
+        let message = match self.pieces.as_slice() {
+            [one] => one.clone(),
+            pieces => pieces.concat().into(),
+        };
+        Envelope {
+            group: self.group,
+            message,
+        }
+    }
+}
+
+impl From<Envelope> for OutgoingEnvelope {
+    fn from(e: Envelope) -> Self {
+        OutgoingEnvelope {
+            group: e.group,
+            pieces: vec![e.message],
+        }
+    }
+}
+
 /// What goes over the wire: a batch of envelopes from one node.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Frame {
@@ -51,7 +91,7 @@ pub struct Frame {
 /// Something queued for a peer.
 #[derive(Debug, Clone)]
 enum Outbound {
-    Raft(Envelope),
+    Raft(OutgoingEnvelope),
     Request(RpcRequest),
     Response(RpcResponse),
     /// An empty frame: tells the peer this node is alive.
@@ -61,7 +101,7 @@ enum Outbound {
 impl Outbound {
     fn encoded_len(&self) -> usize {
         match self {
-            Outbound::Raft(e) => e.encoded_len(),
+            Outbound::Raft(e) => e.message_len() + 12,
             Outbound::Request(r) => r.encoded_len(),
             Outbound::Response(r) => r.encoded_len(),
             Outbound::Ping => 0,
@@ -161,7 +201,7 @@ impl Transport {
 
     /// Queues `env` for `to` without waiting; a full queue or an unknown peer
     /// drops it and reports the peer unreachable.
-    pub fn send(&self, to: u64, env: Envelope) {
+    pub fn send(&self, to: u64, env: OutgoingEnvelope) {
         self.queue(to, Outbound::Raft(env));
     }
 
@@ -360,9 +400,9 @@ async fn send_loop(
                 }
             }
         }
-        let mut frame = Frame {
+        let mut frame = wire::OutgoingFrame {
             from: me,
-            ..Frame::default()
+            ..Default::default()
         };
         for m in batch {
             match m {
@@ -455,8 +495,8 @@ mod tests {
         t1.add_peer(2, a2);
         t1.add_peer(3, dead);
         for i in 0..2000u32 {
-            t1.send(3, env(7, i));
-            t1.send(2, env(u64::from(i % 4), i));
+            t1.send(3, env(7, i).into());
+            t1.send(2, env(u64::from(i % 4), i).into());
         }
         let got = recv_all(&mut ev2, 2000).await;
         assert_eq!(got.len(), 2000, "every message to the live peer arrived");
@@ -474,7 +514,7 @@ mod tests {
         }
         assert!(reported, "unreachable peer reported");
         // A node the transport does not know is reported at once.
-        t1.send(9, env(1, 1));
+        t1.send(9, env(1, 1).into());
         let mut unknown = false;
         while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), ev1.recv()).await {
             if ev
@@ -522,14 +562,14 @@ mod tests {
         drop(probe);
         let (t1, _ev1) = Transport::start(1, l1, stop.clone());
         t1.add_peer(2, a2);
-        t1.send(2, env(1, 0)); // lost: nobody listens yet
+        t1.send(2, env(1, 0).into()); // lost: nobody listens yet
         tokio::time::sleep(Duration::from_millis(200)).await;
         let l2 = TcpListener::bind(a2).await?;
         let (_t2, mut ev2) = Transport::start(2, l2, stop.clone());
         // Keep sending until one arrives (the sender is in backoff).
         let mut got = Vec::new();
         for i in 1..100u32 {
-            t1.send(2, env(1, i));
+            t1.send(2, env(1, i).into());
             if let Ok(Some(TransportEvent::Received { envelopes, .. })) =
                 tokio::time::timeout(Duration::from_millis(100), ev2.recv()).await
             {
@@ -555,7 +595,7 @@ mod tests {
         let l1 = TcpListener::bind("127.0.0.1:0").await?;
         let (t1, _ev1) = Transport::start(1, l1, stop.clone());
         t1.add_peer(2, a2);
-        t1.send(2, env(5, 5));
+        t1.send(2, env(5, 5).into());
         assert_eq!(recv_all(&mut ev2, 1).await, vec![env(5, 5)]);
         Ok(())
     }

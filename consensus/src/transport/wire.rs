@@ -12,11 +12,11 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-use prost::Message as _;
 use std::io::{self, IoSlice};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{Envelope, Frame, MAX_FRAME};
+use super::{OutgoingEnvelope, MAX_FRAME};
+use crate::rpc::{RpcRequest, RpcResponse};
 
 /// Messages at least this long are written by reference, not copied into
 /// the frame buffer (below it one memcpy is cheaper than an extra iovec).
@@ -28,24 +28,60 @@ const MIN_READ: usize = 16 << 10;
 /// Pieces handed to one `writev`.
 const MAX_IOV: usize = 64;
 
+/// A frame being sent: the same fields as [`super::Frame`], with the Raft
+/// messages in pieces.
+#[derive(Debug, Default)]
+pub struct OutgoingFrame {
+    /// Sending node id.
+    pub from: u64,
+    /// The messages.
+    pub envelopes: Vec<OutgoingEnvelope>,
+    /// Forwarded requests.
+    pub requests: Vec<RpcRequest>,
+    /// Answers to requests this node received.
+    pub responses: Vec<RpcResponse>,
+}
+
 /// Bytes of an envelope's body (its fields, without its own field header).
-fn envelope_body_len(e: &Envelope) -> usize {
+fn envelope_body_len(e: &OutgoingEnvelope) -> usize {
     let group = if e.group != 0 {
         1 + encoded_len_varint(e.group)
     } else {
         0
     };
-    let message = if e.message.is_empty() {
+    let len = e.message_len();
+    let message = if len == 0 {
         0
     } else {
-        1 + encoded_len_varint(e.message.len() as u64) + e.message.len()
+        1 + encoded_len_varint(len as u64) + len
     };
     group + message
 }
 
-/// The frame with its length prefix, as pieces to write in order.
-pub fn encode(frame: &Frame) -> Vec<Bytes> {
-    let len = frame.encoded_len();
+/// The frame's encoded length (without the length prefix).
+fn frame_len(frame: &OutgoingFrame) -> usize {
+    let from = if frame.from != 0 {
+        1 + encoded_len_varint(frame.from)
+    } else {
+        0
+    };
+    let envelopes: usize = frame
+        .envelopes
+        .iter()
+        .map(|e| {
+            let body = envelope_body_len(e);
+            1 + encoded_len_varint(body as u64) + body
+        })
+        .sum();
+    from + envelopes
+        + prost::encoding::message::encoded_len_repeated(3, &frame.requests)
+        + prost::encoding::message::encoded_len_repeated(4, &frame.responses)
+}
+
+/// The frame with its length prefix, as pieces to write in order: a
+/// `super::Frame` as prost encodes it.
+pub fn encode(frame: &OutgoingFrame) -> Vec<Bytes> {
+    let len = frame_len(frame);
     let mut head = BytesMut::with_capacity(4 + len.min(64 << 10));
     head.put_u32_le(len as u32);
     let mut parts = Vec::new();
@@ -53,19 +89,25 @@ pub fn encode(frame: &Frame) -> Vec<Bytes> {
         prost::encoding::uint64::encode(1, &frame.from, &mut head);
     }
     for e in &frame.envelopes {
-        if e.message.len() < REFERENCE_MIN {
-            prost::encoding::message::encode(2, e, &mut head);
-            continue;
-        }
         encode_key(2, WireType::LengthDelimited, &mut head);
         encode_varint(envelope_body_len(e) as u64, &mut head);
         if e.group != 0 {
             prost::encoding::uint64::encode(1, &e.group, &mut head);
         }
+        let len = e.message_len();
+        if len == 0 {
+            continue;
+        }
         encode_key(2, WireType::LengthDelimited, &mut head);
-        encode_varint(e.message.len() as u64, &mut head);
-        parts.push(head.split().freeze());
-        parts.push(e.message.clone());
+        encode_varint(len as u64, &mut head);
+        for piece in &e.pieces {
+            if piece.len() >= REFERENCE_MIN {
+                parts.push(head.split().freeze());
+                parts.push(piece.clone());
+            } else {
+                head.extend_from_slice(piece);
+            }
+        }
     }
     for r in &frame.requests {
         prost::encoding::message::encode(3, r, &mut head);
@@ -154,28 +196,33 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::{RpcRequest, RpcResponse};
+    use crate::transport::Frame;
+    use prost::Message as _;
 
-    fn frame() -> Frame {
+    fn frame() -> OutgoingFrame {
         let big = |n: usize, b: u8| Bytes::from(vec![b; n]);
-        Frame {
+        OutgoingFrame {
             from: 7,
             envelopes: vec![
-                Envelope {
+                OutgoingEnvelope {
                     group: 0,
-                    message: big(REFERENCE_MIN, 1),
+                    pieces: vec![big(REFERENCE_MIN, 1)],
                 },
-                Envelope {
+                OutgoingEnvelope {
                     group: 3,
-                    message: big(10, 2),
+                    pieces: vec![big(10, 2)],
                 },
-                Envelope {
+                OutgoingEnvelope {
                     group: u64::MAX,
-                    message: big(1 << 20, 3),
+                    pieces: vec![big(7, 4), big(1 << 20, 3), big(5, 6), big(REFERENCE_MIN, 7)],
                 },
-                Envelope {
+                OutgoingEnvelope {
                     group: 5,
-                    message: Bytes::new(),
+                    pieces: vec![],
+                },
+                OutgoingEnvelope {
+                    group: 6,
+                    pieces: vec![Bytes::new(), Bytes::new()],
                 },
             ],
             requests: vec![RpcRequest::default()],
@@ -183,9 +230,23 @@ mod tests {
         }
     }
 
+    /// What the receiver should decode `f` as.
+    fn decoded(f: &OutgoingFrame) -> Frame {
+        Frame {
+            from: f.from,
+            envelopes: f
+                .envelopes
+                .iter()
+                .map(OutgoingEnvelope::to_envelope)
+                .collect(),
+            requests: f.requests.clone(),
+            responses: f.responses.clone(),
+        }
+    }
+
     #[test]
     fn pieces_decode_to_the_frame() {
-        for f in [frame(), Frame::default()] {
+        for f in [frame(), OutgoingFrame::default()] {
             let parts = encode(&f);
             let mut all = Vec::new();
             for p in &parts {
@@ -193,14 +254,15 @@ mod tests {
             }
             let len = u32::from_le_bytes([all[0], all[1], all[2], all[3]]) as usize;
             assert_eq!(len, all.len() - 4);
-            assert_eq!(len, f.encoded_len());
-            assert_eq!(Frame::decode(&all[4..]).ok(), Some(f));
+            let want = decoded(&f);
+            assert_eq!(len, want.encoded_len());
+            assert_eq!(Frame::decode(&all[4..]).ok(), Some(want));
         }
     }
 
     #[tokio::test]
     async fn frames_survive_any_split_of_the_stream() -> io::Result<()> {
-        let frames = [frame(), Frame::default(), frame()];
+        let frames = [frame(), OutgoingFrame::default(), frame()];
         let mut stream = Vec::new();
         for f in &frames {
             for p in encode(f) {
@@ -216,7 +278,7 @@ mod tests {
         let mut reader = FrameReader::default();
         for f in &frames {
             let bytes = reader.next(&mut rx).await?;
-            assert_eq!(bytes.and_then(|b| Frame::decode(b).ok()).as_ref(), Some(f));
+            assert_eq!(bytes.and_then(|b| Frame::decode(b).ok()), Some(decoded(f)));
         }
         writer.await.map_err(io::Error::other)??;
         assert_eq!(reader.next(&mut rx).await?, None);

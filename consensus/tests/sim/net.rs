@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use raftblock_consensus::transport::Envelope;
+use raftblock_consensus::transport::{Envelope, OutgoingEnvelope};
 use raftblock_consensus::RaftNetwork;
 
 /// A message on its way.
@@ -161,8 +161,8 @@ pub struct NodeNet {
 }
 
 impl RaftNetwork for NodeNet {
-    fn send(&self, to: u64, env: Envelope) {
-        self.net.push(self.me, to, env);
+    fn send(&self, to: u64, env: OutgoingEnvelope) {
+        self.net.push(self.me, to, env.to_envelope());
     }
 
     fn add_peer(&self, _node: u64, _addr: SocketAddr) {}
