@@ -70,7 +70,7 @@ mod tests {
 
     fn entry(index: u64, data: usize, context: &[u8]) -> Entry {
         let mut e = Entry::default();
-        e.set_entry_type(if index % 2 == 0 {
+        e.set_entry_type(if index.is_multiple_of(2) {
             EntryType::EntryNormal
         } else {
             EntryType::EntryConfChange
