@@ -110,12 +110,17 @@ impl Cluster {
             labels,
         })
         .await?;
+        Ok(self.volume_record(name)?)
+    }
+
+    /// The metadata record of volume `name` as this node knows it.
+    pub(crate) fn volume_record(&self, name: &str) -> Result<VolumeRecord, ReplicaError> {
         self.view()
             .meta()
             .volumes
             .get(name)
             .cloned()
-            .ok_or_else(|| ReplicaError::Meta(MetaError::VolumeNotFound(name.into())).into())
+            .ok_or_else(|| ReplicaError::Meta(MetaError::VolumeNotFound(name.into())))
     }
 
     /// Deletes a volume everywhere.

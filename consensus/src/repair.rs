@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use raftblock_storage::{LocalVolume, StorageError, VolumeIo};
 
 use crate::cluster::{Cluster, ShardOp};
-use crate::driver::ReplicaError;
 use crate::error::io_error;
-use crate::meta::{shard_of_group, MetaError};
+use crate::meta::shard_of_group;
 use crate::rpc::{self, RouteError, RpcSegment};
 
 /// Corrupt blocks one read may repair from other replicas before failing.
@@ -70,13 +69,7 @@ impl Cluster {
     /// the recorded checksums, and repairs bad blocks from other replicas
     /// (as a read on the leader does): Ceph's deep scrub, on demand.
     pub async fn scrub_volume(&self, name: &str) -> Result<ScrubReport, RouteError> {
-        let rec = self
-            .view()
-            .meta()
-            .volumes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ReplicaError::Meta(MetaError::VolumeNotFound(name.to_string())))?;
+        let rec = self.volume_record(name)?;
         let v = self.store().volume(name).map_err(io_error)?;
         let layout = rec.layout();
         let mut report = ScrubReport {

@@ -108,13 +108,7 @@ impl Cluster {
         name: &str,
         led_here_only: bool,
     ) -> Result<VerifyReport, RouteError> {
-        let rec = self
-            .view()
-            .meta()
-            .volumes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ReplicaError::Meta(MetaError::VolumeNotFound(name.to_string())))?;
+        let rec = self.volume_record(name)?;
         let mut report = VerifyReport {
             volume: name.to_string(),
             ..VerifyReport::default()

@@ -9,6 +9,7 @@ pub mod checksum;
 pub mod chunk;
 pub mod engine;
 pub mod error;
+pub mod gather;
 pub mod io;
 mod locks;
 pub mod size;

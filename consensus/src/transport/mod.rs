@@ -414,7 +414,7 @@ async fn send_loop(
         }
         let Some(s) = conn.as_mut() else { continue };
         let mut parts = wire::encode(&frame);
-        let r = wire::write_parts(s, &mut parts).await;
+        let r = raftblock_storage::gather::write_all_vectored(s, &mut parts).await;
         if let Err(e) = r {
             tracing::debug!(peer = to, error = %e, "raft connection lost");
             conn = None;

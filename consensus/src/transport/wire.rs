@@ -12,8 +12,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-use std::io::{self, IoSlice};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{OutgoingEnvelope, MAX_FRAME};
 use crate::rpc::{RpcRequest, RpcResponse};
@@ -25,8 +25,6 @@ pub const REFERENCE_MIN: usize = 16 << 10;
 const READ_CHUNK: usize = 256 << 10;
 /// Below this much free room the receive buffer is grown before reading.
 const MIN_READ: usize = 16 << 10;
-/// Pieces handed to one `writev`.
-const MAX_IOV: usize = 64;
 
 /// A frame being sent: the same fields as [`super::Frame`], with the Raft
 /// messages in pieces.
@@ -119,37 +117,6 @@ pub fn encode(frame: &OutgoingFrame) -> Vec<Bytes> {
         parts.push(head.freeze());
     }
     parts
-}
-
-/// Writes all `parts` in order with vectored writes.
-pub async fn write_parts<W: AsyncWrite + Unpin>(w: &mut W, parts: &mut [Bytes]) -> io::Result<()> {
-    let mut i = 0;
-    while i < parts.len() {
-        if parts[i].is_empty() {
-            i += 1;
-            continue;
-        }
-        let slices: Vec<IoSlice<'_>> = parts[i..]
-            .iter()
-            .take(MAX_IOV)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        let mut n = w.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && i < parts.len() {
-            let here = parts[i].len();
-            if n >= here {
-                n -= here;
-                i += 1;
-            } else {
-                parts[i].advance(n);
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Cuts frames out of one receive buffer the socket reads into.
@@ -273,7 +240,7 @@ mod tests {
         let (mut tx, mut rx) = tokio::io::duplex(7919);
         let writer = tokio::spawn(async move {
             let mut parts = vec![Bytes::from(stream)];
-            write_parts(&mut tx, &mut parts).await
+            raftblock_storage::gather::write_all_vectored(&mut tx, &mut parts).await
         });
         let mut reader = FrameReader::default();
         for f in &frames {

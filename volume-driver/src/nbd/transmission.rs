@@ -12,6 +12,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use raftblock_storage::gather::{write_all_vectored, MAX_IOVECS};
 use raftblock_storage::{zeros, ReadSegment, StorageError, VolumeIo, ZeroMode, ZERO_RUN};
 
 use super::handshake::Negotiated;
@@ -145,43 +146,6 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         write_all_vectored(&mut wr, &mut pending).await?;
     }
     wr.shutdown().await
-}
-
-/// Most iovecs handed to one `writev` (Linux's IOV_MAX is 1024).
-const MAX_IOVECS: usize = 1024;
-
-/// Writes every part with gathering writes (a reply header and its data in
-/// one system call, no copy into a staging buffer), then empties `parts`.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    parts: &mut Vec<Bytes>,
-) -> io::Result<()> {
-    let mut start = 0;
-    while start < parts.len() {
-        let mut n = {
-            let slices: Vec<io::IoSlice<'_>> = parts[start..]
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|b| io::IoSlice::new(b))
-                .collect();
-            w.write_vectored(&slices).await?
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && start < parts.len() {
-            let len = parts[start].len();
-            if n >= len {
-                n -= len;
-                start += 1;
-            } else {
-                bytes::Buf::advance(&mut parts[start], n);
-                n = 0;
-            }
-        }
-    }
-    parts.clear();
-    Ok(())
 }
 
 /// A request refused before it reached the volume.
