@@ -8,13 +8,14 @@
 mod unpersisted;
 
 use bytes::Bytes;
+use prost::encoding::WireType;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::sync::Arc;
 
-use raftblock_storage::{Wal, WalBatch, WalError};
+use raftblock_storage::{EntryBytes, Wal, WalBatch, WalError};
 
 use unpersisted::Unpersisted;
 
@@ -76,15 +77,35 @@ fn entry_type_of(code: i32) -> Option<EntryType> {
     }
 }
 
-/// Encodes a Raft entry for the WAL.
-pub fn encode_entry(e: &Entry) -> Bytes {
-    StoredEntry {
+/// Entry data at least this long goes to the WAL by reference: the stored
+/// entry is written as its other fields plus the data field's header, then
+/// the data itself, so the payload is not copied into a second encoding.
+const DATA_PIECE_MIN: usize = 16 << 10;
+/// `StoredEntry.data`'s field number.
+const DATA_FIELD: u32 = 2;
+
+/// Encodes a Raft entry for the WAL. Joined, the two pieces are the prost
+/// encoding of a `StoredEntry` (so a segment read back decodes as one).
+pub fn encode_entry(e: &Entry) -> EntryBytes {
+    let stored = StoredEntry {
         entry_type: entry_type_code(e.get_entry_type()),
-        data: e.data.clone(),
+        data: Bytes::new(),
         context: e.context.clone(),
+    };
+    if e.data.len() < DATA_PIECE_MIN {
+        let whole = StoredEntry {
+            data: e.data.clone(),
+            ..stored
+        };
+        return Bytes::from(whole.encode_to_vec()).into();
     }
-    .encode_to_vec()
-    .into()
+    let mut head = stored.encode_to_vec();
+    prost::encoding::encode_key(DATA_FIELD, WireType::LengthDelimited, &mut head);
+    prost::encoding::encode_varint(e.data.len() as u64, &mut head);
+    EntryBytes {
+        head: head.into(),
+        body: e.data.clone(),
+    }
 }
 
 /// Why a replica's Raft state or log in the WAL cannot be used.
@@ -134,10 +155,24 @@ pub enum PeerStorageError {
     },
 }
 
-fn decode_entry(index: u64, term: u64, bytes: Bytes) -> Result<Entry, PeerStorageError> {
-    // From `Bytes`, prost slices the data field instead of copying it.
-    let s = StoredEntry::decode(bytes)
-        .map_err(|source| PeerStorageError::UndecodableEntry { index, source })?;
+fn decode_entry(index: u64, term: u64, bytes: EntryBytes) -> Result<Entry, PeerStorageError> {
+    let undecodable = |source| PeerStorageError::UndecodableEntry { index, source };
+    let s = if bytes.body.is_empty() {
+        // From `Bytes`, prost slices the data field instead of copying it.
+        StoredEntry::decode(bytes.head).map_err(undecodable)?
+    } else {
+        // Still in the two pieces `encode_entry` made: the head ends with
+        // the data field's key and length, the body is the data.
+        let field = 1 + prost::encoding::encoded_len_varint(bytes.body.len() as u64);
+        let fields = bytes.head.len().checked_sub(field).ok_or_else(|| {
+            undecodable(prost::DecodeError::new(
+                "entry head shorter than its data field",
+            ))
+        })?;
+        let mut s = StoredEntry::decode(bytes.head.slice(..fields)).map_err(undecodable)?;
+        s.data = bytes.body;
+        s
+    };
     let t = entry_type_of(s.entry_type).ok_or(PeerStorageError::UnknownEntryType {
         index,
         code: s.entry_type,

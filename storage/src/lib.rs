@@ -24,7 +24,7 @@ pub use error::{Result, StorageError};
 pub use io::{zeros, Extent, ReadSegment, VolumeIo, ZeroMode, ZERO_RUN};
 pub use store::ChunkStore;
 pub use volume::{LocalVolume, VolumeStats};
-pub use wal::{Wal, WalBatch, WalError, WalOptions};
+pub use wal::{EntryBytes, Wal, WalBatch, WalError, WalOptions};
 
 /// Size of a checksummed block: the unit of verification and of hole tracking.
 pub const BLOCK_SIZE: u64 = 4096;

@@ -232,3 +232,42 @@ fn compaction_keeps_the_truncated_term_and_refuses_older_entries() {
     assert_eq!(es.len(), 4);
     assert_eq!(&es[0].data[..], b"e7");
 }
+
+#[test]
+fn entries_decode_in_two_pieces_and_joined() -> Result<(), PeerStorageError> {
+    for (len, context) in [
+        (0, &b""[..]),
+        (10, b"c"),
+        (DATA_PIECE_MIN, b""),
+        (1 << 20, b"ctx"),
+    ] {
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        e.index = 7;
+        e.term = 3;
+        e.data = (0..len).map(|i| i as u8).collect::<Vec<_>>().into();
+        e.context = Bytes::copy_from_slice(context);
+        let stored = encode_entry(&e);
+        // Large data is referenced, not copied.
+        assert_eq!(
+            len >= DATA_PIECE_MIN,
+            !stored.body.is_empty() && stored.body.as_ptr() == e.data.as_ptr()
+        );
+        // As the WAL's cache holds it, and as a segment gives it back.
+        assert_eq!(decode_entry(7, 3, stored.clone())?, e);
+        assert_eq!(decode_entry(7, 3, stored.to_bytes().into())?, e);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_head_too_short_for_its_data_is_an_error() {
+    let bad = EntryBytes {
+        head: Bytes::from_static(b"\x12"),
+        body: Bytes::from(vec![1u8; 300]),
+    };
+    assert!(matches!(
+        decode_entry(1, 1, bad),
+        Err(PeerStorageError::UndecodableEntry { index: 1, .. })
+    ));
+}

@@ -15,6 +15,7 @@
 //! compacted past them: kept as spares for the next rotations (see
 //! `segment`), deleted beyond [`MAX_SPARES`].
 
+mod entry_bytes;
 mod record;
 mod segment;
 
@@ -24,6 +25,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use entry_bytes::EntryBytes;
 use record::{Item, RecordBuilder};
 use segment::{
     create_segment, list_segments, list_spares, reuse_segment, scan_segment, segment_path,
@@ -121,7 +123,7 @@ impl Default for WalOptions {
 
 /// What a batch does to one group, in order.
 enum Op {
-    Entries(u64, Vec<(u64, u64, Bytes, usize)>),
+    Entries(u64, Vec<(u64, u64, EntryBytes, usize)>),
     State(u64, Bytes),
     Compact(u64, u64),
     Remove(u64),
@@ -160,9 +162,14 @@ impl WalBatch {
 
     /// Appends entries `(index, term, data)` with consecutive indexes to
     /// `group`; entries already at or after the first index are replaced.
-    pub fn append(&mut self, group: u64, entries: impl IntoIterator<Item = (u64, u64, Bytes)>) {
+    pub fn append<D: Into<EntryBytes>>(
+        &mut self,
+        group: u64,
+        entries: impl IntoIterator<Item = (u64, u64, D)>,
+    ) {
         let mut v = Vec::new();
         for (index, term, data) in entries {
+            let data = data.into();
             let at = self.record.entry(group, index, term, &data);
             v.push((index, term, data, at));
         }
@@ -212,7 +219,7 @@ struct EntryMeta {
     seq: u64,
     offset: u64,
     len: u32,
-    cached: Option<Bytes>,
+    cached: Option<EntryBytes>,
 }
 
 /// One group's part of the index.
@@ -543,7 +550,7 @@ impl Wal {
                         let f = inner.segments.get(&e.seq).ok_or_else(|| {
                             WalError::io(&path, "read entry", std::io::ErrorKind::NotFound.into())
                         })?;
-                        segment::read_at(f, &path, e.offset, e.len as usize)?
+                        segment::read_at(f, &path, e.offset, e.len as usize)?.into()
                     }
                 };
                 at.push(rec.entry(g, log.first_index + i as u64, e.term, &data));
@@ -647,7 +654,7 @@ impl Wal {
         low: u64,
         high: u64,
         max_bytes: u64,
-    ) -> Result<Vec<(u64, Bytes)>, WalError> {
+    ) -> Result<Vec<(u64, EntryBytes)>, WalError> {
         let mut wanted = Vec::new();
         {
             let inner = self.lock();
@@ -689,7 +696,7 @@ impl Wal {
                     let file = file.ok_or_else(|| {
                         WalError::io(&path, "read entry", std::io::ErrorKind::NotFound.into())
                     })?;
-                    segment::read_at(&file, &path, offset, len as usize)?
+                    segment::read_at(&file, &path, offset, len as usize)?.into()
                 }
             };
             out.push((term, data));

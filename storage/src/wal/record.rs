@@ -20,6 +20,8 @@
 
 use bytes::Bytes;
 
+use super::EntryBytes;
+
 /// Marks the start of a record ("RBLG").
 pub const RECORD_MAGIC: u32 = 0x4742_4c52;
 /// Bytes of a record header.
@@ -143,7 +145,7 @@ impl RecordBuilder {
     }
 
     /// Adds an entry; returns the offset of its data within the payload.
-    pub fn entry(&mut self, group: u64, index: u64, term: u64, data: &Bytes) -> usize {
+    pub fn entry(&mut self, group: u64, index: u64, term: u64, data: &EntryBytes) -> usize {
         self.buf.push(KIND_ENTRY);
         self.buf.extend_from_slice(&group.to_le_bytes());
         self.buf.extend_from_slice(&index.to_le_bytes());
@@ -151,11 +153,13 @@ impl RecordBuilder {
         self.buf
             .extend_from_slice(&(data.len() as u32).to_le_bytes());
         let at = self.payload_len();
-        if data.len() >= REFERENCE_MIN {
-            self.referenced.push((self.buf.len(), data.clone()));
-            self.referenced_len += data.len();
-        } else {
-            self.buf.extend_from_slice(data);
+        for piece in [&data.head, &data.body] {
+            if piece.len() >= REFERENCE_MIN {
+                self.referenced.push((self.buf.len(), piece.clone()));
+                self.referenced_len += piece.len();
+            } else {
+                self.buf.extend_from_slice(piece);
+            }
         }
         at
     }
@@ -343,9 +347,9 @@ mod tests {
     #[test]
     fn round_trip() -> Result<(), &'static str> {
         let mut r = RecordBuilder::new();
-        let off = r.entry(7, 10, 2, &Bytes::from_static(b"hello"));
+        let off = r.entry(7, 10, 2, &Bytes::from_static(b"hello").into());
         let big = Bytes::from(vec![3u8; REFERENCE_MIN + 1]);
-        let big_off = r.entry(7, 11, 2, &big);
+        let big_off = r.entry(7, 11, 2, &big.clone().into());
         r.state(7, b"st");
         r.compact(3, 99);
         r.remove(4);
@@ -414,7 +418,7 @@ mod tests {
     #[test]
     fn truncated_item_is_an_error() {
         let mut r = RecordBuilder::new();
-        r.entry(1, 1, 1, &Bytes::from_static(b"abcdef"));
+        r.entry(1, 1, 1, &Bytes::from_static(b"abcdef").into());
         let rec = r.finish(1).to_vec();
         let short = Bytes::copy_from_slice(&rec[HEADER_LEN..rec.len() - 2]);
         assert!(decode_payload(&short).is_err());

@@ -27,7 +27,7 @@ fn datas(wal: &Wal, g: u64, low: u64, high: u64) -> Vec<String> {
     wal.entries(g, low, high, u64::MAX)
         .expect("entries")
         .into_iter()
-        .map(|(_, d)| String::from_utf8_lossy(&d).to_string())
+        .map(|(_, d)| String::from_utf8_lossy(&d.to_bytes()).to_string())
         .collect()
 }
 
@@ -164,7 +164,7 @@ fn a_lagging_group_pins_its_segments() -> Result<(), WalError> {
     assert!(wal.segment_count() > 5, "group 2 pins the first segment");
     wal.evict_cache(2, 2);
     let back = wal.entries(2, 1, 2, u64::MAX)?;
-    assert!(back[0].1 == big, "read back from disk");
+    assert!(back[0].1.to_bytes() == big, "read back from disk");
     let mut batch = WalBatch::new();
     batch.compact(2, 2);
     wal.write(batch, true)?;
@@ -511,16 +511,16 @@ fn merged_batches_write_as_one_record_and_replay_alike() -> Result<(), WalError>
         wal.write(first, true)?;
         assert_eq!(wal.recovery().records, 0);
         assert_eq!(wal.range(1), Some((2, 4)));
-        assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y'));
-        assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z'));
+        assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y').into());
+        assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z').into());
     }
     let wal = Wal::open(dir.path(), grown())?;
     assert_eq!(wal.recovery().records, 1, "one record");
     assert_eq!(wal.range(1), Some((2, 4)));
     assert_eq!(wal.term(1, 2), Some(2));
     assert_eq!(datas(&wal, 1, 2, 3), ["b"]);
-    assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y'));
-    assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z'));
+    assert_eq!(wal.entries(1, 3, 4, u64::MAX)?[0].1, big(b'y').into());
+    assert_eq!(wal.entries(2, 1, 2, u64::MAX)?[0].1, big(b'z').into());
     assert_eq!(wal.state(1), Some(b("s1")));
     Ok(())
 }
@@ -565,5 +565,46 @@ fn a_preallocated_segment_replays_to_its_last_record_and_a_torn_one_is_cut() -> 
     let wal = Wal::open(dir.path(), opts)?;
     assert_eq!(wal.range(1), Some((1, 4)), "the torn fourth entry is gone");
     assert!(wal.recovery().torn_tail.is_some());
+    Ok(())
+}
+
+#[test]
+fn an_entry_in_two_pieces_is_cached_as_given_and_read_back_joined() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = Bytes::from(vec![7u8; 64 << 10]);
+    let pieces = [
+        EntryBytes {
+            head: b("head"),
+            body: big.clone(),
+        },
+        EntryBytes {
+            head: big.clone(),
+            body: b("tail"),
+        },
+        EntryBytes {
+            head: b("short"),
+            body: b("body"),
+        },
+    ];
+    {
+        let wal = Wal::open(dir.path(), grown())?;
+        let mut batch = WalBatch::new();
+        batch.append(1, (1..).zip(pieces.iter().cloned()).map(|(i, p)| (i, 1, p)));
+        wal.write(batch, true)?;
+        let cached: Vec<EntryBytes> = wal
+            .entries(1, 1, 4, u64::MAX)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(cached, pieces);
+    }
+    let wal = Wal::open(dir.path(), grown())?;
+    let joined: Vec<Bytes> = wal
+        .entries(1, 1, 4, u64::MAX)?
+        .into_iter()
+        .map(|(_, d)| d.to_bytes())
+        .collect();
+    let want: Vec<Bytes> = pieces.iter().map(EntryBytes::to_bytes).collect();
+    assert_eq!(joined, want);
     Ok(())
 }
