@@ -147,7 +147,7 @@ fn fio_json(path: &Path) -> Value {
 
 #[test]
 fn killing_a_shard_leader_during_fio_verify_loses_no_write() {
-    if !require_tool("fio") {
+    if !require_tool("fio") || !require_tool("nbdinfo") {
         return;
     }
     let mut c = TestCluster::start(3);
@@ -156,6 +156,25 @@ fn killing_a_shard_leader_during_fio_verify_loses_no_write() {
     c.wait_converged("f", Duration::from_secs(30));
     let leader = c.leader("f", 0).expect("a leader");
     let client = if leader == 1 { 2 } else { 1 };
+    // A volume's leaders move to the node serving it, which would make the
+    // client's node the leader. With three volumes on three nodes a node
+    // serves at most two with local leaders, so the client's node serves
+    // two others first and "f" keeps its leader on another node.
+    for v in ["g", "h"] {
+        c.create_volume(v, 16 * MIB, 3, Some(1));
+    }
+    for v in ["g", "h"] {
+        let out = Command::new("nbdinfo")
+            .arg(c.node(client).uri(v))
+            .output()
+            .expect("nbdinfo");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.wait_leaders_on(v, client, Duration::from_secs(30));
+    }
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("fio.json");
     let mut fio = Command::new("fio")
@@ -165,13 +184,15 @@ fn killing_a_shard_leader_during_fio_verify_loses_no_write() {
             "--name=failover",
             "--ioengine=nbd",
             "--rw=randwrite",
-            "--bs=4k",
+            // Mostly 4 KiB, some writes large enough that their entries
+            // reach the log and the transport in pieces (16 KiB and up).
+            "--bssplit=4k/70:64k/20:256k/10",
             "--iodepth=16",
             "--size=64M",
             "--io_size=64M",
             // Paced, so fio is still writing when the leader dies however
             // fast the cluster is (about 8 s of writes).
-            "--rate_iops=2000",
+            "--rate=8m",
             "--verify=crc32c",
             "--do_verify=1",
             "--randrepeat=1",
@@ -185,6 +206,11 @@ fn killing_a_shard_leader_during_fio_verify_loses_no_write() {
     assert!(
         fio.try_wait().expect("fio").is_none(),
         "fio still writing when the leader dies"
+    );
+    assert_eq!(
+        c.leader("f", 0),
+        Some(leader),
+        "the leader stayed off the client's node while fio writes"
     );
     let killed_at = Instant::now();
     c.node(leader).kill9();
