@@ -8,9 +8,10 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::BLOCK_SIZE;
 
@@ -20,6 +21,10 @@ pub struct Chunk {
     pub index: u64,
     pub(crate) data: Arc<File>,
     pub(crate) crc: Arc<File>,
+    /// The data file opened for direct I/O on first use (`None` where the
+    /// filesystem refuses O_DIRECT); large writes go through it.
+    direct: OnceLock<Option<Arc<File>>>,
+    path: PathBuf,
     slots: SlotMap,
     /// Written since the last fdatasync.
     pub(crate) dirty: AtomicBool,
@@ -128,9 +133,27 @@ impl Chunk {
             index,
             data: Arc::new(data),
             crc: Arc::new(crc),
+            direct: OnceLock::new(),
+            path: dpath,
             slots,
             dirty: AtomicBool::new(false),
         }))
+    }
+
+    /// The data file opened with O_DIRECT for writing, if the filesystem
+    /// allows it (tmpfs does not).
+    pub(crate) fn direct(&self) -> Option<&Arc<File>> {
+        self.direct
+            .get_or_init(|| {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&self.path)
+                    .map_err(|e| tracing::debug!(path = %self.path.display(), error = %e, "no direct I/O"))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .as_ref()
     }
 
     /// The checksum slot of block `b` (block index within the chunk).

@@ -259,6 +259,22 @@ impl Engine {
             data = data.slice(n..);
             offset += n as u64;
         }
+        self.write_submitted(file, data, offset).await
+    }
+
+    /// Writes all of `data` at `offset` through the engine, never inline on
+    /// the calling thread: for a file opened with O_DIRECT, where every
+    /// write waits for the device. `data` must be aligned as O_DIRECT asks.
+    pub async fn write_direct(&self, file: &Arc<File>, data: Bytes, offset: u64) -> io::Result<()> {
+        self.write_submitted(file, data, offset).await
+    }
+
+    async fn write_submitted(
+        &self,
+        file: &Arc<File>,
+        mut data: Bytes,
+        mut offset: u64,
+    ) -> io::Result<()> {
         while !data.is_empty() {
             let r = self
                 .submit(
