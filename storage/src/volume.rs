@@ -397,14 +397,15 @@ impl LocalVolume {
             Some(f) if buf.len() >= DIRECT_WRITE_MIN => aligned_copy(&buf).map(|b| (f, b)),
             _ => None,
         };
-        let direct_failed = match direct {
-            Some((f, aligned)) => self.engine.write_direct(f, aligned, a0).await.err(),
-            None => Some(std::io::ErrorKind::Unsupported.into()),
-        };
-        if let Some(e) = direct_failed {
-            if e.kind() != std::io::ErrorKind::Unsupported {
-                tracing::debug!(chunk = c.index, error = %e, "direct write failed; writing through the page cache");
+        let mut written = false;
+        if let Some((f, aligned)) = direct {
+            match self.engine.write_direct(f, aligned, a0).await {
+                Ok(()) => written = true,
+                Err(e) => tracing::debug!(chunk = c.index, error = %e,
+                    "direct write failed; writing through the page cache"),
             }
+        }
+        if !written {
             self.engine
                 .write_at(&c.data, buf, a0)
                 .await
