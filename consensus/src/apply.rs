@@ -9,6 +9,13 @@
 //! (`fence`): Fence entries raise it, and writes below it are refused.
 //! And it swaps a staged catch-up copy in (`snapshot`), between two
 //! entries, so applying and swapping never touch the chunk files at once.
+//!
+//! Large writes are not copied into the chunk files: the volume records
+//! that their blocks are in the log (`raftblock_storage::logged`), and the
+//! durable applied index stays below the oldest such entry, so the log
+//! keeps it and a restart records it again. The blocks settle into their
+//! chunks later (`Settling`), unless newer writes replace them first; so a
+//! large write reaches each replica's disk once on the hot path.
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -20,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use raftblock_storage::staging;
-use raftblock_storage::{LocalVolume, VolumeIo, ZeroMode};
+use raftblock_storage::{LocalVolume, LogRef, VolumeIo, Wal, ZeroMode};
 
 use crate::command::{BlockOp, ShardCommand};
 use crate::cut::{OpenCut, CUT_MAX_ENTRIES};
@@ -32,6 +39,28 @@ use crate::meta::shard_of_group;
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes applied between two syncs at most.
 const SYNC_BYTES: u64 = 128 << 20;
+/// Block-aligned writes at least this long are left in the log when applied.
+const LOGGED_WRITE_MIN: usize = 128 << 10;
+
+/// When a shard's logged blocks move into their chunk files. Until then the
+/// log keeps every entry since the oldest of them (on disk, not in memory).
+struct Settling {
+    /// Over this much log on the node, shards settle their older blocks.
+    node_log_budget: u64,
+    /// ... keeping the blocks of their newest this many bytes of log.
+    keep_under_pressure: u64,
+    /// Blocks logged longer ago than this settle (restarts replay less).
+    max_age: Duration,
+    /// A shard with nothing applied for this long settles everything.
+    idle: Duration,
+}
+
+const SETTLING: Settling = Settling {
+    node_log_budget: 2 << 30,
+    keep_under_pressure: 64 << 20,
+    max_age: Duration::from_secs(30),
+    idle: Duration::from_secs(5),
+};
 
 /// What the driver sends a shard's apply task, in log order.
 pub enum ApplyMsg {
@@ -95,6 +124,28 @@ struct ShardState {
     chunks: Vec<u64>,
     /// The comparison cut open on this replica (`verify`).
     cut: Option<OpenCut>,
+    /// The node's log, which holds the shard's logged blocks.
+    wal: Arc<Wal>,
+    /// When the first block logged since everything last settled was.
+    logged_since: Option<Instant>,
+    /// When entries were last applied.
+    last_applied_at: Instant,
+}
+
+impl ShardState {
+    /// Up to which entry the shard's logged blocks should settle at this
+    /// sync, if any should (see [`Settling`]).
+    fn settle_upto(&self, group: u64, applied: u64) -> Option<u64> {
+        let since = self.logged_since?;
+        let s = &SETTLING;
+        if since.elapsed() >= s.max_age || self.last_applied_at.elapsed() >= s.idle {
+            return Some(applied);
+        }
+        (self.wal.live_bytes() > s.node_log_budget).then(|| {
+            self.wal
+                .index_keeping(group, applied, s.keep_under_pressure)
+        })
+    }
 }
 
 /// Starts the apply task of shard `group` (chunks `chunks`) over `volume`,
@@ -105,9 +156,10 @@ pub fn spawn(
     chunks: Vec<u64>,
     applied: u64,
     driver: DriverHandle,
+    wal: Arc<Wal>,
 ) -> mpsc::UnboundedSender<ApplyMsg> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(group, volume, chunks, applied, driver, rx));
+    tokio::spawn(run(group, volume, chunks, applied, driver, wal, rx));
     tx
 }
 
@@ -117,6 +169,7 @@ async fn run(
     chunks: Vec<u64>,
     mut applied: u64,
     driver: DriverHandle,
+    wal: Arc<Wal>,
     mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
 ) {
     let fence = Fence::load(group, &volume);
@@ -125,6 +178,9 @@ async fn run(
         fence,
         chunks,
         cut: None,
+        wal,
+        logged_since: None,
+        last_applied_at: Instant::now(),
     };
     let mut durable = 0u64;
     let mut unsynced = 0u64;
@@ -138,8 +194,28 @@ async fn run(
             && (unsynced >= SYNC_BYTES || last_sync.elapsed() >= SYNC_INTERVAL);
         if want_sync {
             let v = volume.clone();
+            let settle = state.settle_upto(group, applied);
+            if settle == Some(applied) {
+                state.logged_since = None;
+            }
+            let chunks = state.chunks.clone();
             let at = applied;
             syncing = Some(tokio::spawn(async move {
+                if let Some(upto) = settle {
+                    match v.settle(&chunks, upto).await {
+                        Ok(n) if n > 0 => {
+                            tracing::debug!(group, upto, bytes = n, "settled logged blocks")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(group, error = %e,
+                            "settling logged blocks failed; the log keeps them"),
+                    }
+                }
+                // The log must keep the oldest entry a block still reads from.
+                let at = match v.logged_summary(&chunks).lowest_index {
+                    Some(l) => at.min(l - 1),
+                    None => at,
+                };
                 match v.flush().await {
                     Ok(()) => Some(at),
                     Err(e) => {
@@ -172,8 +248,17 @@ async fn run(
             if let Some(s) = syncing.take() {
                 let _ = s.await;
             }
-            if applied > durable && volume.flush().await.is_ok() {
-                driver.durable(group, applied);
+            if applied > durable {
+                if let Err(e) = volume.settle(&state.chunks, applied).await {
+                    tracing::warn!(group, error = %e, "settling logged blocks at stop");
+                }
+                let at = match volume.logged_summary(&state.chunks).lowest_index {
+                    Some(l) => applied.min(l - 1),
+                    None => applied,
+                };
+                if volume.flush().await.is_ok() {
+                    driver.durable(group, at);
+                }
             }
             return;
         };
@@ -188,7 +273,15 @@ async fn run(
                 continue;
             }
             ApplyMsg::Prepare(copy) => {
-                let ok = prepare_swap(group, &volume, applied, &copy);
+                // The snapshot will drop the log the logged blocks read from.
+                let ok = match volume.settle(&state.chunks, u64::MAX).await {
+                    Ok(_) => prepare_swap(group, &volume, applied, &copy),
+                    Err(e) => {
+                        tracing::warn!(group, error = %e, "settling logged blocks before a swap");
+                        let _ = staging::discard(&volume, shard_of_group(group).1);
+                        false
+                    }
+                };
                 driver.send(DriverMsg::SnapshotPrepared { group, ok });
                 continue;
             }
@@ -250,6 +343,7 @@ async fn run(
             }
             applied = e.index;
         }
+        state.last_applied_at = Instant::now();
         driver.applied(group, applied);
     }
 }
@@ -307,7 +401,7 @@ async fn apply_entry(
     state: &mut ShardState,
     driver: &DriverHandle,
 ) -> Result<u64, ReplicaError> {
-    let cmd = match ShardCommand::decode(data) {
+    let cmd = match ShardCommand::decode(data.clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(group, index, error = %e, "skipping an undecodable shard entry");
@@ -390,6 +484,16 @@ async fn apply_entry(
     let mut reported = false;
     loop {
         let r = match &cmd.op {
+            Some(BlockOp::Write(w)) if w.data.len() >= LOGGED_WRITE_MIN => {
+                match write_logged(group, index, volume, &data, w, state).await {
+                    Ok(true) => Ok(0),
+                    Ok(false) => volume
+                        .write(w.offset, w.data.clone(), false)
+                        .await
+                        .map(|_| w.data.len() as u64),
+                    Err(e) => Err(e),
+                }
+            }
             Some(BlockOp::Write(w)) => volume
                 .write(w.offset, w.data.clone(), false)
                 .await
@@ -440,4 +544,31 @@ async fn apply_entry(
             }
         }
     }
+}
+
+/// Records a large write as held by the log instead of writing it (see the
+/// module doc); whether it could.
+async fn write_logged(
+    group: u64,
+    index: u64,
+    volume: &LocalVolume,
+    data: &Bytes,
+    w: &crate::command::WriteOp,
+    state: &mut ShardState,
+) -> raftblock_storage::Result<bool> {
+    let Some(from_end) = crate::peer_storage::payload_from_end(data, &w.data) else {
+        return Ok(false);
+    };
+    let at = LogRef {
+        group,
+        index,
+        from_end,
+    };
+    let logged = volume
+        .write_logged(&state.wal, w.offset, &w.data, at)
+        .await?;
+    if logged && state.logged_since.is_none() {
+        state.logged_since = Some(Instant::now());
+    }
+    Ok(logged)
 }

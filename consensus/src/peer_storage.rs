@@ -108,6 +108,15 @@ pub fn encode_entry(e: &Entry) -> EntryBytes {
     }
 }
 
+/// Where `payload`, a slice of entry data `data`, is in the entry as the
+/// WAL stores it: bytes from the payload's start to the entry's end. Only
+/// data stored as its own piece (`encode_entry`) is known to end the entry.
+pub fn payload_from_end(data: &Bytes, payload: &Bytes) -> Option<u64> {
+    let start = (payload.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+    let within = start + payload.len() <= data.len();
+    (data.len() >= DATA_PIECE_MIN && within).then(|| (data.len() - start) as u64)
+}
+
 /// Why a replica's Raft state or log in the WAL cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerStorageError {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::logged::LoggedBlocks;
 use crate::BLOCK_SIZE;
 
 /// An open chunk: data file, checksum file and the in-memory slot table.
@@ -28,6 +29,8 @@ pub struct Chunk {
     slots: SlotMap,
     /// Written since the last fdatasync.
     pub(crate) dirty: AtomicBool,
+    /// Blocks whose newest data is still only in the Raft log.
+    pub(crate) logged: LoggedBlocks,
 }
 
 /// The checksum file mapped shared and writable.
@@ -137,6 +140,7 @@ impl Chunk {
             path: dpath,
             slots,
             dirty: AtomicBool::new(false),
+            logged: LoggedBlocks::default(),
         }))
     }
 

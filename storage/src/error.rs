@@ -61,6 +61,15 @@ pub enum StorageError {
         errno: i32,
         reason: String,
     },
+    /// a block whose newest data is only in the Raft log could not be read from it
+    #[error("volume `{volume}` chunk {chunk}: reading the block at volume offset {offset} from the Raft log failed: {source}")]
+    Log {
+        volume: String,
+        chunk: u64,
+        offset: u64,
+        #[source]
+        source: crate::wal::WalError,
+    },
     /// the I/O engine has stopped
     #[error("the I/O engine has stopped")]
     EngineStopped,

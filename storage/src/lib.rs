@@ -12,6 +12,7 @@ pub mod error;
 pub mod gather;
 pub mod io;
 mod locks;
+pub mod logged;
 pub mod size;
 pub mod staging;
 pub mod store;
@@ -22,9 +23,10 @@ pub use catalog::{Catalog, VolumeMeta};
 pub use engine::{Engine, EngineKind};
 pub use error::{Result, StorageError};
 pub use io::{zeros, Extent, ReadSegment, VolumeIo, ZeroMode, ZERO_RUN};
+pub use logged::LogRef;
 pub use store::ChunkStore;
-pub use volume::{LocalVolume, VolumeStats};
-pub use wal::{EntryBytes, Wal, WalBatch, WalError, WalOptions};
+pub use volume::{LocalVolume, LoggedSummary, VolumeStats};
+pub use wal::{EntryBytes, TailBytes, Wal, WalBatch, WalError, WalOptions};
 
 /// Size of a checksummed block: the unit of verification and of hole tracking.
 pub const BLOCK_SIZE: u64 = 4096;

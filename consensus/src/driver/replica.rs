@@ -286,6 +286,7 @@ impl Driver {
                 chunks,
                 storage.applied(),
                 self.handle.clone(),
+                self.wal.clone(),
             );
             self.insert_replica(group, storage, Some(tx), nodes[0])?;
             if let Some(r) = self.replicas.get_mut(&group) {

@@ -27,6 +27,22 @@ impl EntryBytes {
         self.len() == 0
     }
 
+    /// `len` bytes from `start`: a slice of one piece when they lie in one
+    /// (a large payload passed as `body` always does), else a copy.
+    pub fn slice(&self, start: usize, len: usize) -> Bytes {
+        let h = self.head.len();
+        if start + len <= h {
+            self.head.slice(start..start + len)
+        } else if start >= h {
+            self.body.slice(start - h..start - h + len)
+        } else {
+            let mut v = Vec::with_capacity(len);
+            v.extend_from_slice(&self.head[start..]);
+            v.extend_from_slice(&self.body[..start + len - h]);
+            v.into()
+        }
+    }
+
     /// The entry as one buffer (a copy when it is in two pieces).
     pub fn to_bytes(&self) -> Bytes {
         if self.body.is_empty() {

@@ -231,6 +231,8 @@ struct GroupLog {
     entries: VecDeque<EntryMeta>,
     /// Entries below this index hold no cached payload any more.
     evicted_to: u64,
+    /// Bytes of `entries` on disk.
+    bytes: u64,
 }
 
 /// The indexes a group's log holds, `[first, end)`, and the rules every
@@ -292,8 +294,11 @@ impl GroupLog {
 
     fn append(&mut self, group: u64, index: u64, meta: EntryMeta) -> Result<(), WalError> {
         let next = self.span().after_append(group, index, 1)?;
-        self.entries.truncate((index - next.first) as usize);
+        let keep = (index - next.first) as usize;
+        let cut: u64 = self.entries.iter().skip(keep).map(|e| e.len as u64).sum();
+        self.entries.truncate(keep);
         self.first_index = next.first;
+        self.bytes = self.bytes - cut + meta.len as u64;
         self.entries.push_back(meta);
         Ok(())
     }
@@ -301,7 +306,8 @@ impl GroupLog {
     fn compact(&mut self, to: u64) {
         let next = self.span().after_compact(to);
         let dropped = ((next.first - self.first_index) as usize).min(self.entries.len());
-        self.entries.drain(..dropped);
+        let cut: u64 = self.entries.drain(..dropped).map(|e| e.len as u64).sum();
+        self.bytes -= cut;
         self.first_index = next.first;
     }
 }
@@ -316,6 +322,22 @@ struct Inner {
     /// Retired segment files waiting to be reused, oldest first.
     spares: Vec<PathBuf>,
     poisoned: Option<String>,
+}
+
+/// Where the bytes [`Wal::locate_tail`] found are.
+pub enum TailBytes {
+    /// In memory (the entry is still cached).
+    Cached(Bytes),
+    /// At `offset` in a segment file (which a later rotation may recycle:
+    /// callers verify what they read).
+    OnDisk {
+        /// The segment, open.
+        file: Arc<File>,
+        /// Its path, for errors.
+        path: PathBuf,
+        /// Where the bytes start.
+        offset: u64,
+    },
 }
 
 /// What recovery found, for the log line at start-up.
@@ -728,12 +750,79 @@ impl Wal {
 
     /// Bytes of every group's live entries: the log the node retains.
     pub fn live_bytes(&self) -> u64 {
+        self.lock().groups.values().map(|g| g.bytes).sum()
+    }
+
+    /// The length of entry `index` of `group` as stored, if the log holds it.
+    pub fn entry_len(&self, group: u64, index: u64) -> Option<u64> {
         let inner = self.lock();
-        inner
-            .groups
-            .values()
-            .map(|g| g.entries.iter().map(|e| e.len as u64).sum::<u64>())
-            .sum()
+        let g = inner.groups.get(&group)?;
+        let i = index.checked_sub(g.first_index)?;
+        g.entries.get(i as usize).map(|e| e.len as u64)
+    }
+
+    /// Where `len` bytes of entry `index` of `group` are, starting
+    /// `from_end` bytes before the end of its stored bytes: a payload the
+    /// entry ends with, found without reading the rest of the entry
+    /// (volumes serve blocks whose data is still only in the log this way,
+    /// see `logged`).
+    pub fn locate_tail(
+        &self,
+        group: u64,
+        index: u64,
+        from_end: u64,
+        len: usize,
+    ) -> Result<TailBytes, WalError> {
+        let inner = self.lock();
+        let g = inner.groups.get(&group);
+        let Span { first, end } = g.map(GroupLog::span).unwrap_or_default();
+        let e = g
+            .zip(index.checked_sub(first))
+            .and_then(|(g, i)| g.entries.get(i as usize))
+            .ok_or(WalError::Missing {
+                group,
+                low: index,
+                high: index + 1,
+                first,
+                end,
+            })?;
+        let total = e.len as u64;
+        let path = segment_path(&self.dir, e.seq);
+        if from_end > total || len as u64 > from_end {
+            return Err(WalError::Corrupt {
+                path,
+                offset: e.offset,
+                reason: format!(
+                    "group {group} entry {index} holds {total} bytes; {len} bytes from {from_end} before its end were asked for"
+                ),
+            });
+        }
+        let start = total - from_end;
+        if let Some(b) = &e.cached {
+            return Ok(TailBytes::Cached(b.slice(start as usize, len)));
+        }
+        let file = inner.segments.get(&e.seq).cloned().ok_or_else(|| {
+            WalError::io(&path, "read entry", std::io::ErrorKind::NotFound.into())
+        })?;
+        Ok(TailBytes::OnDisk {
+            file,
+            path,
+            offset: e.offset + start,
+        })
+    }
+
+    /// [`Wal::locate_tail`] and the read, on this thread.
+    pub fn read_tail(
+        &self,
+        group: u64,
+        index: u64,
+        from_end: u64,
+        len: usize,
+    ) -> Result<Bytes, WalError> {
+        match self.locate_tail(group, index, from_end, len)? {
+            TailBytes::Cached(b) => Ok(b),
+            TailBytes::OnDisk { file, path, offset } => segment::read_at(&file, &path, offset, len),
+        }
     }
 
     /// Forgets the cached bytes of the group's entries below `index` (they

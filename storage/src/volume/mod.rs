@@ -1,19 +1,24 @@
 //! A volume stored on this node: maps volume offsets to chunks, reads with
 //! checksum verification, writes data and checksum slots together under a
 //! stripe lock, punches holes for TRIM and WRITE_ZEROES, and tracks which
-//! chunks need an fdatasync at the next FLUSH.
+//! chunks need an fdatasync at the next FLUSH. Blocks of large replicated
+//! writes may still be only in the Raft log; `logged` records, reads and
+//! settles them.
+
+mod logged;
+pub use logged::LoggedSummary;
 
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::checksum::{self, HOLE};
 use crate::chunk::Chunk;
 use crate::io::{zeros, Extent, ReadSegment, VolumeIo, ZeroMode, ZERO_RUN};
 use crate::locks::StripeLocks;
-use crate::{Engine, Result, StorageError, VolumeMeta, BLOCK_SIZE};
+use crate::{Engine, Result, StorageError, VolumeMeta, Wal, BLOCK_SIZE};
 
 /// Counters a volume keeps about itself.
 #[derive(Debug, Default)]
@@ -33,6 +38,8 @@ pub struct LocalVolume {
     locks: StripeLocks,
     handles: AtomicUsize,
     stats: VolumeStats,
+    /// The node's Raft log, once a block was recorded as held by it.
+    log: OnceLock<Arc<Wal>>,
 }
 
 /// One piece of a request that falls inside a single chunk.
@@ -61,6 +68,7 @@ impl LocalVolume {
             locks: StripeLocks::new(),
             handles: AtomicUsize::new(0),
             stats: VolumeStats::default(),
+            log: OnceLock::new(),
         }
     }
 
@@ -101,7 +109,11 @@ impl LocalVolume {
             return Ok(None);
         };
         let blocks = self.meta.chunk_size / BLOCK_SIZE;
-        let sums: Vec<u32> = (0..blocks).map(|b| c.slot(b)).collect();
+        let mut sums: Vec<u32> = (0..blocks).map(|b| c.slot(b)).collect();
+        // What the block holds is what it reads as: a logged block's own sum.
+        for (b, l) in c.logged.range(0, blocks) {
+            sums[b as usize] = l.crc;
+        }
         Ok(sums.iter().any(|s| *s != HOLE).then_some(sums))
     }
 
@@ -137,7 +149,7 @@ impl LocalVolume {
         let mut b = 0;
         while b < blocks {
             let end = (b + BATCH).min(blocks);
-            if (b..end).all(|i| c.slot(i) == HOLE) {
+            if (b..end).all(|i| c.slot(i) == HOLE) && c.logged.range(b, end).is_empty() {
                 b = end;
                 continue;
             }
@@ -146,19 +158,29 @@ impl LocalVolume {
                 .read_at(&c.data, ((end - b) * BLOCK_SIZE) as usize, b * BLOCK_SIZE)
                 .await
                 .map_err(|e| self.io_err(chunk, "scrub read", e))?;
+            let logged = c.logged.range(b, end);
             for (i, block) in buf.chunks_exact(BLOCK_SIZE as usize).enumerate() {
                 let blk = b + i as u64;
                 let slot = c.slot(blk);
-                if slot != HOLE && !checksum::verify(slot, block) {
+                // A logged block's chunk copy is not what it reads as.
+                if slot != HOLE
+                    && !checksum::verify(slot, block)
+                    && !logged.iter().any(|(lb, _)| *lb == blk)
+                {
                     bad.push(blk);
                 }
             }
             b = end;
         }
+        for (blk, _) in c.logged.range(0, blocks) {
+            if !matches!(self.read_run(&c, blk, blk + 1, false).await, Ok(_)) {
+                bad.push(blk);
+            }
+        }
         let mut confirmed = Vec::new();
         for blk in bad {
             if let Err(StorageError::Checksum { offset, .. }) =
-                self.read_verified(&c, blk, blk + 1, false).await
+                self.read_run(&c, blk, blk + 1, false).await
             {
                 confirmed.push(offset);
             }
@@ -189,15 +211,24 @@ impl LocalVolume {
         };
         let block = off / BLOCK_SIZE;
         let _g = self.locks.lock(chunk, off, BLOCK_SIZE).await;
-        let slot = c.slot(block);
-        if slot == HOLE || !checksum::verify(slot, &data) {
-            return Ok(false);
+        if let Some((_, l)) = c.logged.range(block, block + 1).pop() {
+            // The block reads from the log: a good copy goes to the chunk
+            // file, which it then reads from.
+            if !checksum::verify(l.crc, &data) {
+                return Ok(false);
+            }
+            self.put_blocks(&c, off, data).await?;
+        } else {
+            let slot = c.slot(block);
+            if slot == HOLE || !checksum::verify(slot, &data) {
+                return Ok(false);
+            }
+            self.engine
+                .write_at(&c.data, data, off)
+                .await
+                .map_err(|e| self.io_err(chunk, "repair write", e))?;
+            c.dirty.store(true, Ordering::Release);
         }
-        self.engine
-            .write_at(&c.data, data, off)
-            .await
-            .map_err(|e| self.io_err(chunk, "repair write", e))?;
-        c.dirty.store(true, Ordering::Release);
         tracing::warn!(volume = %self.meta.name, chunk, offset, "repaired a corrupt block from a good copy");
         Ok(true)
     }
@@ -209,7 +240,14 @@ impl LocalVolume {
         let mut total = 0;
         for i in 0..chunks {
             if let Some(c) = self.chunk(i, false)? {
-                total += c.allocated_blocks() * BLOCK_SIZE;
+                let blocks = self.meta.chunk_size / BLOCK_SIZE;
+                let logged_holes = c
+                    .logged
+                    .range(0, blocks)
+                    .iter()
+                    .filter(|(b, _)| c.slot(*b) == HOLE)
+                    .count() as u64;
+                total += (c.allocated_blocks() + logged_holes) * BLOCK_SIZE;
             }
         }
         Ok(total)
@@ -336,10 +374,12 @@ impl LocalVolume {
         let end = p.off + p.len;
         let mut b = p.off / BLOCK_SIZE;
         let b_end = end.div_ceil(BLOCK_SIZE);
+        let logged = c.logged.range(b, b_end);
+        let is_hole = |b: u64| c.slot(b) == HOLE && !logged.iter().any(|(lb, _)| *lb == b);
         while b < b_end {
-            let hole = c.slot(b) == HOLE;
+            let hole = is_hole(b);
             let mut run_end = b + 1;
-            while run_end < b_end && (c.slot(run_end) == HOLE) == hole {
+            while run_end < b_end && is_hole(run_end) == hole {
                 run_end += 1;
             }
             let from = p.off.max(b * BLOCK_SIZE);
@@ -347,10 +387,11 @@ impl LocalVolume {
             if hole {
                 out.push(ReadSegment::Hole(to - from));
             } else {
-                let buf = self.read_verified(&c, b, run_end, false).await?;
+                let buf = self.read_run(&c, b, run_end, false).await?;
                 let base = b * BLOCK_SIZE;
-                let bytes = Bytes::from(buf).slice((from - base) as usize..(to - base) as usize);
-                out.push(ReadSegment::Data(bytes));
+                out.push(ReadSegment::Data(
+                    buf.slice((from - base) as usize..(to - base) as usize),
+                ));
             }
             b = run_end;
         }
@@ -372,11 +413,11 @@ impl LocalVolume {
             let first = a0 / BLOCK_SIZE;
             let last = a1 / BLOCK_SIZE - 1;
             if p.off != a0 {
-                let blk = self.read_verified(&c, first, first + 1, true).await?;
+                let blk = self.read_run(&c, first, first + 1, true).await?;
                 v[..BLOCK_SIZE as usize].copy_from_slice(&blk);
             }
             if p.off + p.len != a1 && (last != first || p.off == a0) {
-                let blk = self.read_verified(&c, last, last + 1, true).await?;
+                let blk = self.read_run(&c, last, last + 1, true).await?;
                 let at = ((last - first) * BLOCK_SIZE) as usize;
                 v[at..at + BLOCK_SIZE as usize].copy_from_slice(&blk);
             }
@@ -384,6 +425,13 @@ impl LocalVolume {
             v[at..at + data.len()].copy_from_slice(&data);
             Bytes::from(v)
         };
+        self.put_blocks(&c, a0, buf).await
+    }
+
+    /// Writes whole blocks `buf` at chunk offset `a0` with their checksum
+    /// slots (the caller holds the stripe lock); they read from the chunk
+    /// file from then on, not from the log.
+    async fn put_blocks(&self, c: &Arc<Chunk>, a0: u64, buf: Bytes) -> Result<()> {
         let slots: Vec<u32> = buf
             .chunks(BLOCK_SIZE as usize)
             .map(checksum::block_slot)
@@ -412,6 +460,8 @@ impl LocalVolume {
                 .map_err(|e| self.io_err(c.index, "write", e))?;
         }
         c.set_slots(a0 / BLOCK_SIZE, &slots);
+        c.logged
+            .remove(a0 / BLOCK_SIZE, a0 / BLOCK_SIZE + slots.len() as u64);
         Ok(())
     }
 
@@ -430,6 +480,7 @@ impl LocalVolume {
         // Slots first: a crash after this leaves a hole slot over stale data,
         // which reads as zeros (what the trim asked for).
         c.set_slots(b0, &vec![HOLE; (b1 - b0) as usize]);
+        c.logged.remove(b0, b1);
         self.engine
             .punch(&c.data, b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE)
             .await
@@ -601,7 +652,10 @@ impl VolumeIo for LocalVolume {
             while pos < end {
                 let b = pos / BLOCK_SIZE;
                 let next = ((b + 1) * BLOCK_SIZE).min(end);
-                push(next - pos, c.slot(b) == HOLE);
+                push(
+                    next - pos,
+                    c.slot(b) == HOLE && c.logged.range(b, b + 1).is_empty(),
+                );
                 pos = next;
             }
         }

@@ -1,0 +1,252 @@
+//! A volume's blocks whose newest data is only in the Raft log (see
+//! `crate::logged`): recording a large write by reference instead of
+//! writing it, reading such blocks back from the log, and settling them into
+//! their chunk files. Every change to a block's record happens under the
+//! block's stripe lock, as writes do, so a read sees either the record and
+//! the log entry it names, or the chunk file with its checksum slot.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use super::LocalVolume;
+use crate::checksum;
+use crate::chunk::Chunk;
+use crate::logged::{runs, LogRef, LoggedBlock, Run};
+use crate::{Result, StorageError, TailBytes, Wal, WalError, BLOCK_SIZE};
+
+/// What a volume's logged blocks in some chunks amount to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoggedSummary {
+    /// Logged blocks.
+    pub blocks: u64,
+    /// The oldest log entry they need.
+    pub lowest_index: Option<u64>,
+}
+
+impl LocalVolume {
+    /// Records the block-aligned write of `data` at `offset`, whose bytes
+    /// the node's log `wal` holds at `at`, instead of writing them: reads
+    /// take them from the log until they settle. Returns `false`, having
+    /// changed nothing, when the write is not block-aligned or the log does
+    /// not hold the entry as `at` says; the caller then writes it.
+    pub async fn write_logged(
+        &self,
+        wal: &Arc<Wal>,
+        offset: u64,
+        data: &Bytes,
+        at: LogRef,
+    ) -> Result<bool> {
+        let len = data.len() as u64;
+        if len == 0 || offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 {
+            return Ok(false);
+        }
+        self.check_range(offset, len)?;
+        match wal.entry_len(at.group, at.index) {
+            Some(stored) if stored >= at.from_end && at.from_end >= len => {}
+            _ => return Ok(false),
+        }
+        let log = self.log.get_or_init(|| wal.clone());
+        if !Arc::ptr_eq(log, wal) {
+            return Ok(false);
+        }
+        for p in self.pieces(offset, len) {
+            let c = self
+                .chunk(p.chunk, true)?
+                .ok_or_else(|| StorageError::Catalog("chunk vanished".into()))?;
+            let piece = data.slice(p.at as usize..(p.at + p.len) as usize);
+            let crcs: Vec<u32> = piece
+                .chunks(BLOCK_SIZE as usize)
+                .map(checksum::block_slot)
+                .collect();
+            let _g = self.locks.lock(c.index, p.off, p.len).await;
+            c.logged
+                .insert(p.off / BLOCK_SIZE, at.advance(p.at / BLOCK_SIZE), &crcs);
+        }
+        Ok(true)
+    }
+
+    /// The logged blocks of chunks `chunks` (open ones; others have none).
+    pub fn logged_summary(&self, chunks: &[u64]) -> LoggedSummary {
+        let open = super::lock(&self.chunks);
+        let mut s = LoggedSummary::default();
+        for c in chunks.iter().filter_map(|i| open.get(i)) {
+            s.blocks += c.logged.len() as u64;
+            if let Some(i) = c.logged.lowest_index() {
+                s.lowest_index = Some(s.lowest_index.map_or(i, |l| l.min(i)));
+            }
+        }
+        s
+    }
+
+    /// Moves the logged blocks of chunks `chunks` whose entries are at or
+    /// below `upto` into their chunk files (not synced: the caller flushes
+    /// before it lets the log go). Returns the bytes moved. A block written
+    /// again meanwhile is left to its newer data.
+    pub async fn settle(&self, chunks: &[u64], upto: u64) -> Result<u64> {
+        let open: Vec<Arc<Chunk>> = {
+            let map = super::lock(&self.chunks);
+            chunks.iter().filter_map(|i| map.get(i).cloned()).collect()
+        };
+        let mut moved = 0;
+        for c in open {
+            let blocks = self.meta.chunk_size / BLOCK_SIZE;
+            let due: Vec<(u64, LoggedBlock)> = c
+                .logged
+                .range(0, blocks)
+                .into_iter()
+                .filter(|(_, l)| l.at.index <= upto)
+                .collect();
+            for run in runs(0, blocks, &due) {
+                let Run::Log(b0, b1, _) = run else { continue };
+                let _g = self
+                    .locks
+                    .lock(c.index, b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE)
+                    .await;
+                // Only what is still recorded as it was: a newer write of a
+                // block already replaced it.
+                let now = c.logged.range(b0, b1);
+                let still: Vec<(u64, LoggedBlock)> = now
+                    .into_iter()
+                    .filter(|(b, l)| {
+                        due.binary_search_by_key(b, |d| d.0)
+                            .is_ok_and(|i| due[i].1 == *l)
+                    })
+                    .collect();
+                for run in runs(b0, b1, &still) {
+                    let Run::Log(s, e, at) = run else { continue };
+                    let data = match self.read_log_run(&c, s, e, at, &still).await? {
+                        Ok(d) => d,
+                        Err(bad) => return Err(self.checksum_err(c.index, bad)),
+                    };
+                    self.put_blocks(&c, s * BLOCK_SIZE, data).await?;
+                    moved += (e - s) * BLOCK_SIZE;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Reads blocks `[b0, b1)` of `c` that hold data, each from where its
+    /// newest bytes are, verified; retried once under the stripe lock, so
+    /// a read racing a write or a settle of the same blocks is not taken
+    /// for corruption.
+    pub(super) async fn read_run(
+        &self,
+        c: &Arc<Chunk>,
+        b0: u64,
+        b1: u64,
+        locked: bool,
+    ) -> Result<Bytes> {
+        let logged = c.logged.range(b0, b1);
+        if logged.is_empty() {
+            return self.read_verified(c, b0, b1, locked).await.map(Bytes::from);
+        }
+        let first = self.read_mixed(c, b0, b1, &logged).await;
+        if let Ok(Ok(b)) = first {
+            return Ok(b);
+        }
+        if locked {
+            return match first? {
+                Ok(b) => Ok(b),
+                Err(bad) => Err(self.checksum_err(c.index, bad)),
+            };
+        }
+        let _g = self
+            .locks
+            .lock(c.index, b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE)
+            .await;
+        let logged = c.logged.range(b0, b1);
+        match self.read_mixed(c, b0, b1, &logged).await? {
+            Ok(b) => Ok(b),
+            Err(bad) => Err(self.checksum_err(c.index, bad)),
+        }
+    }
+
+    /// Blocks `[b0, b1)` from the chunk file and the log (`logged` are the
+    /// logged ones among them); `Err(block)` names the first that fails
+    /// its checksum.
+    async fn read_mixed(
+        &self,
+        c: &Arc<Chunk>,
+        b0: u64,
+        b1: u64,
+        logged: &[(u64, LoggedBlock)],
+    ) -> Result<std::result::Result<Bytes, u64>> {
+        let runs = runs(b0, b1, logged);
+        if let [Run::Log(s, e, at)] = runs[..] {
+            // All from one entry: no copy.
+            return self.read_log_run(c, s, e, at, logged).await;
+        }
+        let mut out = Vec::with_capacity(((b1 - b0) * BLOCK_SIZE) as usize);
+        for run in runs {
+            let part = match run {
+                Run::Chunk(s, e) => self.read_blocks(c, s, e).await?.map(Bytes::from),
+                Run::Log(s, e, at) => self.read_log_run(c, s, e, at, logged).await?,
+            };
+            match part {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(bad) => return Ok(Err(bad)),
+            }
+        }
+        Ok(Ok(out.into()))
+    }
+
+    /// Blocks `[b0, b1)`, contiguous in one log entry from `at` on, checked
+    /// against their sums in `logged`.
+    async fn read_log_run(
+        &self,
+        c: &Arc<Chunk>,
+        b0: u64,
+        b1: u64,
+        at: LogRef,
+        logged: &[(u64, LoggedBlock)],
+    ) -> Result<std::result::Result<Bytes, u64>> {
+        let len = ((b1 - b0) * BLOCK_SIZE) as usize;
+        let log_err = |source: WalError| StorageError::Log {
+            volume: self.meta.name.clone(),
+            chunk: c.index,
+            offset: c.index * self.meta.chunk_size + b0 * BLOCK_SIZE,
+            source,
+        };
+        let wal = self.log.get().ok_or_else(|| {
+            log_err(WalError::Missing {
+                group: at.group,
+                low: at.index,
+                high: at.index + 1,
+                first: 0,
+                end: 0,
+            })
+        })?;
+        let data = match wal
+            .locate_tail(at.group, at.index, at.from_end, len)
+            .map_err(log_err)?
+        {
+            TailBytes::Cached(b) => b,
+            TailBytes::OnDisk { file, path, offset } => self
+                .engine
+                .read_at(&file, len, offset)
+                .await
+                .map(Bytes::from)
+                .map_err(|e| {
+                    log_err(WalError::Io {
+                        path,
+                        op: "read a logged block",
+                        source: e,
+                    })
+                })?,
+        };
+        if data.len() != len {
+            return Ok(Err(b0));
+        }
+        for (i, block) in data.chunks_exact(BLOCK_SIZE as usize).enumerate() {
+            let b = b0 + i as u64;
+            let crc = logged
+                .binary_search_by_key(&b, |l| l.0)
+                .map(|i| logged[i].1.crc);
+            if !crc.is_ok_and(|crc| checksum::verify(crc, block)) {
+                return Ok(Err(b));
+            }
+        }
+        Ok(Ok(data))
+    }
+}
