@@ -271,3 +271,51 @@ fn a_head_too_short_for_its_data_is_an_error() {
         Err(PeerStorageError::UndecodableEntry { index: 1, .. })
     ));
 }
+
+/// A write's payload is found in the WAL where `payload_from_end` says,
+/// in the entry as cached and as read back from disk after a restart:
+/// what the apply task relies on when it leaves large writes in the log.
+#[test]
+fn a_large_payload_is_found_at_its_offset_from_the_entry_end() {
+    use crate::command::{BlockOp, ShardCommand};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload: Bytes = (0..256 * 1024u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let cmd = ShardCommand::write(3, 7, 1 << 20, payload.clone());
+    let mut e = Entry::default();
+    e.index = 5;
+    e.term = 2;
+    e.data = cmd.encode_bytes();
+    let find = |e: &Entry| {
+        let decoded = ShardCommand::decode(e.data.clone()).expect("decode");
+        let Some(BlockOp::Write(w)) = decoded.op else {
+            panic!("not a write")
+        };
+        (
+            payload_from_end(&e.data, &w.data).expect("a piece of its own"),
+            w.data.len(),
+        )
+    };
+    let (from_end, len) = find(&e);
+    {
+        let wal = Wal::open(dir.path(), Default::default()).expect("wal");
+        let mut batch = WalBatch::new();
+        batch.append(GROUP, [(e.index, e.term, encode_entry(&e))]);
+        wal.write(batch, true).expect("write");
+        assert_eq!(
+            wal.read_tail(GROUP, 5, from_end, len).expect("cached"),
+            payload
+        );
+    }
+    let wal = Wal::open(dir.path(), Default::default()).expect("wal");
+    assert_eq!(
+        wal.read_tail(GROUP, 5, from_end, len).expect("from disk"),
+        payload
+    );
+    // Small data is not known to end its entry; a foreign slice is refused.
+    let small = ShardCommand::write(3, 7, 0, Bytes::from_static(b"tiny")).encode_bytes();
+    assert_eq!(payload_from_end(&small, &small.slice(4..)), None);
+    assert_eq!(payload_from_end(&e.data, &payload), None);
+}

@@ -250,3 +250,198 @@ impl LocalVolume {
         Ok(Ok(data))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::CHECKSUM_SCHEME;
+    use crate::{Engine, EngineKind, EntryBytes, ReadSegment, VolumeIo, VolumeMeta, WalBatch};
+
+    const MIB: u64 = 1 << 20;
+
+    fn volume(dir: &std::path::Path) -> LocalVolume {
+        let meta = VolumeMeta {
+            id: 1,
+            name: "t".into(),
+            size: 4 * MIB,
+            chunk_size: MIB,
+            created_unix: 0,
+            checksum: CHECKSUM_SCHEME.into(),
+        };
+        let engine = Engine::start(Some(EngineKind::Threads), 2).expect("engine");
+        LocalVolume::new(meta, dir.to_path_buf(), engine)
+    }
+
+    async fn read(v: &LocalVolume, offset: u64, len: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in v.read(offset, len).await.expect("read") {
+            match s {
+                ReadSegment::Data(b) => out.extend_from_slice(&b),
+                ReadSegment::Hole(n) => out.extend(std::iter::repeat_n(0, n as usize)),
+            }
+        }
+        out
+    }
+
+    /// Appends an entry made of a small header and `payload` to the log.
+    fn log_entry(wal: &Wal, group: u64, index: u64, payload: &Bytes) {
+        let mut batch = WalBatch::new();
+        let entry = EntryBytes {
+            head: Bytes::from_static(b"header"),
+            body: payload.clone(),
+        };
+        batch.append(group, [(index, 1, entry)]);
+        wal.write(batch, true).expect("log write");
+    }
+
+    fn pattern(seed: u8, len: usize) -> Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn at(index: u64, payload: &Bytes) -> LogRef {
+        LogRef {
+            group: 9,
+            index,
+            from_end: payload.len() as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn logged_blocks_read_from_the_log_until_they_settle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Arc::new(Wal::open(&dir.path().join("wal"), Default::default()).expect("wal"));
+        let data_dir = dir.path().join("v");
+        std::fs::create_dir_all(&data_dir).expect("mkdir");
+        let v = volume(&data_dir);
+        // 256 KiB across the boundary of chunks 0 and 1.
+        let off = MIB - 128 * 1024;
+        let payload = pattern(1, 256 * 1024);
+        log_entry(&wal, 9, 1, &payload);
+        assert!(v
+            .write_logged(&wal, off, &payload, at(1, &payload))
+            .await
+            .expect("logged"));
+        let mut expect = vec![0u8; 4 * MIB as usize];
+        expect[off as usize..off as usize + payload.len()].copy_from_slice(&payload);
+        assert_eq!(read(&v, 0, 4 * MIB).await, expect, "from the log's cache");
+        wal.evict_cache(9, 2);
+        assert_eq!(
+            read(&v, off, 256 * 1024).await,
+            &expect[off as usize..][..256 * 1024],
+            "from disk"
+        );
+        // Nothing reached the chunk files.
+        assert_eq!(
+            v.logged_summary(&[0, 1]),
+            LoggedSummary {
+                blocks: 64,
+                lowest_index: Some(1)
+            }
+        );
+        let sums = v.chunk_sums(0).expect("sums").expect("data");
+        assert_eq!(
+            sums[255],
+            checksum::block_slot(&payload[124 * 1024..128 * 1024])
+        );
+
+        // A small unaligned write over a logged block, and a trim.
+        v.write(off + 5000, Bytes::from_static(b"xyz"), false)
+            .await
+            .expect("write");
+        expect[(off + 5000) as usize..][..3].copy_from_slice(b"xyz");
+        v.trim(off + 64 * 1024, 8192, false).await.expect("trim");
+        expect[(off + 64 * 1024) as usize..][..8192].fill(0);
+        assert_eq!(read(&v, 0, 4 * MIB).await, expect);
+        assert_eq!(v.logged_summary(&[0, 1]).blocks, 61);
+        let status = v.block_status(off, 256 * 1024).await.expect("status");
+        assert_eq!(
+            status.iter().filter(|e| e.hole).map(|e| e.len).sum::<u64>(),
+            8192
+        );
+
+        // Settling moves what is left into the chunk files, which keep it.
+        let moved = v.settle(&[0, 1], 1).await.expect("settle");
+        assert_eq!(moved, 61 * BLOCK_SIZE);
+        assert_eq!(v.logged_summary(&[0, 1]), LoggedSummary::default());
+        assert_eq!(read(&v, 0, 4 * MIB).await, expect);
+        v.flush().await.expect("flush");
+        drop(v);
+        let v = volume(&data_dir);
+        assert_eq!(read(&v, 0, 4 * MIB).await, expect, "after reopening");
+    }
+
+    #[tokio::test]
+    async fn settling_leaves_newer_data_and_a_bad_log_copy_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Arc::new(Wal::open(&dir.path().join("wal"), Default::default()).expect("wal"));
+        let data_dir = dir.path().join("v");
+        std::fs::create_dir_all(&data_dir).expect("mkdir");
+        let v = volume(&data_dir);
+        let old = pattern(2, 128 * 1024);
+        let new = pattern(3, 128 * 1024);
+        log_entry(&wal, 9, 1, &old);
+        log_entry(&wal, 9, 2, &new);
+        assert!(v
+            .write_logged(&wal, 0, &old, at(1, &old))
+            .await
+            .expect("logged"));
+        assert!(v
+            .write_logged(&wal, 64 * 1024, &new, at(2, &new))
+            .await
+            .expect("logged"));
+        // Only entry 1's blocks settle; entry 2's stay in the log.
+        assert_eq!(v.settle(&[0], 1).await.expect("settle"), 64 * 1024);
+        assert_eq!(
+            v.logged_summary(&[0]),
+            LoggedSummary {
+                blocks: 32,
+                lowest_index: Some(2)
+            }
+        );
+        let mut expect = old.to_vec();
+        expect.resize(192 * 1024, 0);
+        expect[64 * 1024..].copy_from_slice(&new);
+        assert_eq!(read(&v, 0, 192 * 1024).await, expect);
+
+        // Not block-aligned, or not in the log as said: refused, unchanged.
+        assert!(!v
+            .write_logged(&wal, 512, &old, at(1, &old))
+            .await
+            .expect("unaligned"));
+        let too_far = LogRef {
+            from_end: 1 << 30,
+            ..at(1, &old)
+        };
+        assert!(!v
+            .write_logged(&wal, 0, &old, too_far)
+            .await
+            .expect("beyond"));
+        assert!(!v
+            .write_logged(&wal, 0, &old, at(7, &old))
+            .await
+            .expect("no entry"));
+
+        // A record whose log bytes are not the data it claims reads as a
+        // checksum error, not as wrong data.
+        assert!(v
+            .write_logged(&wal, MIB, &new, at(1, &old))
+            .await
+            .expect("logged"));
+        let err = v.read(MIB, 4096).await.expect_err("bad copy");
+        assert!(err.is_checksum(), "{err}");
+        assert!(v.settle(&[1], 1).await.is_err());
+        assert_eq!(
+            v.scrub_chunk(1).await.expect("scrub"),
+            (0..32).map(|b| MIB + b * BLOCK_SIZE).collect::<Vec<_>>()
+        );
+        // A good copy from elsewhere repairs it into the chunk file.
+        assert!(v
+            .repair_block(MIB, new.slice(..4096))
+            .await
+            .expect("repair"));
+        assert_eq!(read(&v, MIB, 4096).await, &new[..4096]);
+    }
+}

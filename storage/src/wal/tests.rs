@@ -608,3 +608,56 @@ fn an_entry_in_two_pieces_is_cached_as_given_and_read_back_joined() -> Result<()
     assert_eq!(joined, want);
     Ok(())
 }
+
+#[test]
+fn live_bytes_and_tail_reads_follow_appends_truncation_and_compaction() -> Result<(), WalError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let two = |h: &'static str, body: &str| EntryBytes {
+        head: Bytes::from_static(h.as_bytes()),
+        body: b(body),
+    };
+    {
+        let wal = Wal::open(dir.path(), small())?;
+        let mut batch = WalBatch::new();
+        batch.append(
+            1,
+            (1..=4).map(|i| (i, 1, two("hd", &format!("payload-{i}")))),
+        );
+        batch.append(2, [(1, 1, b("zz"))]);
+        wal.write(batch, true)?;
+        assert_eq!(wal.live_bytes(), 4 * 11 + 2);
+        // Entries 3 and 4 replaced by a longer 3.
+        let mut batch = WalBatch::new();
+        batch.append(1, [(3, 2, two("hd", "replaced-3"))]);
+        wal.write(batch, true)?;
+        assert_eq!(wal.live_bytes(), 2 * 11 + 12 + 2);
+        let mut batch = WalBatch::new();
+        batch.compact(1, 2);
+        wal.write(batch, true)?;
+        assert_eq!(wal.live_bytes(), 11 + 12 + 2);
+        assert_eq!(wal.entry_len(1, 3), Some(12));
+        assert_eq!(wal.entry_len(1, 1), None);
+        // The tail of entry 3, cached and then from disk.
+        assert_eq!(wal.read_tail(1, 3, 10, 8)?, b("replaced"));
+        wal.evict_cache(1, 4);
+        assert_eq!(wal.read_tail(1, 3, 10, 8)?, b("replaced"));
+        assert_eq!(wal.read_tail(1, 2, 9, 9)?, b("payload-2"));
+        assert!(matches!(
+            wal.read_tail(1, 1, 2, 2),
+            Err(WalError::Missing { .. })
+        ));
+        assert!(matches!(
+            wal.read_tail(1, 3, 13, 2),
+            Err(WalError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            wal.read_tail(1, 3, 2, 3),
+            Err(WalError::Corrupt { .. })
+        ));
+    }
+    // Replayed from disk, the same.
+    let wal = Wal::open(dir.path(), small())?;
+    assert_eq!(wal.live_bytes(), 11 + 12 + 2);
+    assert_eq!(wal.read_tail(1, 3, 10, 8)?, b("replaced"));
+    Ok(())
+}
