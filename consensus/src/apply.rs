@@ -44,23 +44,28 @@ const LOGGED_WRITE_MIN: usize = 128 << 10;
 
 /// When a shard's logged blocks move into their chunk files. Until then the
 /// log keeps every entry since the oldest of them (on disk, not in memory).
-struct Settling {
-    /// Over this much log on the node, shards settle their older blocks.
-    node_log_budget: u64,
+#[derive(Debug, Clone)]
+pub struct Settling {
+    /// Over this much log on the node, shards settle their older blocks...
+    pub node_log_budget: u64,
     /// ... keeping the blocks of their newest this many bytes of log.
-    keep_under_pressure: u64,
+    pub keep_under_pressure: u64,
     /// Blocks logged longer ago than this settle (restarts replay less).
-    max_age: Duration,
+    pub max_age: Duration,
     /// A shard with nothing applied for this long settles everything.
-    idle: Duration,
+    pub idle: Duration,
 }
 
-const SETTLING: Settling = Settling {
-    node_log_budget: 2 << 30,
-    keep_under_pressure: 64 << 20,
-    max_age: Duration::from_secs(30),
-    idle: Duration::from_secs(5),
-};
+impl Default for Settling {
+    fn default() -> Self {
+        Settling {
+            node_log_budget: 2 << 30,
+            keep_under_pressure: 64 << 20,
+            max_age: Duration::from_secs(30),
+            idle: Duration::from_secs(5),
+        }
+    }
+}
 
 /// What the driver sends a shard's apply task, in log order.
 pub enum ApplyMsg {
@@ -126,6 +131,7 @@ struct ShardState {
     cut: Option<OpenCut>,
     /// The node's log, which holds the shard's logged blocks.
     wal: Arc<Wal>,
+    settling: Settling,
     /// When the first block logged since everything last settled was.
     logged_since: Option<Instant>,
     /// When entries were last applied.
@@ -137,7 +143,7 @@ impl ShardState {
     /// sync, if any should (see [`Settling`]).
     fn settle_upto(&self, group: u64, applied: u64) -> Option<u64> {
         let since = self.logged_since?;
-        let s = &SETTLING;
+        let s = &self.settling;
         if since.elapsed() >= s.max_age || self.last_applied_at.elapsed() >= s.idle {
             return Some(applied);
         }
@@ -157,31 +163,31 @@ pub fn spawn(
     applied: u64,
     driver: DriverHandle,
     wal: Arc<Wal>,
+    settling: Settling,
 ) -> mpsc::UnboundedSender<ApplyMsg> {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(group, volume, chunks, applied, driver, wal, rx));
+    let state = ShardState {
+        fence: Fence::load(group, &volume),
+        chunks,
+        cut: None,
+        wal,
+        settling,
+        logged_since: None,
+        last_applied_at: Instant::now(),
+    };
+    tokio::spawn(run(group, volume, state, applied, driver, rx));
     tx
 }
 
 async fn run(
     group: u64,
     volume: Arc<LocalVolume>,
-    chunks: Vec<u64>,
+    mut state: ShardState,
     mut applied: u64,
     driver: DriverHandle,
-    wal: Arc<Wal>,
     mut rx: mpsc::UnboundedReceiver<ApplyMsg>,
 ) {
-    let fence = Fence::load(group, &volume);
-    driver.fenced(group, fence.history.fences.clone());
-    let mut state = ShardState {
-        fence,
-        chunks,
-        cut: None,
-        wal,
-        logged_since: None,
-        last_applied_at: Instant::now(),
-    };
+    driver.fenced(group, state.fence.history.fences.clone());
     let mut durable = 0u64;
     let mut unsynced = 0u64;
     let mut last_sync = Instant::now();

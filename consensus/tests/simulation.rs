@@ -63,6 +63,8 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
                         t.no_retention += s.no_retention;
                         t.messages += s.messages;
                         t.lost += s.lost;
+                        t.logged += s.logged;
+                        t.settled += s.settled;
                     }
                     Err(e) => failures
                         .lock()
@@ -77,7 +79,7 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
     }
     let t = totals.lock().unwrap_or_else(|p| p.into_inner()).clone();
     println!(
-        "simulated {} seeds ({} without log retention): {} writes acknowledged, {} unknown, {} reads checked, {} crashes, {} partitions, {} leadership transfers asked, {} catch-up copies, {} messages ({} lost)",
+        "simulated {} seeds ({} without log retention): {} writes acknowledged, {} unknown, {} reads checked, {} crashes, {} partitions, {} leadership transfers asked, {} catch-up copies, {} messages ({} lost), {} bytes of large writes left in the log by the final replicas ({} settled later)",
         seeds.len(),
         t.no_retention,
         t.acked,
@@ -88,7 +90,9 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
         t.transfers,
         sim::node::COPIES.load(Ordering::Relaxed),
         t.messages,
-        t.lost
+        t.lost,
+        t.logged,
+        t.settled
     );
     let failures = failures.lock().unwrap_or_else(|p| p.into_inner());
     assert!(
@@ -98,4 +102,6 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
         seeds.len(),
         failures.join("\n")
     );
+    // Large blocks are written whole: the logged path must have been taken.
+    assert!(t.logged > 0, "no write was left in the log");
 }

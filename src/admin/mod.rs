@@ -283,6 +283,26 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
             (v.meta().name.as_str(), n)
         }),
     );
+    per_volume(
+        &mut out,
+        "raftblock_logged_write_bytes_total",
+        "counter",
+        "Bytes of large writes this node applied by leaving them in its Raft log (written to disk once).",
+        open.iter().map(|v| {
+            let n = v.stats().logged_bytes.load(Ordering::Relaxed);
+            (v.meta().name.as_str(), n)
+        }),
+    );
+    per_volume(
+        &mut out,
+        "raftblock_settled_bytes_total",
+        "counter",
+        "Bytes of logged blocks later moved from the Raft log into their chunk files (a second write).",
+        open.iter().map(|v| {
+            let n = v.stats().settled_bytes.load(Ordering::Relaxed);
+            (v.meta().name.as_str(), n)
+        }),
+    );
     s.metrics.render(&mut out);
     if let Some(p) = &s.plugin {
         p.render(&mut out);

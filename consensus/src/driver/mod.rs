@@ -316,6 +316,8 @@ pub struct DriverConfig {
     /// Where the log is written: a thread of its own, or (simulation) the
     /// driver's thread when told to.
     pub log_writer: LogWriterMode,
+    /// When blocks of large writes left in the log move to their chunks.
+    pub settling: crate::apply::Settling,
 }
 
 impl DriverConfig {
@@ -336,6 +338,7 @@ impl DriverConfig {
             fixed_election_timeout: false,
             handback_quiet: Duration::from_secs(20),
             log_writer: LogWriterMode::Thread,
+            settling: crate::apply::Settling::default(),
         }
     }
 

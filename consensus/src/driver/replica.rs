@@ -287,6 +287,7 @@ impl Driver {
                 storage.applied(),
                 self.handle.clone(),
                 self.wal.clone(),
+                self.cfg.settling.clone(),
             );
             self.insert_replica(group, storage, Some(tx), nodes[0])?;
             if let Some(r) = self.replicas.get_mut(&group) {

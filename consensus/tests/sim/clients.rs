@@ -10,7 +10,7 @@ use raftblock_consensus::command::ShardCommand;
 use raftblock_consensus::driver::DriverMsg;
 use raftblock_consensus::meta::shard_group;
 
-use super::oracle::{self, BLOCK};
+use super::oracle;
 use super::{read_block, Op, Sim, BLOCKS_PER_CHUNK, CHUNK, SIZE, VOLUME};
 
 impl Sim {
@@ -19,7 +19,9 @@ impl Sim {
             return;
         }
         let chunk = self.rng.gen_range(0..SIZE / CHUNK);
-        let offset = chunk * CHUNK + self.rng.gen_range(0..BLOCKS_PER_CHUNK) * BLOCK as u64;
+        let base = chunk * CHUNK;
+        let offset =
+            base + self.rng.gen_range(0..BLOCKS_PER_CHUNK) * oracle::block_len(base) as u64;
         let group = shard_group(self.volume_id, (chunk % 2) as u32);
         let Some(node) = self.guess_leader(group) else {
             return;

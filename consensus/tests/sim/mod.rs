@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+use raftblock_consensus::apply::Settling;
 use raftblock_consensus::command::ShardCommand;
 use raftblock_consensus::driver::DriverMsg;
 use raftblock_consensus::meta::shard_group;
@@ -65,6 +66,10 @@ pub struct SimStats {
     pub no_retention: u64,
     pub messages: u64,
     pub lost: u64,
+    /// Bytes the final replicas applied by leaving them in the log.
+    pub logged: u64,
+    /// ... and later moved into their chunk files.
+    pub settled: u64,
 }
 
 enum Op {
@@ -100,10 +105,11 @@ struct Sim {
 }
 
 fn read_block(v: &LocalVolume, offset: u64) -> Vec<u8> {
-    let segs = poll_once(v.read(offset, BLOCK as u64))
+    let len = oracle::block_len(offset);
+    let segs = poll_once(v.read(offset, len as u64))
         .and_then(|r| r.ok())
         .unwrap_or_default();
-    let mut out = Vec::with_capacity(BLOCK);
+    let mut out = Vec::with_capacity(len);
     for s in segs {
         match s {
             ReadSegment::Data(d) => out.extend_from_slice(&d),
@@ -313,6 +319,9 @@ impl Sim {
 pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let snapshots = rng.gen_bool(0.5);
+    // Half the seeds settle logged blocks within moments, so settling,
+    // and crashes around it, happen while clients write.
+    let quick_settling = rng.gen_bool(0.5);
     let clock = Arc::new(ManualClock::default());
     let net = SimNet::new(seed);
     let nodes = (1..=NODES)
@@ -330,6 +339,14 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
             cfg.log_writer = LogWriterMode::Deferred;
             if snapshots {
                 cfg.log_keep = Duration::ZERO;
+            }
+            if quick_settling {
+                cfg.settling = Settling {
+                    node_log_budget: 4 << 20,
+                    keep_under_pressure: 1 << 20,
+                    max_age: Duration::from_millis(300),
+                    idle: Duration::from_millis(100),
+                };
             }
             SimNode::new(id, dir.join(format!("node{id}")), cfg)
         })
@@ -457,6 +474,22 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
     sim.stats.reads = sim.oracle.reads;
     sim.stats.messages = messages;
     sim.stats.lost = lost;
+    sim.stats.settled = vols
+        .iter()
+        .map(|v| {
+            v.stats()
+                .settled_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    sim.stats.logged = vols
+        .iter()
+        .map(|v| {
+            v.stats()
+                .logged_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
     let _ = sim.oracle.offsets();
     Ok(sim.stats)
 }

@@ -11,13 +11,27 @@
 use std::collections::BTreeMap;
 
 pub const BLOCK: usize = 4096;
+/// Blocks from this volume offset on are 128 KiB, written whole: large
+/// writes, which replicas leave in the log when they apply them.
+pub const LARGE_FROM: u64 = 2 << 20;
+const LARGE: usize = 128 << 10;
 
-/// The 4 KiB a block holds at `version` (0: never written, zeros).
-pub fn encode(offset: u64, version: u64) -> Vec<u8> {
-    if version == 0 {
-        return vec![0; BLOCK];
+/// The length of the block at `offset`.
+pub fn block_len(offset: u64) -> usize {
+    if offset >= LARGE_FROM {
+        LARGE
+    } else {
+        BLOCK
     }
-    let mut b = vec![(version.wrapping_mul(31) ^ offset) as u8; BLOCK];
+}
+
+/// The bytes a block holds at `version` (0: never written, zeros).
+pub fn encode(offset: u64, version: u64) -> Vec<u8> {
+    let len = block_len(offset);
+    if version == 0 {
+        return vec![0; len];
+    }
+    let mut b = vec![(version.wrapping_mul(31) ^ offset) as u8; len];
     b[..8].copy_from_slice(&version.to_le_bytes());
     b[8..16].copy_from_slice(&offset.to_le_bytes());
     b

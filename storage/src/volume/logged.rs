@@ -6,6 +6,7 @@
 //! the log entry it names, or the chunk file with its checksum slot.
 
 use bytes::Bytes;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::LocalVolume;
@@ -62,6 +63,7 @@ impl LocalVolume {
             c.logged
                 .insert(p.off / BLOCK_SIZE, at.advance(p.at / BLOCK_SIZE), &crcs);
         }
+        self.stats.logged_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -120,6 +122,9 @@ impl LocalVolume {
                     };
                     self.put_blocks(&c, s * BLOCK_SIZE, data).await?;
                     moved += (e - s) * BLOCK_SIZE;
+                    self.stats
+                        .settled_bytes
+                        .fetch_add((e - s) * BLOCK_SIZE, Ordering::Relaxed);
                 }
             }
         }

@@ -27,6 +27,10 @@ pub struct VolumeStats {
     pub checksum_errors: AtomicU64,
     /// Device I/O errors.
     pub io_errors: AtomicU64,
+    /// Bytes of writes applied by leaving them in the Raft log.
+    pub logged_bytes: AtomicU64,
+    /// Bytes of logged blocks moved into their chunk files since.
+    pub settled_bytes: AtomicU64,
 }
 
 /// A volume whose chunks live in one directory on this node.
