@@ -38,7 +38,7 @@ impl LocalVolume {
         at: LogRef,
     ) -> Result<bool> {
         let len = data.len() as u64;
-        if len == 0 || offset % BLOCK_SIZE != 0 || len % BLOCK_SIZE != 0 {
+        if len == 0 || !offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE) {
             return Ok(false);
         }
         self.check_range(offset, len)?;

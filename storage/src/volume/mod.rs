@@ -177,7 +177,7 @@ impl LocalVolume {
             b = end;
         }
         for (blk, _) in c.logged.range(0, blocks) {
-            if !matches!(self.read_run(&c, blk, blk + 1, false).await, Ok(_)) {
+            if self.read_run(&c, blk, blk + 1, false).await.is_err() {
                 bad.push(blk);
             }
         }
