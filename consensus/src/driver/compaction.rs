@@ -81,10 +81,9 @@ impl Driver {
                 r.log_marks.pop_front();
             }
         }
-        // Walks the whole log index: every 10 s is often enough for a budget.
-        if self.ticks.is_multiple_of(100) {
-            self.retained_bytes = self.wal.live_bytes();
-        }
+        // Kept per group by the log: cheap enough to read every second,
+        // and a stale zero would keep logs by age over the budget.
+        self.retained_bytes = self.wal.live_bytes();
         // Entries that aged out of a quiet shard's log go without waiting
         // for its next write: the awake groups every 5 s, all every minute.
         if !self.ticks.is_multiple_of(50) {
