@@ -1,16 +1,18 @@
-//! The transmission phase: one reader parses requests and spawns each as its
-//! own task (so requests run concurrently and finish out of order), and one
-//! writer sends replies, batching whatever is ready into one socket write.
+//! The transmission phase: the connection's task parses requests and runs
+//! them concurrently itself (no task per request: they finish out of order
+//! in one `FuturesUnordered`), and one writer task sends replies, batching
+//! whatever is ready into one socket write.
 //! Bad requests get the errno the protocol asks for and the connection goes
 //! on; garbage (bad magic, an oversized or truncated payload) ends this
 //! connection only.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use raftblock_storage::gather::{write_all_vectored, MAX_IOVECS};
 use raftblock_storage::{zeros, ReadSegment, StorageError, VolumeIo, ZeroMode, ZERO_RUN};
@@ -46,74 +48,89 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    let rd = BufReader::with_capacity(256 << 10, rd);
     let (tx, rx) = mpsc::channel::<Vec<Bytes>>(MAX_INFLIGHT);
     let writer = tokio::spawn(write_replies(wr, rx));
-    let conn = Arc::new(Conn {
+    let conn = Conn {
         counters: metrics.volume(n.export.volume.name()),
         volume: n.export.volume.clone(),
         structured: n.structured,
         allocation_context: n.allocation_context,
-    });
+    };
     let _guard = n.export.guard;
-    let limit = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let mut inflight = FuturesUnordered::new();
+    let mut reading = Box::pin(read_request(rd));
     let result: io::Result<()> = loop {
-        let mut hdr = [0u8; 28];
         tokio::select! {
-            r = rd.read_exact(&mut hdr) => match r {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
-                Err(e) => break Err(e),
-            },
-            _ = shutdown.changed() => break Ok(()),
-        }
-        let Some(req) = Request::parse(&hdr) else {
-            break Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad request magic",
-            ));
-        };
-        let payload = if req.kind == CMD_WRITE {
-            if req.length > MAX_PAYLOAD {
-                break Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("write payload of {} bytes exceeds 32 MiB", req.length),
-                ));
-            }
-            match read_payload(&mut rd, req.length as usize).await {
-                Ok(buf) => buf,
-                Err(e) => {
-                    break Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "write payload cut short ({} bytes announced): {e}",
-                            req.length
-                        ),
-                    ))
+            // Replies first, so a busy client cannot starve them.
+            biased;
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                if tx.send(reply).await.is_err() {
+                    break Ok(()); // the writer failed: the socket is gone
                 }
             }
-        } else {
-            Bytes::new()
-        };
-        if req.kind == CMD_DISC {
-            break Ok(());
+            (rd, next) = &mut reading, if inflight.len() < MAX_INFLIGHT => {
+                match next {
+                    Ok(Some((req, _))) if req.kind == CMD_DISC => break Ok(()),
+                    Ok(Some((req, payload))) => {
+                        inflight.push(conn.execute(req, payload));
+                        reading.set(read_request(rd));
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+            _ = shutdown.changed() => break Ok(()),
         }
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break Ok(());
-        };
-        let conn = conn.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let reply = conn.execute(req, payload).await;
-            let _ = tx.send(reply).await;
-            drop(permit);
-        });
     };
-    // Let in-flight requests finish: the writer ends once every task's
-    // sender is gone.
+    // In-flight requests still get their replies; the writer ends once
+    // the sender is gone.
+    drop(reading);
+    while let Some(reply) = inflight.next().await {
+        let _ = tx.send(reply).await;
+    }
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Reads the next request and its payload; `None` at a clean end of the
+/// stream. Takes the reader and hands it back, so the connection task can
+/// keep this future across the requests it runs meanwhile.
+async fn read_request<R: AsyncRead + Unpin>(
+    mut rd: R,
+) -> (R, io::Result<Option<(Request, Bytes)>>) {
+    let mut hdr = [0u8; 28];
+    match rd.read_exact(&mut hdr).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return (rd, Ok(None)),
+        Err(e) => return (rd, Err(e)),
+    }
+    let Some(req) = Request::parse(&hdr) else {
+        let e = io::Error::new(io::ErrorKind::InvalidData, "bad request magic");
+        return (rd, Err(e));
+    };
+    if req.kind != CMD_WRITE {
+        return (rd, Ok(Some((req, Bytes::new()))));
+    }
+    if req.length > MAX_PAYLOAD {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("write payload of {} bytes exceeds 32 MiB", req.length),
+        );
+        return (rd, Err(e));
+    }
+    let r = read_payload(&mut rd, req.length as usize).await;
+    let r = r.map(|payload| Some((req, payload))).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "write payload cut short ({} bytes announced): {e}",
+                req.length
+            ),
+        )
+    });
+    (rd, r)
 }
 
 /// Reads exactly `len` payload bytes into a fresh buffer without zeroing it
