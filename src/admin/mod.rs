@@ -295,6 +295,13 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     );
     per_volume(
         &mut out,
+        "raftblock_logged_bytes",
+        "gauge",
+        "Bytes of blocks whose newest data is only in this node's Raft log (not settled into chunk files yet).",
+        open.iter().map(|v| (v.meta().name.as_str(), v.logged_bytes_now())),
+    );
+    per_volume(
+        &mut out,
         "raftblock_settled_bytes_total",
         "counter",
         "Bytes of logged blocks later moved from the Raft log into their chunk files (a second write).",

@@ -240,8 +240,33 @@ impl TestCluster {
             .collect()
     }
 
-    /// Node `x`'s and node `y`'s chunk files and checksum tables are identical.
+    /// Waits until no block on node `x` is only in its Raft log (large
+    /// writes settle into the chunk files after 5 s of quiet).
+    pub fn wait_settled(&self, x: u64, within: Duration) {
+        let d = &self.nodes[(x - 1) as usize];
+        let deadline = Instant::now() + within;
+        loop {
+            let metrics = d.metrics();
+            let logged: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("raftblock_logged_bytes{") && !l.ends_with(" 0"))
+                .collect();
+            if logged.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {x} still holds data only in its log after {within:?}: {logged:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Node `x`'s and node `y`'s chunk files and checksum tables are
+    /// identical, once what they hold only in their logs has settled.
     pub fn assert_same_chunks(&self, x: u64, y: u64) {
+        self.wait_settled(x, Duration::from_secs(60));
+        self.wait_settled(y, Duration::from_secs(60));
         let diff = self.chunk_differences(x, y);
         assert!(diff.is_empty(), "{}", diff.join("\n"));
     }

@@ -255,9 +255,12 @@ fn a_follower_that_was_down_catches_up_by_snapshot_to_identical_chunks() {
             .arg(c.node(1).uri("cu"))
             .arg("--flush"),
     );
-    // Let the leaders make their applied data durable and drop the log the
-    // dead node would need, so it has to be caught up by snapshot.
-    std::thread::sleep(Duration::from_secs(5));
+    // Let the leaders settle the large writes into their chunk files, make
+    // their applied data durable and drop the log the dead node would
+    // need, so it has to be caught up by snapshot.
+    c.wait_settled(1, Duration::from_secs(60));
+    c.wait_settled(2, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
     c.node(3).restart();
     c.wait_converged("cu", Duration::from_secs(120));
     let log = c.node(3).log_text();

@@ -67,6 +67,12 @@ impl LocalVolume {
         Ok(true)
     }
 
+    /// Bytes of the volume's blocks whose newest data is only in the log.
+    pub fn logged_bytes_now(&self) -> u64 {
+        let open = super::lock(&self.chunks);
+        open.values().map(|c| c.logged.len() as u64).sum::<u64>() * BLOCK_SIZE
+    }
+
     /// The logged blocks of chunks `chunks` (open ones; others have none).
     pub fn logged_summary(&self, chunks: &[u64]) -> LoggedSummary {
         let open = super::lock(&self.chunks);

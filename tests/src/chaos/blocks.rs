@@ -9,14 +9,25 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The block size the writers use.
+/// The size of the even-numbered blocks.
 pub const BLOCK: usize = 4096;
+/// The size of the odd-numbered ones: large writes, which replicas leave
+/// in their Raft logs when they apply them.
+pub const LARGE_BLOCK: usize = 128 << 10;
 const MAGIC: &[u8; 8] = b"RBCHAOS1";
-/// Where the checksum (FNV-1a 64 of everything before it) sits in a block.
-const SUM_AT: usize = BLOCK - 8;
+
+/// The length of block `b`.
+pub fn block_len(b: u64) -> usize {
+    if b % 2 == 1 {
+        LARGE_BLOCK
+    } else {
+        BLOCK
+    }
+}
 
 /// What the writers write where: one volume, `writers` threads each owning
-/// `blocks_per_writer` 4 KiB blocks spread over the whole volume.
+/// `blocks_per_writer` blocks (4 KiB and 128 KiB in turn) spread over the
+/// whole volume.
 #[derive(Clone, Debug)]
 pub struct Workload {
     /// Goes into every block (and seeds the writers' choices).
@@ -31,7 +42,7 @@ pub struct Workload {
     pub shards: u32,
     /// Writer threads; writer `w` starts on node `w % nodes + 1`.
     pub writers: usize,
-    /// 4 KiB blocks each writer owns.
+    /// Blocks each writer owns.
     pub blocks_per_writer: u64,
     /// An I/O error from a healthy node up to this long after a fault
     /// ended is blamed on the fault ([`super::Blame::Grace`]).
@@ -48,6 +59,10 @@ impl Workload {
     /// writer's blocks fall into every chunk and shard.
     pub fn block_offset(&self, b: u64) -> u64 {
         let stride = (self.volume_size / BLOCK as u64) / self.total_blocks();
+        assert!(
+            stride * BLOCK as u64 >= LARGE_BLOCK as u64,
+            "blocks would overlap"
+        );
         b * stride * BLOCK as u64
     }
 
@@ -104,10 +119,13 @@ fn le64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// The 4 KiB a stamp stands for: header, filler derived from the stamp (so
-/// a torn or shifted block cannot pass as another version), checksum.
+/// The bytes a stamp stands for: header, filler derived from the stamp (so
+/// a torn or shifted block cannot pass as another version), checksum (the
+/// FNV-1a 64 of everything before it, in the last 8 bytes).
 pub fn encode(s: Stamp) -> Vec<u8> {
-    let mut b = vec![0u8; BLOCK];
+    let len = block_len(s.block);
+    let sum_at = len - 8;
+    let mut b = vec![0u8; len];
     b[0..8].copy_from_slice(MAGIC);
     b[8..16].copy_from_slice(&s.seed.to_le_bytes());
     b[16..20].copy_from_slice(&s.writer.to_le_bytes());
@@ -117,12 +135,12 @@ pub fn encode(s: Stamp) -> Vec<u8> {
         ^ s.block.rotate_left(17)
         ^ s.version.rotate_left(41)
         ^ u64::from(s.writer).rotate_left(7);
-    for chunk in b[36..SUM_AT].chunks_mut(8) {
+    for chunk in b[36..sum_at].chunks_mut(8) {
         let v = splitmix(&mut x).to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
-    let sum = fnv1a(&b[..SUM_AT]);
-    b[SUM_AT..].copy_from_slice(&sum.to_le_bytes());
+    let sum = fnv1a(&b[..sum_at]);
+    b[sum_at..].copy_from_slice(&sum.to_le_bytes());
     b
 }
 
@@ -150,9 +168,11 @@ impl fmt::Display for Seen {
 /// Decodes what was read from `want`'s block (its version is ignored).
 /// Never panics: `data` comes off the network.
 pub fn decode(data: &[u8], want: Stamp) -> Seen {
-    if data.len() != BLOCK {
-        return Seen::Garbage(format!("{} bytes instead of {BLOCK}", data.len()));
+    let len = block_len(want.block);
+    if data.len() != len {
+        return Seen::Garbage(format!("{} bytes instead of {len}", data.len()));
     }
+    let sum_at = len - 8;
     if data.iter().all(|b| *b == 0) {
         return Seen::Zero;
     }
@@ -165,7 +185,7 @@ pub fn decode(data: &[u8], want: Stamp) -> Seen {
         block: le64(&data[20..28]),
         version: le64(&data[28..36]),
     };
-    if fnv1a(&data[..SUM_AT]) != le64(&data[SUM_AT..]) {
+    if fnv1a(&data[..sum_at]) != le64(&data[sum_at..]) {
         return Seen::Garbage(format!(
             "checksum mismatch; header says seed {} writer {} block {} version {}",
             got.seed, got.writer, got.block, got.version
@@ -203,7 +223,14 @@ mod tests {
     fn blocks_decode_to_their_version_and_damage_is_garbage() {
         let b = encode(stamp(9));
         assert_eq!(decode(&b, stamp(0)), Seen::Version(9));
-        assert_eq!(decode(&vec![0u8; BLOCK], stamp(0)), Seen::Zero);
+        assert_eq!(decode(&vec![0u8; block_len(7)], stamp(0)), Seen::Zero);
+        assert_eq!(block_len(7), LARGE_BLOCK);
+        let small = Stamp {
+            block: 8,
+            ..stamp(3)
+        };
+        assert_eq!(encode(small).len(), BLOCK);
+        assert_eq!(decode(&encode(small), small), Seen::Version(3));
         let mut torn = b.clone();
         torn[2048..].copy_from_slice(&encode(stamp(10))[2048..]);
         assert!(matches!(decode(&torn, stamp(0)), Seen::Garbage(_)));

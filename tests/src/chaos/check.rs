@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::blocks::{decode, Seen, Stamp, Workload, BLOCK};
+use super::blocks::{block_len, decode, Seen, Stamp, Workload};
 use super::oracle::{BlockLog, Oracle, WriteEnd, WriteRecord};
 use super::report::log_excerpt;
 use crate::cluster::TestCluster;
@@ -53,7 +53,7 @@ impl Oracle {
                     version: 0,
                 };
                 let offset = workload.block_offset(b);
-                let s = match read_block(&mut conn, d.nbd, &workload.volume, offset) {
+                let s = match read_block(&mut conn, d.nbd, &workload.volume, offset, block_len(b)) {
                     Ok(data) => decode(&data, want),
                     Err(e) => Seen::Garbage(format!("read through node {} failed: {e}", i + 1)),
                 };
@@ -141,13 +141,14 @@ impl Oracle {
     }
 }
 
-/// Reads the block at `offset` through the NBD server at `addr`,
-/// reconnecting once if the connection is gone.
+/// Reads the `len` bytes of the block at `offset` through the NBD server
+/// at `addr`, reconnecting once if the connection is gone.
 fn read_block(
     conn: &mut Option<RawNbd>,
     addr: SocketAddr,
     volume: &str,
     offset: u64,
+    len: usize,
 ) -> Result<Vec<u8>, String> {
     for _ in 0..2 {
         if conn.is_none() {
@@ -157,7 +158,7 @@ fn read_block(
             );
         }
         let Some(c) = conn.as_mut() else { continue };
-        match c.read(offset, BLOCK as u32) {
+        match c.read(offset, len as u32) {
             Ok(Ok(data)) => return Ok(data),
             Ok(Err(errno)) => return Err(format!("read error reply errno {errno}")),
             Err(e) => {
