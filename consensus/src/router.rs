@@ -25,6 +25,14 @@ use crate::rpc::{self, RouteError};
 /// Largest write payload in one log entry.
 pub const MAX_ENTRY_DATA: u64 = 1 << 20;
 
+static FOLLOWER_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Reads this process served from a replica it follows (a ReadIndex to the
+/// leader, the data from the local chunk files).
+pub fn follower_reads() -> u64 {
+    FOLLOWER_READS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A volume of the cluster, reached through its shard leaders.
 pub struct ClusterVolume {
     cluster: Arc<Cluster>,
@@ -129,8 +137,30 @@ impl ClusterVolume {
         leases.holds(group, Instant::now()).then_some(segs)
     }
 
+    /// Reads a piece from the local chunk files of a replica of its shard
+    /// that this node holds but does not lead: a ReadIndex (forwarded to
+    /// the leader by Raft, only a small message crosses nodes), then the
+    /// read once this replica's apply task has applied that index. `None`:
+    /// no local replica, no leader known, or a block failed its check (the
+    /// leader's path repairs it).
+    async fn read_following(&self, p: Piece) -> Option<Vec<ReadSegment>> {
+        let shard = self.layout.shard_of_offset(p.offset).index;
+        let me = self.cluster.node();
+        if !self.rec.shards.get(shard as usize)?.contains(&me) {
+            return None;
+        }
+        let group = self.group_of(p.offset);
+        self.cluster.driver().read_barrier(group).await.ok()?;
+        let segs = self.local_volume()?.read(p.offset, p.len).await.ok()?;
+        FOLLOWER_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(segs)
+    }
+
     async fn read_piece(&self, p: Piece) -> Result<Vec<ReadSegment>> {
         if let Some(segs) = self.read_leased(p).await {
+            return Ok(segs);
+        }
+        if let Some(segs) = self.read_following(p).await {
             return Ok(segs);
         }
         let op = ShardOp::Read {

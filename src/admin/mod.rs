@@ -317,6 +317,17 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     if s.cluster.is_some() {
         metric_header(
             &mut out,
+            "raftblock_follower_reads_total",
+            "counter",
+            "Reads served from a local replica this node does not lead (a ReadIndex to the leader, the data read here).",
+        );
+        let _ = writeln!(
+            out,
+            "raftblock_follower_reads_total {}",
+            raftblock_consensus::router::follower_reads()
+        );
+        metric_header(
+            &mut out,
             "raftblock_fenced_writes_total",
             "counter",
             "Writes this node's shard replicas refused because their attach epoch was fenced off.",

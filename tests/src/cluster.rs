@@ -219,8 +219,14 @@ impl TestCluster {
     /// Where node `x`'s chunk files and checksum tables differ from node
     /// `y`'s, one line each (empty when they are identical). Only
     /// meaningful once every replica has applied everything
-    /// ([`TestCluster::wait_converged`]).
+    /// ([`TestCluster::wait_converged`]); waits for both nodes' large
+    /// writes to settle from their logs into the chunk files first.
     pub fn chunk_differences(&self, x: u64, y: u64) -> Vec<String> {
+        for n in [x, y] {
+            if let Err(e) = self.settled_within(n, Duration::from_secs(120)) {
+                return vec![e];
+            }
+        }
         let a = self.nodes[(x - 1) as usize].data_dir();
         let b = self.nodes[(y - 1) as usize].data_dir();
         let (fa, fb) = (chunk_files(a), chunk_files(b));
@@ -243,6 +249,12 @@ impl TestCluster {
     /// Waits until no block on node `x` is only in its Raft log (large
     /// writes settle into the chunk files after 5 s of quiet).
     pub fn wait_settled(&self, x: u64, within: Duration) {
+        if let Err(e) = self.settled_within(x, within) {
+            panic!("{e}");
+        }
+    }
+
+    fn settled_within(&self, x: u64, within: Duration) -> Result<(), String> {
         let d = &self.nodes[(x - 1) as usize];
         let deadline = Instant::now() + within;
         loop {
@@ -252,12 +264,13 @@ impl TestCluster {
                 .filter(|l| l.starts_with("raftblock_logged_bytes{") && !l.ends_with(" 0"))
                 .collect();
             if logged.is_empty() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {x} still holds data only in its log after {within:?}: {logged:?}"
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "node {x} still holds data only in its log after {within:?}: {logged:?}"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -265,8 +278,6 @@ impl TestCluster {
     /// Node `x`'s and node `y`'s chunk files and checksum tables are
     /// identical, once what they hold only in their logs has settled.
     pub fn assert_same_chunks(&self, x: u64, y: u64) {
-        self.wait_settled(x, Duration::from_secs(60));
-        self.wait_settled(y, Duration::from_secs(60));
         let diff = self.chunk_differences(x, y);
         assert!(diff.is_empty(), "{}", diff.join("\n"));
     }

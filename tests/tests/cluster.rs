@@ -611,3 +611,59 @@ fn a_node_joins_a_running_cluster_and_takes_replicas() {
         c.node(4).log_text()
     );
 }
+
+/// A node holding a replica of a shard it does not lead serves reads from
+/// its own chunk files after a ReadIndex (Raft forwards it to the leader;
+/// the data does not cross nodes), and what it reads is what was written.
+#[test]
+fn a_follower_serves_reads_from_its_own_replica() {
+    if !require_tool("nbdcopy") || !require_tool("nbdinfo") {
+        return;
+    }
+    let mut c = TestCluster::start(3);
+    // Node 2 serves two other volumes first: its share of serving nodes is
+    // full, so the leaders of `fr` do not all move to it when it reads.
+    for v in ["a", "b"] {
+        c.create_volume(v, 16 * MIB, 3, None);
+        run_ok(Command::new("nbdinfo").arg(c.node(2).uri(v)));
+    }
+    c.create_volume("fr", 48 * MIB, 3, Some(3));
+    c.wait_converged("fr", Duration::from_secs(30));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src.img");
+    std::fs::write(&src, raftblock_tests::pattern(11, (48 * MIB) as usize)).expect("write src");
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(&src)
+            .arg(c.node(1).uri("fr"))
+            .arg("--flush"),
+    );
+    let reads = |c: &mut TestCluster| {
+        c.node(2)
+            .metric("raftblock_follower_reads_total")
+            .expect("follower read counter")
+    };
+    let before = reads(&mut c);
+    let back = tmp.path().join("back.img");
+    run_ok(Command::new("nbdcopy").arg(c.node(2).uri("fr")).arg(&back));
+    assert_eq!(
+        sha256_of(&back),
+        sha256_of(&src),
+        "node 2 read back what was written"
+    );
+    let status = c.status();
+    let led_elsewhere = status["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "fr"))
+        .and_then(|v| v["shards"].as_array())
+        .is_some_and(|s| s.iter().any(|s| s["leader"].as_u64() != Some(2)));
+    assert!(
+        led_elsewhere,
+        "some shard of fr is led by another node: {status:#}"
+    );
+    let after = reads(&mut c);
+    assert!(
+        after > before,
+        "node 2 served reads from its own replicas ({before} -> {after})"
+    );
+}

@@ -16,6 +16,10 @@ use super::hibernation::{is_heartbeat, is_hibernation_msg};
 use super::replica::{Proposal, Replica};
 use super::{Driver, DriverMsg, ReplicaError, Reply};
 
+/// A shard follower this many entries behind its commit index sends reads
+/// to the leader rather than make them wait for its apply task.
+const FOLLOWER_READ_MAX_LAG: u64 = 256;
+
 impl Driver {
     /// Acts on one message; false when the driver is to stop.
     pub(super) fn handle_msg(&mut self, m: DriverMsg) -> bool {
@@ -40,9 +44,14 @@ impl Driver {
                     return true;
                 };
                 r.wake(group, &mut self.awake);
-                // Shard reads are served by the leader; the meta group may
-                // also be read on a follower (Raft forwards the ReadIndex).
-                if group != META_GROUP && !r.is_leader() {
+                // A follower reads too: Raft forwards its ReadIndex to the
+                // leader, and the read waits until this replica's apply
+                // task has applied the index the leader confirmed. A shard
+                // follower without a leader, or far behind, sends the
+                // caller to the leader at once instead.
+                let behind = r.node.raft.raft_log.committed.saturating_sub(r.applied);
+                let unfit = r.leader().is_none() || behind > FOLLOWER_READ_MAX_LAG;
+                if group != META_GROUP && !r.is_leader() && unfit {
                     let leader = r.leader();
                     let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
                 } else {
