@@ -279,9 +279,16 @@ async fn run(
                 continue;
             }
             ApplyMsg::Prepare(copy) => {
-                // The snapshot will drop the log the logged blocks read from.
-                let ok = match volume.settle(&state.chunks, u64::MAX).await {
-                    Ok(_) => prepare_swap(group, &volume, applied, &copy),
+                // The snapshot drops the log the logged blocks read from,
+                // and everything applied so far counts as durable after
+                // it: the chunks the copy keeps are settled and synced
+                // before the swap is committed.
+                let settled = match volume.settle(&state.chunks, u64::MAX).await {
+                    Ok(_) => volume.flush().await,
+                    Err(e) => Err(e),
+                };
+                let ok = match settled {
+                    Ok(()) => prepare_swap(group, &volume, applied, &copy),
                     Err(e) => {
                         tracing::warn!(group, error = %e, "settling logged blocks before a swap");
                         let _ = staging::discard(&volume, shard_of_group(group).1);
