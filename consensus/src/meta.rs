@@ -403,7 +403,9 @@ impl MetaState {
     }
 
     /// Records that `node` serves `name`, unless it already serves its cap
-    /// of volumes (then the shards keep their placement's leaders).
+    /// of volumes: then a node already serving `name` keeps it (a client
+    /// that also reads through a full node does not take its leaders away),
+    /// and otherwise the shards keep their placement's leaders.
     fn serve(&mut self, name: &str, node: u64) {
         let serving = self
             .volumes
@@ -412,7 +414,11 @@ impl MetaState {
             .count();
         let cap = self.serving_cap();
         if let Some(rec) = self.volumes.get_mut(name) {
-            rec.served_by = (serving < cap && rec.is_on(node)).then_some(node);
+            if serving < cap && rec.is_on(node) {
+                rec.served_by = Some(node);
+            } else if rec.served_by == Some(node) {
+                rec.served_by = None;
+            }
         }
     }
 
@@ -658,6 +664,9 @@ mod tests {
         assert_eq!(m.volumes["c"].preferred_leader(&shards[0]), 1);
         // Attaching serves too.
         m.apply(23, attach("c", 1, 0, false)).expect("attach");
+        assert_eq!(m.volumes["c"].served_by, Some(1));
+        // A full node reading `c` too does not take it from node 1.
+        m.apply(25, serve("c", 3)).expect("serve");
         assert_eq!(m.volumes["c"].served_by, Some(1));
         assert!(m.apply(24, serve("nope", 1)).is_err());
     }

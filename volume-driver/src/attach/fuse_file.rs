@@ -13,7 +13,7 @@ use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
 };
-use raftblock_storage::{ReadSegment, StorageError, VolumeIo, ZeroMode};
+use raftblock_storage::{ReadSegment, VolumeIo, ZeroMode};
 use tokio::runtime::Handle;
 
 use super::error::AttachError;
@@ -29,14 +29,6 @@ const TTL: Duration = Duration::from_secs(3600);
 struct VolumeFile<V: VolumeIo> {
     volume: Arc<V>,
     rt: Handle,
-}
-
-fn errno(e: &StorageError) -> i32 {
-    match e {
-        StorageError::Replication { errno, .. } => *errno,
-        StorageError::OutOfRange { .. } => libc::EINVAL,
-        _ => libc::EIO,
-    }
 }
 
 impl<V: VolumeIo> VolumeFile<V> {
@@ -144,7 +136,7 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
                 },
                 Err(e) => {
                     tracing::warn!(volume = v.name(), offset, error = %e, "FUSE read failed");
-                    reply.error(errno(&e));
+                    reply.error(e.errno());
                 }
             }
         });
@@ -176,7 +168,7 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
                 Ok(()) => reply.written(len),
                 Err(e) => {
                     tracing::warn!(volume = v.name(), offset, error = %e, "FUSE write failed");
-                    reply.error(errno(&e));
+                    reply.error(e.errno());
                 }
             }
         });
@@ -193,7 +185,7 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
         self.rt.spawn(async move {
             match v.flush().await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(e.errno()),
             }
         });
     }
@@ -233,7 +225,7 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
             };
             match r {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(e.errno()),
             }
         });
     }
