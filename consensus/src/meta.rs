@@ -666,9 +666,9 @@ mod tests {
         m.apply(23, attach("c", 1, 0, false)).expect("attach");
         assert_eq!(m.volumes["c"].served_by, Some(1));
         // A full node reading `c` too does not take it from node 1.
-        m.apply(25, serve("c", 3)).expect("serve");
+        m.apply(24, serve("c", 3)).expect("serve");
         assert_eq!(m.volumes["c"].served_by, Some(1));
-        assert!(m.apply(24, serve("nope", 1)).is_err());
+        assert!(m.apply(25, serve("nope", 1)).is_err());
     }
 
     #[test]
