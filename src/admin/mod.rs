@@ -263,52 +263,44 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         metas.iter().map(|m| (m.name.as_str(), m.size)),
     );
     let open = s.store.open_volumes();
-    per_volume(
-        &mut out,
-        "raftblock_checksum_errors_total",
-        "counter",
-        "Blocks that failed checksum verification on read.",
-        open.iter().map(|v| {
-            let n = v.stats().checksum_errors.load(Ordering::Relaxed);
-            (v.meta().name.as_str(), n)
-        }),
-    );
-    per_volume(
-        &mut out,
-        "raftblock_io_errors_total",
-        "counter",
-        "Device I/O errors.",
-        open.iter().map(|v| {
-            let n = v.stats().io_errors.load(Ordering::Relaxed);
-            (v.meta().name.as_str(), n)
-        }),
-    );
-    per_volume(
-        &mut out,
-        "raftblock_logged_write_bytes_total",
-        "counter",
-        "Bytes of large writes this node applied by leaving them in its Raft log (written to disk once).",
-        open.iter().map(|v| {
-            let n = v.stats().logged_bytes.load(Ordering::Relaxed);
-            (v.meta().name.as_str(), n)
-        }),
-    );
+    // Counters every open volume keeps (`VolumeStats`).
+    type Counter = fn(&raftblock_storage::VolumeStats) -> &std::sync::atomic::AtomicU64;
+    let counters: [(&str, &str, Counter); 4] = [
+        (
+            "raftblock_checksum_errors_total",
+            "Blocks that failed checksum verification on read.",
+            |s| &s.checksum_errors,
+        ),
+        ("raftblock_io_errors_total", "Device I/O errors.", |s| &s.io_errors),
+        (
+            "raftblock_logged_write_bytes_total",
+            "Bytes of large writes this node applied by leaving them in its Raft log (written to disk once).",
+            |s| &s.logged_bytes,
+        ),
+        (
+            "raftblock_settled_bytes_total",
+            "Bytes of logged blocks later moved from the Raft log into their chunk files (a second write).",
+            |s| &s.settled_bytes,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        per_volume(
+            &mut out,
+            name,
+            "counter",
+            help,
+            open.iter().map(|v| {
+                let n = counter(v.stats()).load(Ordering::Relaxed);
+                (v.meta().name.as_str(), n)
+            }),
+        );
+    }
     per_volume(
         &mut out,
         "raftblock_logged_bytes",
         "gauge",
         "Bytes of blocks whose newest data is only in this node's Raft log (not settled into chunk files yet).",
         open.iter().map(|v| (v.meta().name.as_str(), v.logged_bytes_now())),
-    );
-    per_volume(
-        &mut out,
-        "raftblock_settled_bytes_total",
-        "counter",
-        "Bytes of logged blocks later moved from the Raft log into their chunk files (a second write).",
-        open.iter().map(|v| {
-            let n = v.stats().settled_bytes.load(Ordering::Relaxed);
-            (v.meta().name.as_str(), n)
-        }),
     );
     s.metrics.render(&mut out);
     if let Some(p) = &s.plugin {

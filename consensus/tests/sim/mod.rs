@@ -474,22 +474,11 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
     sim.stats.reads = sim.oracle.reads;
     sim.stats.messages = messages;
     sim.stats.lost = lost;
-    sim.stats.settled = vols
-        .iter()
-        .map(|v| {
-            v.stats()
-                .settled_bytes
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    sim.stats.logged = vols
-        .iter()
-        .map(|v| {
-            v.stats()
-                .logged_bytes
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    let total = |f: fn(&raftblock_storage::VolumeStats) -> u64| {
+        vols.iter().map(|v| f(v.stats())).sum::<u64>()
+    };
+    sim.stats.logged = total(|s| s.logged_bytes.load(std::sync::atomic::Ordering::Relaxed));
+    sim.stats.settled = total(|s| s.settled_bytes.load(std::sync::atomic::Ordering::Relaxed));
     let _ = sim.oracle.offsets();
     Ok(sim.stats)
 }
