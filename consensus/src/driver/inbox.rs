@@ -16,10 +16,6 @@ use super::hibernation::{is_heartbeat, is_hibernation_msg};
 use super::replica::{Proposal, Replica};
 use super::{Driver, DriverMsg, ReplicaError, Reply};
 
-/// A shard follower this many entries behind its commit index sends reads
-/// to the leader rather than make them wait for its apply task.
-const FOLLOWER_READ_MAX_LAG: u64 = 256;
-
 impl Driver {
     /// Acts on one message; false when the driver is to stop.
     pub(super) fn handle_msg(&mut self, m: DriverMsg) -> bool {
@@ -49,9 +45,15 @@ impl Driver {
                 // task has applied the index the leader confirmed. A shard
                 // follower without a leader, or far behind, sends the
                 // caller to the leader at once instead.
-                let behind = r.node.raft.raft_log.committed.saturating_sub(r.applied);
-                let unfit = r.leader().is_none() || behind > FOLLOWER_READ_MAX_LAG;
+                let behind = r
+                    .node
+                    .raft
+                    .raft_log
+                    .committed
+                    .saturating_sub(r.reads_applied);
+                let unfit = r.leader().is_none() || behind > super::reads::FOLLOWER_READ_MAX_LAG;
                 if group != META_GROUP && !r.is_leader() && unfit {
+                    // (see `reads::FOLLOWER_READ_MAX_LAG`)
                     let leader = r.leader();
                     let _ = reply.send(Err(ReplicaError::NotLeader { group, leader }));
                 } else {
@@ -66,6 +68,7 @@ impl Driver {
             DriverMsg::Applied { group, index } => {
                 if let Some(r) = self.replicas.get_mut(&group) {
                     r.applied = r.applied.max(index);
+                    r.reads_applied = r.reads_applied.max(index);
                     r.advance_raft_applied();
                     r.complete_reads();
                     r.publish_lease(group, &self.view.read_leases);

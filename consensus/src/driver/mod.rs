@@ -535,7 +535,9 @@ impl Driver {
             replicas: BTreeMap::new(),
             peer_addrs: HashMap::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
-            next_ctx: 1,
+            // Read contexts are unique across nodes: a leader drops a
+            // forwarded ReadIndex whose context it already has pending.
+            next_ctx: (cfg_node << 48) | 1,
             carry: WalBatch::new(),
             carry_sync: false,
             compacted: false,

@@ -11,21 +11,37 @@ use std::time::{Duration, Instant};
 use crate::read_lease::ReadLeases;
 
 use super::replica::{ReadBatch, Replica};
-use super::{Driver, ReplicaError};
+use super::{Driver, ReplicaError, Reply};
+
+/// A shard follower this many entries behind the index a read must see
+/// sends the reader to the leader rather than make it wait for its apply
+/// task (`inbox` checks its own commit index the same way before asking).
+pub(super) const FOLLOWER_READ_MAX_LAG: u64 = 256;
 
 impl Replica {
-    /// Answers the reads whose index this replica has applied.
+    /// Answers the reads whose index this replica's chunk files hold.
     pub(super) fn complete_reads(&mut self) {
-        let applied = self.applied;
+        let applied = self.reads_applied;
         let mut i = 0;
         while i < self.reads_ready.len() {
             if self.reads_ready[i].0 <= applied {
-                let (_, r) = self.reads_ready.swap_remove(i);
+                let (_, _, r) = self.reads_ready.swap_remove(i);
                 let _ = r.send(Ok(()));
             } else {
                 i += 1;
             }
         }
+    }
+
+    /// Queues a read that got its read index `index`; a follower too far
+    /// behind it sends the reader to the leader instead of making it wait.
+    fn read_ready(&mut self, group: u64, index: u64, now: Instant, w: Reply) {
+        if !self.is_leader() && index.saturating_sub(self.reads_applied) > FOLLOWER_READ_MAX_LAG {
+            let leader = self.leader();
+            let _ = w.send(Err(ReplicaError::NotLeader { group, leader }));
+            return;
+        }
+        self.reads_ready.push((index, now, w));
     }
 
     /// Fails the reads that waited longer than `timeout`.
@@ -52,11 +68,28 @@ impl Replica {
                 i += 1;
             }
         }
+        // A follower cut off from its leader may never apply the index it
+        // was given.
+        let mut i = 0;
+        while i < self.reads_ready.len() {
+            if now.duration_since(self.reads_ready[i].1) > timeout {
+                let (_, _, w) = self.reads_ready.swap_remove(i);
+                let _ = w.send(Err(ReplicaError::Retry(g)));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Hands the waiters of the batches that `states` answer their read
     /// index; on the leader a confirmed batch renews the lease.
-    pub(super) fn on_read_states(&mut self, states: Vec<ReadState>, lease: Duration) {
+    pub(super) fn on_read_states(
+        &mut self,
+        group: u64,
+        states: Vec<ReadState>,
+        now: Instant,
+        lease: Duration,
+    ) {
         for rs in states {
             let ctx = rs
                 .request_ctx
@@ -70,13 +103,13 @@ impl Replica {
                         self.lease_until = Some(b.issued + lease);
                     }
                     for w in b.waiters {
-                        self.reads_ready.push((rs.index, w));
+                        self.read_ready(group, rs.index, now, w);
                     }
                     break;
                 }
                 // Older batches are answered by this newer ReadState.
                 for w in b.waiters {
-                    self.reads_ready.push((rs.index, w));
+                    self.read_ready(group, rs.index, now, w);
                 }
             }
         }
@@ -144,7 +177,7 @@ impl Driver {
                 if r.lease_until.is_some_and(|t| t > now) && r.node.raft.lead_transferee.is_none() {
                     let index = r.node.raft.raft_log.committed;
                     for (_, w) in r.reads_new.drain(..) {
-                        r.reads_ready.push((index, w));
+                        r.reads_ready.push((index, now, w));
                     }
                     r.complete_reads();
                     continue;

@@ -118,7 +118,7 @@ impl Driver {
             if let Some(hs) = rd.hs() {
                 r.node.mut_store().stage_hard_state(hs, &mut task.batch);
             }
-            r.on_read_states(rd.take_read_states(), lease);
+            r.on_read_states(g, rd.take_read_states(), self.clock.now(), lease);
             r.complete_reads();
             let writes = !rd.entries().is_empty() || rd.hs().is_some() || !rd.snapshot().is_empty();
             let persisted_msgs = rd.take_persisted_messages();
@@ -317,6 +317,7 @@ fn dispatch(
     }
     apply_meta_entries(&entries, replies, meta, effects, meta_changed);
     r.applied = r.applied.max(last);
+    r.reads_applied = r.applied;
     r.complete_reads();
 }
 

@@ -41,8 +41,15 @@ pub(super) struct Replica {
     pub(super) proposals: VecDeque<Proposal>,
     pub(super) reads_new: Vec<(Instant, Reply)>,
     pub(super) reads_sent: VecDeque<ReadBatch>,
-    pub(super) reads_ready: Vec<(u64, Reply)>,
+    /// Reads that have their read index, waiting for `reads_applied`
+    /// to reach it: `(index, since when, reply)`.
+    pub(super) reads_ready: Vec<(u64, Instant, Reply)>,
     pub(super) applied: u64,
+    /// What a read may see: the index this replica's chunk files hold, as
+    /// its apply task reported it (not the snapshot index Raft installed
+    /// before the apply task swapped the copy in). The meta group applies
+    /// in the driver, so there it is `applied`.
+    pub(super) reads_applied: u64,
     pub(super) durable: u64,
     pub(super) lease_until: Option<Instant>,
     /// Node that should lead this group when it can: the node serving the
@@ -93,6 +100,9 @@ impl Replica {
             for r in b.waiters {
                 let _ = r.send(Err(err.clone()));
             }
+        }
+        for (_, _, r) in self.reads_ready.drain(..) {
+            let _ = r.send(Err(err.clone()));
         }
         let _ = group;
     }
@@ -216,6 +226,7 @@ impl Driver {
                 reads_sent: VecDeque::new(),
                 reads_ready: Vec::new(),
                 applied,
+                reads_applied: applied,
                 durable: applied,
                 lease_until: None,
                 preferred,
