@@ -29,6 +29,10 @@ pub struct Chunk {
     slots: SlotMap,
     /// Written since the last fdatasync.
     pub(crate) dirty: AtomicBool,
+    /// Held across clearing `dirty` and the fdatasync: a second flush
+    /// waits for one in progress instead of taking the clear flag for a
+    /// finished sync.
+    pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// Blocks whose newest data is still only in the Raft log.
     pub(crate) logged: LoggedBlocks,
 }
@@ -140,6 +144,7 @@ impl Chunk {
             path: dpath,
             slots,
             dirty: AtomicBool::new(false),
+            sync_lock: tokio::sync::Mutex::new(()),
             logged: LoggedBlocks::default(),
         }))
     }

@@ -504,6 +504,7 @@ impl LocalVolume {
     }
 
     async fn sync_chunk(&self, c: &Chunk) -> Result<()> {
+        let _syncing = c.sync_lock.lock().await;
         if !c.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
