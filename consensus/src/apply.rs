@@ -144,7 +144,8 @@ impl ShardState {
     fn settle_upto(&self, group: u64, applied: u64) -> Option<u64> {
         let since = self.logged_since?;
         let s = &self.settling;
-        if since.elapsed() >= s.max_age || self.last_applied_at.elapsed() >= s.idle {
+        let idle = self.last_applied_at.elapsed() >= s.idle && since.elapsed() >= s.idle;
+        if since.elapsed() >= s.max_age || idle {
             return Some(applied);
         }
         (self.wal.live_bytes() > s.node_log_budget).then(|| {
@@ -200,6 +201,11 @@ async fn run(
             && (unsynced >= SYNC_BYTES || last_sync.elapsed() >= SYNC_INTERVAL);
         if want_sync {
             let v = volume.clone();
+            if state.logged_since.is_none() && volume.logged_summary(&state.chunks).blocks > 0 {
+                // Blocks a settle could not move (a bad copy in the log
+                // waits for repair): try again later, not every second.
+                state.logged_since = Some(Instant::now());
+            }
             let settle = state.settle_upto(group, applied);
             if settle == Some(applied) {
                 state.logged_since = None;
@@ -273,6 +279,9 @@ async fn run(
             ApplyMsg::Snapshot(index, epoch) => {
                 state.fence.raise(index, epoch, &driver);
                 applied = applied.max(index);
+                // Reads waiting on this replica may now see the swapped-in
+                // copy (Install came before this in the queue).
+                driver.applied(group, applied);
                 // Writes between an open cut and the snapshot are unknown
                 // here: repairs at that cut are no longer safe to apply.
                 state.cut = None;
@@ -283,11 +292,14 @@ async fn run(
                 // and everything applied so far counts as durable after
                 // it: the chunks the copy keeps are settled and synced
                 // before the swap is committed.
-                let settled = match volume.settle(&state.chunks, u64::MAX).await {
-                    Ok(_) => volume.flush().await,
-                    Err(e) => Err(e),
-                };
-                let ok = match settled {
+                // (Swapped chunks lose their logged blocks with their files.)
+                let kept: Vec<u64> = copy.keeps.iter().map(|(c, _)| *c).collect();
+                if let Err(e) = volume.settle(&kept, u64::MAX).await {
+                    // A block whose copy in the log is bad stays logged;
+                    // reads of it fail and are repaired from a replica.
+                    tracing::warn!(group, error = %e, "settling logged blocks before a swap");
+                }
+                let ok = match volume.flush().await {
                     Ok(()) => prepare_swap(group, &volume, applied, &copy),
                     Err(e) => {
                         tracing::warn!(group, error = %e, "settling logged blocks before a swap");

@@ -120,10 +120,10 @@ fn a_corrupt_block_on_the_shard_leader_is_repaired_from_a_replica() {
     assert_eq!(files.len(), 1, "one chunk written: {files:?}");
     let f = flip_bit(&files[0], 4096 + 99, 0x10);
 
-    // Read through another node: the leader finds the bad block, fetches it
-    // from a follower whose bytes match the recorded checksum, rewrites it.
-    let other = if leader == 1 { 2 } else { 1 };
-    let mut n = RawNbd::connect(c.node(other).nbd, "heal").expect("connect");
+    // Read through the leader's node (another node reads its own replica
+    // now): the leader finds the bad block, fetches it from a follower
+    // whose bytes match the recorded checksum, rewrites it.
+    let mut n = RawNbd::connect(c.node(leader).nbd, "heal").expect("connect");
     assert_eq!(
         n.read(0, 3 * 4096).expect("read").ok(),
         Some(blocks.concat()),

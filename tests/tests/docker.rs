@@ -613,7 +613,11 @@ fn a_replica_caught_up_by_snapshot_gets_the_fence() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_secs(5));
+    // The large writes settle into the chunk files first; only then may
+    // the leaders drop the log node 3 would need.
+    pc.c.wait_settled(1, Duration::from_secs(60));
+    pc.c.wait_settled(2, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
     pc.c.node(3).restart();
     pc.c.wait_converged("snap", Duration::from_secs(120));
     let log = pc.c.node(3).log_text();

@@ -42,8 +42,12 @@ impl LocalVolume {
             return Ok(false);
         }
         self.check_range(offset, len)?;
-        match wal.entry_len(at.group, at.index) {
-            Some(stored) if stored >= at.from_end && at.from_end >= len => {}
+        // The entry is normally still cached when it is applied: then check
+        // that it holds these very bytes where `at` says (a mistaken offset
+        // would otherwise only show as checksum errors on every replica).
+        match wal.locate_tail(at.group, at.index, at.from_end, data.len()) {
+            Ok(TailBytes::Cached(b)) if b.as_ptr() == data.as_ptr() || b == *data => {}
+            Ok(TailBytes::OnDisk { .. }) => {}
             _ => return Ok(false),
         }
         let log = self.log.get_or_init(|| wal.clone());
@@ -96,6 +100,7 @@ impl LocalVolume {
             chunks.iter().filter_map(|i| map.get(i).cloned()).collect()
         };
         let mut moved = 0;
+        let mut failed = None;
         for c in open {
             let blocks = self.meta.chunk_size / BLOCK_SIZE;
             let due: Vec<(u64, LoggedBlock)> = c
@@ -122,9 +127,17 @@ impl LocalVolume {
                     .collect();
                 for run in runs(b0, b1, &still) {
                     let Run::Log(s, e, at) = run else { continue };
-                    let data = match self.read_log_run(&c, s, e, at, &still).await? {
-                        Ok(d) => d,
-                        Err(bad) => return Err(self.checksum_err(c.index, bad)),
+                    let data = match self.read_log_run(&c, s, e, at, &still).await {
+                        Ok(Ok(d)) => d,
+                        // Left logged for repair; the others still move.
+                        Ok(Err(bad)) => {
+                            failed = Some(self.checksum_err(c.index, bad));
+                            continue;
+                        }
+                        Err(err) => {
+                            failed = Some(err);
+                            continue;
+                        }
                     };
                     self.put_blocks(&c, s * BLOCK_SIZE, data).await?;
                     moved += (e - s) * BLOCK_SIZE;
@@ -134,7 +147,10 @@ impl LocalVolume {
                 }
             }
         }
-        Ok(moved)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
     }
 
     /// Reads blocks `[b0, b1)` of `c` that hold data, each from where its
@@ -156,16 +172,18 @@ impl LocalVolume {
         if let Ok(Ok(b)) = first {
             return Ok(b);
         }
-        if locked {
-            return match first? {
-                Ok(b) => Ok(b),
-                Err(bad) => Err(self.checksum_err(c.index, bad)),
-            };
-        }
-        let _g = self
-            .locks
-            .lock(c.index, b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE)
-            .await;
+        // Once more, under the lock: a racing write or settle changed the
+        // blocks, or a segment rotation recycled the file the entry was in
+        // (the log has it elsewhere now). Locked, nothing races but the
+        // rotation, which a second look at the log's index settles.
+        let _g = match locked {
+            true => None,
+            false => Some(
+                self.locks
+                    .lock(c.index, b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE)
+                    .await,
+            ),
+        };
         let logged = c.logged.range(b0, b1);
         match self.read_mixed(c, b0, b1, &logged).await? {
             Ok(b) => Ok(b),
@@ -294,6 +312,17 @@ mod tests {
         out
     }
 
+    /// A node's log and a volume in a fresh directory (kept while the
+    /// `TempDir` lives).
+    fn setup() -> (tempfile::TempDir, Arc<Wal>, std::path::PathBuf, LocalVolume) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Arc::new(Wal::open(&dir.path().join("wal"), Default::default()).expect("wal"));
+        let data_dir = dir.path().join("v");
+        std::fs::create_dir_all(&data_dir).expect("mkdir");
+        let v = volume(&data_dir);
+        (dir, wal, data_dir, v)
+    }
+
     /// Appends an entry made of a small header and `payload` to the log.
     fn log_entry(wal: &Wal, group: u64, index: u64, payload: &Bytes) {
         let mut batch = WalBatch::new();
@@ -322,11 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn logged_blocks_read_from_the_log_until_they_settle() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let wal = Arc::new(Wal::open(&dir.path().join("wal"), Default::default()).expect("wal"));
-        let data_dir = dir.path().join("v");
-        std::fs::create_dir_all(&data_dir).expect("mkdir");
-        let v = volume(&data_dir);
+        let (_dir, wal, data_dir, v) = setup();
         // 256 KiB across the boundary of chunks 0 and 1.
         let off = MIB - 128 * 1024;
         let payload = pattern(1, 256 * 1024);
@@ -386,11 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn settling_leaves_newer_data_and_a_bad_log_copy_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let wal = Arc::new(Wal::open(&dir.path().join("wal"), Default::default()).expect("wal"));
-        let data_dir = dir.path().join("v");
-        std::fs::create_dir_all(&data_dir).expect("mkdir");
-        let v = volume(&data_dir);
+        let (_dir, wal, data_dir, v) = setup();
         let old = pattern(2, 128 * 1024);
         let new = pattern(3, 128 * 1024);
         log_entry(&wal, 9, 1, &old);
@@ -435,15 +456,24 @@ mod tests {
             .await
             .expect("no entry"));
 
-        // A record whose log bytes are not the data it claims reads as a
-        // checksum error, not as wrong data.
+        // While the entry is cached, a record naming bytes that are not the
+        // write's is refused. From disk it is taken, and a record whose log
+        // bytes are not the data it claims reads as a checksum error, not
+        // as wrong data; settling leaves it (and moves the rest).
+        assert!(!v
+            .write_logged(&wal, MIB, &new, at(1, &old))
+            .await
+            .expect("checked against the cache"));
+        wal.evict_cache(9, 3);
         assert!(v
             .write_logged(&wal, MIB, &new, at(1, &old))
             .await
             .expect("logged"));
         let err = v.read(MIB, 4096).await.expect_err("bad copy");
         assert!(err.is_checksum(), "{err}");
-        assert!(v.settle(&[1], 1).await.is_err());
+        assert!(v.settle(&[0, 1], 2).await.is_err());
+        assert_eq!(v.logged_summary(&[0]).blocks, 0, "chunk 0 settled");
+        assert_eq!(v.logged_summary(&[1]).blocks, 32, "chunk 1 left");
         assert_eq!(
             v.scrub_chunk(1).await.expect("scrub"),
             (0..32).map(|b| MIB + b * BLOCK_SIZE).collect::<Vec<_>>()
