@@ -740,3 +740,41 @@ fn a_swarm_service_mounts_a_raftblock_volume() {
     }
     let _ = docker.docker(&["swarm", "leave", "--force"]);
 }
+
+/// A mount whose record cannot be saved is undone, not left half done:
+/// dockerd is told it failed and will not unmount it, so nothing may stay
+/// mounted or attached; once the table can be written again it mounts.
+#[test]
+fn a_mount_that_cannot_be_recorded_is_undone() {
+    if !tools_present() {
+        return;
+    }
+    let pc = PluginCluster::start(vec![Some(temp_socket("rec", 1)), None, None], &[]);
+    let sock = pc.sock(1).to_path_buf();
+    create(&sock, "rec", json!({"size": "64M"}));
+    // The table goes to a temporary file first: a directory there fails it.
+    let docker_dir = pc.c.nodes[0].data_dir().join("docker");
+    let blocker = docker_dir.join("mounts.json.tmp");
+    std::fs::create_dir_all(&blocker).expect("blocker");
+    let m = plugin_call(
+        &sock,
+        "/VolumeDriver.Mount",
+        &json!({"Name": "rec", "ID": "a"}),
+    );
+    assert!(err_of(&m).contains("mounts.json"), "the table's error: {m}");
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(
+        !mounts.contains(&docker_dir.display().to_string()),
+        "nothing stays mounted: {mounts}"
+    );
+    let info = pc.c.nodes[1].cli(&["volume", "info", "rec", "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("volume info");
+    assert!(
+        info["attached_to"].is_null(),
+        "the attachment was given back: {info}"
+    );
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let mp = mount(&sock, "rec", "b");
+    assert!(mp.exists());
+    unmount(&sock, "rec", "b");
+}

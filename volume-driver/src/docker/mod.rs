@@ -261,11 +261,24 @@ impl<B: VolumeBackend> Plugin<B> {
         };
         mounted.ids.insert(req.id);
         let mp = mounted.mountpoint.clone();
-        let mut t = lock(&self.table);
-        t.volumes.insert(name.clone(), mounted);
-        self.metrics.set_mounted(t.volumes.len());
+        let saved = {
+            let mut t = lock(&self.table);
+            t.volumes.insert(name.clone(), mounted);
+            self.metrics.set_mounted(t.volumes.len());
+            t.save()
+        };
+        if let Err(e) = saved {
+            // dockerd hears that the mount failed and will not unmount it:
+            // nothing may stay mounted or attached for it.
+            tracing::error!(volume = %name, error = %e, "recording the mount failed; undoing it");
+            if let Err(undo) = self.unmount_and_detach(&name, mp).await {
+                tracing::error!(volume = %name, error = %undo, "undoing a mount that could not be recorded");
+            }
+            self.forget(&name);
+            self.give_back(&name, epoch).await;
+            return Err(e.into());
+        }
         self.metrics.mount_took(started.elapsed());
-        t.save()?;
         tracing::info!(volume = %name, mountpoint = %mp.display(), "mounted");
         Ok(json!({ "Mountpoint": mp, "Err": "" }))
     }
@@ -306,6 +319,21 @@ impl<B: VolumeBackend> Plugin<B> {
         mp: PathBuf,
         epoch: u64,
     ) -> Result<(), PluginError> {
+        self.unmount_and_detach(name, mp).await?;
+        self.forget(name);
+        lock(&self.table).save()?;
+        self.give_back(name, epoch).await;
+        tracing::info!(volume = %name, "unmounted and detached");
+        Ok(())
+    }
+
+    /// Unmounts the filesystem of `name` (if mounted) and detaches its
+    /// device.
+    async fn unmount_and_detach(
+        self: &Arc<Self>,
+        name: &str,
+        mp: PathBuf,
+    ) -> Result<(), PluginError> {
         let this = self.clone();
         let name2 = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<(), AttachError> {
@@ -326,13 +354,18 @@ impl<B: VolumeBackend> Plugin<B> {
         .map_err(|source| PluginError::Unmount {
             volume: name.to_string(),
             source,
-        })?;
-        {
-            let mut t = lock(&self.table);
-            t.volumes.remove(name);
-            self.metrics.set_mounted(t.volumes.len());
-            t.save()?;
-        }
+        })
+    }
+
+    /// Drops `name` from the mount table in memory only.
+    fn forget(&self, name: &str) {
+        let mut t = lock(&self.table);
+        t.volumes.remove(name);
+        self.metrics.set_mounted(t.volumes.len());
+    }
+
+    /// Gives the attachment of `name` at `epoch` back to the cluster.
+    async fn give_back(&self, name: &str, epoch: u64) {
         // The device is gone either way; if the cluster cannot take the
         // lease back now, the sweep gives it back later (dockerd allows
         // Unmount a minute, and a failed Unmount leaves it confused).
@@ -345,8 +378,6 @@ impl<B: VolumeBackend> Plugin<B> {
                 tracing::warn!(volume = %name, "giving the attachment back timed out; the lease sweep retries")
             }
         }
-        tracing::info!(volume = %name, "unmounted and detached");
-        Ok(())
     }
 
     /// Cleans up what an earlier run of the daemon left mounted: its FUSE
