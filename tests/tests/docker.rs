@@ -774,6 +774,17 @@ fn a_mount_that_cannot_be_recorded_is_undone() {
         "the attachment was given back: {info}"
     );
     std::fs::remove_dir(&blocker).expect("unblock");
+    // A request that is not what the endpoint takes is a clear error, and
+    // counted with the failed calls.
+    let bad = plugin_call(&sock, "/VolumeDriver.Mount", &json!({"Name": 5}));
+    assert!(err_of(&bad).contains("request"), "{bad}");
+    let errors = pc.c.nodes[0]
+        .metric("raftblock_plugin_calls_total{endpoint=\"Mount\",result=\"error\"}")
+        .expect("failed Mount calls counted");
+    assert!(
+        errors >= 2.0,
+        "the unrecorded mount and the malformed one: {errors}"
+    );
     let mp = mount(&sock, "rec", "b");
     assert!(mp.exists());
     unmount(&sock, "rec", "b");

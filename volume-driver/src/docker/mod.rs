@@ -540,42 +540,42 @@ fn answer(m: &PluginMetrics, endpoint: &'static str, r: Result<Value, PluginErro
 async fn create<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<CreateRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Create", p.create(r).await),
-        Err(e) => e.into_response(),
+        Err(e) => answer(&p.metrics, "Create", Err(e)),
     }
 }
 
 async fn remove<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Remove", p.remove(&r.name).await),
-        Err(e) => e.into_response(),
+        Err(e) => answer(&p.metrics, "Remove", Err(e)),
     }
 }
 
 async fn mount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Mount", p.mount(r).await),
-        Err(e) => e.into_response(),
+        Err(e) => answer(&p.metrics, "Mount", Err(e)),
     }
 }
 
 async fn unmount<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<MountRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Unmount", p.unmount(r).await),
-        Err(e) => e.into_response(),
+        Err(e) => answer(&p.metrics, "Unmount", Err(e)),
     }
 }
 
 async fn path<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => ok(p.path(&r.name)),
-        Err(e) => e.into_response(),
+        Err(e) => answer(&p.metrics, "Path", Err(e)),
     }
 }
 
 async fn get<B: VolumeBackend>(State(p): State<Arc<Plugin<B>>>, body: Bytes) -> Response {
     match parse::<NameRequest>(&body) {
         Ok(r) => answer(&p.metrics, "Get", p.get(&r.name)),
-        Err(e) => e.into_response(),
+        Err(e) => answer(&p.metrics, "Get", Err(e)),
     }
 }
 
