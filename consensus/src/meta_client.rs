@@ -15,7 +15,9 @@ use crate::meta::{MetaCommand, MetaError, NodeInfo, VolumeRecord, META_GROUP};
 use crate::rpc::RouteError;
 
 impl Cluster {
-    fn meta_voters(&self) -> Vec<u64> {
+    /// Every node the metadata knows (the meta group's replicas are among
+    /// them): where metadata requests go.
+    fn meta_nodes(&self) -> Vec<u64> {
         let meta = self.view().meta();
         let mut v: Vec<u64> = meta.nodes.keys().copied().collect();
         if v.is_empty() {
@@ -26,7 +28,7 @@ impl Cluster {
 
     /// Proposes a metadata command and waits until this node applied it.
     pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<(), RouteError> {
-        let voters = self.meta_voters();
+        let voters = self.meta_nodes();
         self.execute(META_GROUP, &voters, ShardOp::Propose(cmd.encode().into()))
             .await?;
         // The leader answered after applying; catch up locally so the
@@ -149,18 +151,17 @@ impl Cluster {
     }
 
     /// Adds node `info` to the cluster: its addresses, then its meta replica
-    /// (a voter while the meta group has fewer than five).
+    /// (a voter or a learner, as keeps the voters odd and at most five).
     pub async fn add_node(&self, info: NodeInfo) -> Result<(), RouteError> {
         self.propose_meta(MetaCommand::PutNode(info.clone()))
             .await?;
-        let voters = self.meta_voters();
-        let learner = voters.len() > 5;
+        let nodes = self.meta_nodes();
         self.execute(
             META_GROUP,
-            &voters,
+            &nodes,
             ShardOp::AddMember {
                 node: info.id,
-                learner,
+                learner: false,
             },
         )
         .await?;

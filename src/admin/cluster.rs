@@ -386,6 +386,8 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
     json!({
         "node": c.node(),
         "meta_leader": meta_group.map(|g| g.leader),
+        "meta_voters": meta_group.map(|g| g.voters.clone()),
+        "meta_learners": meta_group.map(|g| g.learners.clone()),
         "nodes": nodes,
         "volumes": volumes,
         "nbd_addr": s.nbd_addr,

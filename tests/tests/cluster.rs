@@ -578,6 +578,8 @@ fn a_node_joins_a_running_cluster_and_takes_replicas() {
         assert!(Instant::now() < deadline, "node 4 never came up: {st:#}");
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Four nodes keep three metadata voters; the fourth follows.
+    wait_meta_members(&mut c, &[1, 2, 3], &[4]);
     // It serves a volume created before it existed, through forwarding.
     let out = qemu_io(&c.node(4).uri("before"), &["read -P 0x61 0 1M"]);
     assert!(!out.contains("Pattern verification failed"), "{out}");
@@ -610,6 +612,42 @@ fn a_node_joins_a_running_cluster_and_takes_replicas() {
         "{}",
         c.node(4).log_text()
     );
+
+    // A fifth node makes five voters: it and the fourth are promoted in one
+    // joint change, and the group keeps committing.
+    let listen = raftblock_tests::free_addr().to_string();
+    c.nodes.push(raftblock_tests::Daemon::start_with(&[
+        "--node-id",
+        "5",
+        "--listen",
+        &listen,
+        "--join",
+        &join,
+    ]));
+    wait_meta_members(&mut c, &[1, 2, 3, 4, 5], &[]);
+    c.create_volume("five", 64 * MIB, 3, None);
+}
+
+/// Waits until the metadata group has exactly these voters and learners.
+fn wait_meta_members(c: &mut TestCluster, voters: &[u64], learners: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = c.status();
+        let ids = |k: &str| -> Vec<u64> {
+            st[k]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default()
+        };
+        if ids("meta_voters") == voters && ids("meta_learners") == learners {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metadata group never had voters {voters:?} and learners {learners:?}: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// A node holding a replica of a shard it does not lead serves reads from

@@ -306,8 +306,12 @@ impl Driver {
         track_proposal(r, group, stepped, false, reply);
     }
 
+    /// Admits `node` into the metadata group: as a voter or a learner, so
+    /// voters stay odd and at most five (`membership`).
     fn add_member(&mut self, node: u64, learner: bool, reply: Reply) {
         let group = META_GROUP;
+        let now = self.clock.now();
+        let liveness = &self.liveness;
         let Some(r) = self.replicas.get_mut(&group) else {
             let _ = reply.send(Err(ReplicaError::NoReplica(group)));
             return;
@@ -319,19 +323,30 @@ impl Driver {
             return;
         }
         let cs = r.node.store().conf_state();
-        if cs.voters.contains(&node) || (learner && cs.learners.contains(&node)) {
+        if !cs.voters_outgoing.is_empty() {
+            // A joint configuration is still being left: one change at a time.
+            let _ = reply.send(Err(ReplicaError::Retry(group)));
+            return;
+        }
+        let changes = super::membership::admit(&cs.voters, &cs.learners, node, learner, |n| {
+            liveness.is_up(n, now)
+        });
+        if changes.is_empty() {
             let _ = reply.send(Ok(()));
             return;
         }
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(if learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        });
-        single.node_id = node;
         let mut cc = ConfChangeV2::default();
-        cc.changes.push(single);
+        for change in changes {
+            let mut single = ConfChangeSingle::default();
+            let (kind, id) = match change {
+                super::membership::Admission::Voter(id) => (ConfChangeType::AddNode, id),
+                super::membership::Admission::Learner(id) => (ConfChangeType::AddLearnerNode, id),
+            };
+            single.set_change_type(kind);
+            single.node_id = id;
+            cc.changes.push(single);
+        }
+        tracing::info!(node, changes = ?cc.changes, "changing the metadata group's members");
         let proposed = r.node.propose_conf_change(Vec::new(), cc);
         track_proposal(r, group, proposed, true, reply);
     }

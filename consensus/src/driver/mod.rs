@@ -30,6 +30,7 @@ mod inbox;
 mod leadership;
 mod liveness;
 mod log_writer;
+mod membership;
 mod meta_apply;
 mod ports;
 mod reads;
@@ -252,6 +253,12 @@ pub struct GroupStatus {
     pub last_index: u64,
     /// On the leader: each replica's matched index.
     pub matched: Vec<(u64, u64)>,
+    /// The group's voters, as this replica's configuration has them.
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    /// Its learners (non-voting replicas).
+    #[serde(default)]
+    pub learners: Vec<u64>,
 }
 
 /// What the driver shares with the rest of the node.

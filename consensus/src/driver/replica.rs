@@ -329,7 +329,13 @@ impl Driver {
                 } else {
                     Vec::new()
                 };
+                let cs = r.node.store().conf_state();
+                let (mut voters, mut learners) = (cs.voters.clone(), cs.learners.clone());
+                voters.sort_unstable();
+                learners.sort_unstable();
                 GroupStatus {
+                    voters,
+                    learners,
                     group: g,
                     role: format!("{:?}", raft.state).to_lowercase(),
                     leader: raft.leader_id,
