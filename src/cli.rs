@@ -26,6 +26,42 @@ enum Command {
     Demo(DemoArgs),
     /// Show the cluster: nodes, and every volume's shards with their leaders.
     Cluster(ClusterArgs),
+    /// Act on a node of the cluster.
+    Node(NodeArgs),
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// Admin address of any node.
+    #[arg(
+        long,
+        env = "RAFTBLOCK_SERVER",
+        default_value = "127.0.0.1:7480",
+        global = true
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+/// On or off.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Put a node in maintenance (`on`: it is never marked out while it is
+    /// down, like Ceph's noout) or take it out of maintenance (`off`).
+    Maintenance {
+        /// The node's id.
+        id: u64,
+        /// on or off.
+        #[arg(value_enum)]
+        state: Switch,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +211,29 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Volume(v) => volume(v),
         Command::Cluster(c) => cluster(c),
+        Command::Node(n) => node(n),
+    }
+}
+
+fn node(n: NodeArgs) -> Result<()> {
+    let client = AdminClient::new(&n.server);
+    match n.command {
+        NodeCommand::Maintenance { id, state } => {
+            let on = matches!(state, Switch::On);
+            client.post(
+                &format!("/v1/cluster/nodes/{id}/maintenance"),
+                &serde_json::json!({ "on": on }),
+            )?;
+            println!(
+                "node {id} {}",
+                if on {
+                    "is in maintenance: it is not marked out while it is down"
+                } else {
+                    "is out of maintenance"
+                }
+            );
+            Ok(())
+        }
     }
 }
 

@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// Over this much log on the node, --log-keep stops counting, e.g. 1G.
     #[arg(long, default_value = "1G", value_parser = parse_bytes)]
     pub log_keep_node_bytes: u64,
+    /// How long a node must be unheard of before the metadata leader marks
+    /// it out (never while it is in maintenance, nor while more than a
+    /// third of the nodes are down), e.g. 10m.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub down_out_interval: std::time::Duration,
 }
 
 impl ServeArgs {
@@ -112,6 +117,7 @@ impl ServeArgs {
             log_keep: std::time::Duration::from_secs(90),
             log_keep_bytes: 256 << 20,
             log_keep_node_bytes: 1 << 30,
+            down_out_interval: std::time::Duration::from_secs(600),
         }
     }
 }

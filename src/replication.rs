@@ -152,6 +152,7 @@ impl ClusterNode {
             snap_rx,
             args.leader_wait,
         );
+        raftblock_consensus::node_watch::spawn(cluster.clone(), args.down_out_interval);
         Ok(ClusterNode {
             cluster,
             info: NodeInfo {

@@ -26,20 +26,26 @@ pub fn render(st: &Value) -> String {
     let _ = writeln!(out, "\nNODES");
     let _ = writeln!(
         out,
-        "{:<6} {:<6} {:<22} {:<22} {:<22}",
+        "{:<6} {:<16} {:<22} {:<22} {:<22}",
         "ID", "STATE", "RAFT", "NBD", "ADMIN"
     );
     for n in st["nodes"].as_array().into_iter().flatten() {
-        let up = if n["up"].as_bool() == Some(true) {
-            "up"
+        let mut state = if n["up"].as_bool() == Some(true) {
+            "up".to_string()
         } else {
-            "down"
+            "down".to_string()
         };
+        if n["out"].as_bool() == Some(true) {
+            state.push_str(",out");
+        }
+        if n["maintenance"].as_bool() == Some(true) {
+            state.push_str(",maint");
+        }
         let _ = writeln!(
             out,
-            "{:<6} {:<6} {:<22} {:<22} {:<22}",
+            "{:<6} {:<16} {:<22} {:<22} {:<22}",
             s(&n["id"]),
-            up,
+            state,
             s(&n["raft_addr"]),
             s(&n["nbd_addr"]),
             s(&n["admin_addr"])

@@ -21,6 +21,7 @@ mod last_heard;
 pub mod layout;
 pub mod meta;
 mod meta_client;
+pub mod node_watch;
 pub mod peer_storage;
 pub mod read_lease;
 pub mod repair;
@@ -37,7 +38,7 @@ pub use driver::{
     LogWriterMode, ManualClock, RaftNetwork, ReplicaError, SystemClock,
 };
 pub use layout::{ShardId, ShardLayout};
-pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, VolumeRecord, META_GROUP};
+pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, NodeState, VolumeRecord, META_GROUP};
 pub use peer_storage::PeerStorage;
 pub use repair::ScrubReport;
 pub use router::ClusterVolume;

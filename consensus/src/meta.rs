@@ -41,6 +41,17 @@ pub struct NodeInfo {
     pub admin_addr: Option<SocketAddr>,
 }
 
+/// What the operator or the metadata leader decided about a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// In maintenance: never marked out while it is down (Ceph's `noout`).
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Marked out: it was down longer than the down-out interval.
+    #[serde(default)]
+    pub out: bool,
+}
+
 /// A volume of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -174,6 +185,24 @@ pub enum MetaCommand {
         /// The serving node.
         node: u64,
     },
+    /// Puts `node` in maintenance (`on`) or takes it out of it.
+    SetMaintenance {
+        /// The node.
+        node: u64,
+        /// In maintenance or not.
+        on: bool,
+    },
+    /// Marks `node` out: down longer than the down-out interval (refused
+    /// for a node in maintenance).
+    MarkOut {
+        /// The node.
+        node: u64,
+    },
+    /// Takes `node` back in: it is heard from again.
+    MarkIn {
+        /// The node.
+        node: u64,
+    },
     /// Ends the attachment with epoch `epoch` (a no-op once it moved on).
     Detach {
         /// Volume name.
@@ -227,6 +256,12 @@ pub enum MetaError {
         /// What it is.
         current: u64,
     },
+    /// No such node.
+    #[error("node {0} is not a member of the cluster")]
+    NodeNotFound(u64),
+    /// The node is in maintenance.
+    #[error("node {0} is in maintenance; it is not marked out")]
+    InMaintenance(u64),
     /// A log entry that is not a metadata command.
     #[error("undecodable metadata command: {0}")]
     Undecodable(String),
@@ -256,6 +291,10 @@ pub struct MetaState {
     pub volumes: BTreeMap<String, VolumeRecord>,
     /// Id the next volume gets.
     pub next_volume_id: u64,
+    /// Maintenance and out flags of nodes (a node without an entry is in,
+    /// not in maintenance).
+    #[serde(default)]
+    pub node_states: BTreeMap<u64, NodeState>,
 }
 
 impl MetaState {
@@ -381,6 +420,22 @@ impl MetaState {
                 }
                 Ok(MetaEffect::None)
             }
+            MetaCommand::SetMaintenance { node, on } => {
+                self.node_state_mut(node)?.maintenance = on;
+                Ok(MetaEffect::None)
+            }
+            MetaCommand::MarkOut { node } => {
+                let state = self.node_state_mut(node)?;
+                if state.maintenance {
+                    return Err(MetaError::InMaintenance(node));
+                }
+                state.out = true;
+                Ok(MetaEffect::None)
+            }
+            MetaCommand::MarkIn { node } => {
+                self.node_state_mut(node)?.out = false;
+                Ok(MetaEffect::None)
+            }
             MetaCommand::Detach { name, epoch } => {
                 let rec = self
                     .volumes
@@ -392,6 +447,18 @@ impl MetaState {
                 Ok(MetaEffect::None)
             }
         }
+    }
+
+    /// The flags of `node` (default: in, not in maintenance).
+    pub fn node_state(&self, node: u64) -> NodeState {
+        self.node_states.get(&node).copied().unwrap_or_default()
+    }
+
+    fn node_state_mut(&mut self, node: u64) -> Result<&mut NodeState, MetaError> {
+        if !self.nodes.contains_key(&node) {
+            return Err(MetaError::NodeNotFound(node));
+        }
+        Ok(self.node_states.entry(node).or_default())
     }
 
     /// How many volumes one node may serve with their leaders local: twice
@@ -747,5 +814,36 @@ mod tests {
     fn group_ids_round_trip() {
         assert_eq!(shard_of_group(shard_group(7, 3)), (7, 3));
         assert_ne!(shard_group(1, 0), META_GROUP);
+    }
+
+    #[test]
+    fn nodes_are_marked_out_and_in_unless_in_maintenance() {
+        let mut m = MetaState::default();
+        m.apply(1, node(1)).expect("node");
+        m.apply(2, node(2)).expect("node");
+        assert_eq!(m.node_state(2), NodeState::default());
+        m.apply(3, MetaCommand::MarkOut { node: 2 }).expect("out");
+        assert!(m.node_state(2).out);
+        m.apply(4, MetaCommand::MarkIn { node: 2 }).expect("in");
+        assert!(!m.node_state(2).out);
+        m.apply(5, MetaCommand::SetMaintenance { node: 2, on: true })
+            .expect("maintenance");
+        assert_eq!(
+            m.apply(6, MetaCommand::MarkOut { node: 2 }),
+            Err(MetaError::InMaintenance(2))
+        );
+        assert!(!m.node_state(2).out);
+        m.apply(7, MetaCommand::SetMaintenance { node: 2, on: false })
+            .expect("maintenance off");
+        m.apply(8, MetaCommand::MarkOut { node: 2 }).expect("out");
+        assert!(m.node_state(2).out);
+        assert_eq!(
+            m.apply(9, MetaCommand::MarkOut { node: 7 }),
+            Err(MetaError::NodeNotFound(7))
+        );
+        // Older snapshots without node states still load.
+        let old = r#"{"applied":1,"nodes":{},"volumes":{},"next_volume_id":1}"#;
+        let m: MetaState = serde_json::from_str(old).expect("old state");
+        assert!(m.node_states.is_empty());
     }
 }

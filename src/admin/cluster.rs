@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raftblock_consensus::{
-    Cluster, GroupStatus, MetaError, NodeInfo, ReplicaError, RouteError, VolumeRecord,
+    Cluster, GroupStatus, MetaCommand, MetaError, NodeInfo, ReplicaError, RouteError, VolumeRecord,
 };
 use raftblock_storage::catalog::{validate_name, validate_sizes};
 use raftblock_storage::DEFAULT_CHUNK_SIZE;
@@ -26,7 +26,8 @@ impl From<RouteError> for ApiError {
                 MetaError::VolumeExists(_)
                 | MetaError::Attached { .. }
                 | MetaError::EpochMoved { .. } => StatusCode::CONFLICT,
-                MetaError::VolumeNotFound(_) => StatusCode::NOT_FOUND,
+                MetaError::VolumeNotFound(_) | MetaError::NodeNotFound(_) => StatusCode::NOT_FOUND,
+                MetaError::InMaintenance(_) => StatusCode::CONFLICT,
                 MetaError::Placement(_) => StatusCode::BAD_REQUEST,
                 MetaError::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -279,6 +280,15 @@ pub async fn join(c: &Cluster, info: NodeInfo) -> Result<Value, ApiError> {
     Ok(json!({ "joined": info.id, "members": members }))
 }
 
+/// `POST /v1/cluster/nodes/{id}/maintenance`: puts node `id` in
+/// maintenance (`on`) or takes it out; a node in maintenance is never
+/// marked out while it is down.
+pub async fn set_maintenance(c: &Cluster, node: u64, on: bool) -> Result<Value, ApiError> {
+    c.propose_meta(MetaCommand::SetMaintenance { node, on })
+        .await?;
+    Ok(json!({ "node": node, "maintenance": on }))
+}
+
 /// `GET /v1/cluster/local`.
 pub async fn local(s: &AdminState, c: &Cluster) -> Value {
     let connections: BTreeMap<String, i64> = c
@@ -318,6 +328,8 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
             json!({
                 "id": n.id,
                 "up": per_node.get(&n.id).is_some_and(|r| r.is_some()) || n.id == c.node(),
+                "maintenance": meta.node_state(n.id).maintenance,
+                "out": meta.node_state(n.id).out,
                 "heard_from": live.contains(&n.id),
                 "raft_addr": n.raft_addr,
                 "nbd_addr": n.nbd_addr,

@@ -83,6 +83,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/volumes/{name}/verify", post(verify))
         .route("/v1/cluster/local/scrub/{name}", post(scrub_local))
         .route("/v1/cluster/nodes", post(cluster_join))
+        .route("/v1/cluster/nodes/{id}/maintenance", post(node_maintenance))
         .with_state(state)
 }
 
@@ -157,6 +158,22 @@ async fn cluster_join(
     let c = need_cluster(&s)?;
     let Json(info) = body.map_err(bad_body)?;
     Ok(Json(cluster::join(c, info).await?))
+}
+
+/// The body of `POST /v1/cluster/nodes/{id}/maintenance`.
+#[derive(serde::Deserialize)]
+struct MaintenanceBody {
+    on: bool,
+}
+
+async fn node_maintenance(
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<u64>,
+    body: Result<Json<MaintenanceBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    let Json(b) = body.map_err(bad_body)?;
+    Ok(Json(cluster::set_maintenance(c, id, b.on).await?))
 }
 
 fn bad_body(e: JsonRejection) -> ApiError {

@@ -1,0 +1,145 @@
+//! The metadata leader's watch over the nodes. A node unheard for the
+//! down-out interval is marked out, and an out node heard from again is
+//! taken back in. Nothing is marked out while more than a third of the
+//! nodes are down (then the cluster, not the node, is the problem), nor a
+//! node in maintenance, nor before this node has led the metadata group for
+//! a whole interval: its count of the others' silence may have started
+//! late, so a new leader errs toward waiting. An out node is what healing
+//! acts on: its replicas are to be re-created on the other nodes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cluster::Cluster;
+use crate::meta::{MetaCommand, MetaState, META_GROUP};
+
+/// A node unheard this long counts as down (`LastHeard`'s live window).
+const DOWN_AFTER: Duration = Duration::from_secs(5);
+
+/// Starts the watch on this node; it acts only while this node leads the
+/// metadata group. `interval`: the down-out interval.
+pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        let mut leading_since: Option<Instant> = None;
+        loop {
+            every.tick().await;
+            if Arc::strong_count(&cluster) == 1 {
+                return; // the node stopped
+            }
+            let me = cluster.node();
+            if cluster.view().leader(META_GROUP) != Some(me) {
+                leading_since = None;
+                continue;
+            }
+            let leading_for = leading_since.get_or_insert_with(Instant::now).elapsed();
+            let meta = cluster.view().meta();
+            let silent = |n| cluster.silent_for(n);
+            for cmd in decide(&meta, me, silent, leading_for, interval) {
+                let what = match &cmd {
+                    MetaCommand::MarkOut { node } => format!("marking node {node} out"),
+                    MetaCommand::MarkIn { node } => format!("taking node {node} back in"),
+                    other => format!("{other:?}"),
+                };
+                match cluster.propose_meta(cmd.clone()).await {
+                    Ok(()) => match cmd {
+                        MetaCommand::MarkOut { node } => tracing::warn!(
+                            node,
+                            silent_s = cluster.silent_for(node).as_secs(),
+                            "node marked out: down longer than the down-out interval"
+                        ),
+                        _ => tracing::info!("{what}"),
+                    },
+                    Err(e) => tracing::debug!(error = %e, "{what}"),
+                }
+            }
+        }
+    });
+}
+
+/// The changes due now: `silent(n)` is how long node `n` has been unheard.
+fn decide(
+    meta: &MetaState,
+    me: u64,
+    silent: impl Fn(u64) -> Duration,
+    leading_for: Duration,
+    interval: Duration,
+) -> Vec<MetaCommand> {
+    let others: Vec<u64> = meta.nodes.keys().copied().filter(|n| *n != me).collect();
+    let down = others.iter().filter(|n| silent(**n) >= DOWN_AFTER).count();
+    let cluster_in_trouble = down * 3 > meta.nodes.len();
+    let mut out = Vec::new();
+    for node in others {
+        let state = meta.node_state(node);
+        let quiet = silent(node);
+        if state.out {
+            if quiet < DOWN_AFTER {
+                out.push(MetaCommand::MarkIn { node });
+            }
+        } else if !state.maintenance && !cluster_in_trouble && quiet.min(leading_for) >= interval {
+            out.push(MetaCommand::MarkOut { node });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::NodeInfo;
+
+    fn meta(nodes: &[u64]) -> MetaState {
+        let mut m = MetaState::default();
+        for (i, &id) in nodes.iter().enumerate() {
+            let info = NodeInfo {
+                id,
+                raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
+                nbd_addr: None,
+                admin_addr: None,
+            };
+            m.apply(i as u64 + 1, MetaCommand::PutNode(info))
+                .expect("node");
+        }
+        m
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn down_nodes_go_out_after_the_interval_unless_excused() {
+        let m = meta(&[1, 2, 3, 4]);
+        let silent = |down: &'static [u64], for_: Duration| {
+            move |n: u64| {
+                if down.contains(&n) {
+                    for_
+                } else {
+                    Duration::ZERO
+                }
+            }
+        };
+        // One of four down for longer than the interval: out.
+        assert_eq!(
+            decide(&m, 1, silent(&[4], 11 * MIN), 20 * MIN, 10 * MIN),
+            vec![MetaCommand::MarkOut { node: 4 }]
+        );
+        // Not yet; a short flap moves nothing.
+        assert!(decide(&m, 1, silent(&[4], 9 * MIN), 20 * MIN, 10 * MIN).is_empty());
+        // A leader that has not led for the interval waits.
+        assert!(decide(&m, 1, silent(&[4], 11 * MIN), 5 * MIN, 10 * MIN).is_empty());
+        // Two of four down: the cluster is in trouble, nothing goes out.
+        assert!(decide(&m, 1, silent(&[3, 4], 11 * MIN), 20 * MIN, 10 * MIN).is_empty());
+        // In maintenance: stays in.
+        let mut mm = m.clone();
+        mm.apply(10, MetaCommand::SetMaintenance { node: 4, on: true })
+            .expect("maintenance");
+        assert!(decide(&mm, 1, silent(&[4], 11 * MIN), 20 * MIN, 10 * MIN).is_empty());
+        // Out and heard again: back in; out and still down: nothing more.
+        let mut mo = m.clone();
+        mo.apply(10, MetaCommand::MarkOut { node: 4 }).expect("out");
+        assert_eq!(
+            decide(&mo, 1, silent(&[], MIN), 20 * MIN, 10 * MIN),
+            vec![MetaCommand::MarkIn { node: 4 }]
+        );
+        assert!(decide(&mo, 1, silent(&[4], 11 * MIN), 20 * MIN, 10 * MIN).is_empty());
+    }
+}
