@@ -50,6 +50,16 @@ fn down_nodes_are_marked_out_unless_in_maintenance_or_too_many() {
     let interval = Duration::from_secs(3);
     let mut c = TestCluster::start_each(4, |_| vec!["--down-out-interval".into(), "3s".into()]);
     c.create_volume("w", 16 << 20, 3, None);
+    // Every node has registered in the metadata (they do so as they start).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.status()["nodes"].as_array().map_or(0, Vec::len) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "not every node registered: {:#}",
+            c.status()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // Maintenance, through the CLI: node 3 down stays in.
     let out = c.node(1).cli(&["node", "maintenance", "3", "on"]);
