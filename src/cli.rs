@@ -32,14 +32,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct NodeArgs {
-    /// Admin address of any node.
-    #[arg(
-        long,
-        env = "RAFTBLOCK_SERVER",
-        default_value = "127.0.0.1:7480",
-        global = true
-    )]
-    server: String,
+    #[command(flatten)]
+    admin: AdminAddr,
     #[command(subcommand)]
     command: NodeCommand,
 }
@@ -64,8 +58,9 @@ enum NodeCommand {
     },
 }
 
+/// Where the cluster commands reach the cluster.
 #[derive(Args, Debug)]
-struct ClusterArgs {
+struct AdminAddr {
     /// Admin address of any node.
     #[arg(
         long,
@@ -74,6 +69,12 @@ struct ClusterArgs {
         global = true
     )]
     server: String,
+}
+
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    #[command(flatten)]
+    admin: AdminAddr,
     #[command(subcommand)]
     command: ClusterCommand,
 }
@@ -216,7 +217,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn node(n: NodeArgs) -> Result<()> {
-    let client = AdminClient::new(&n.server);
+    let client = AdminClient::new(&n.admin.server);
     match n.command {
         NodeCommand::Maintenance { id, state } => {
             let on = matches!(state, Switch::On);
@@ -238,7 +239,7 @@ fn node(n: NodeArgs) -> Result<()> {
 }
 
 fn cluster(c: ClusterArgs) -> Result<()> {
-    let client = AdminClient::new(&c.server);
+    let client = AdminClient::new(&c.admin.server);
     match c.command {
         ClusterCommand::Status { json } => {
             let st = client.cluster_status()?;
