@@ -753,14 +753,6 @@ impl Wal {
         self.lock().groups.values().map(|g| g.bytes).sum()
     }
 
-    /// The length of entry `index` of `group` as stored, if the log holds it.
-    pub fn entry_len(&self, group: u64, index: u64) -> Option<u64> {
-        let inner = self.lock();
-        let g = inner.groups.get(&group)?;
-        let i = index.checked_sub(g.first_index)?;
-        g.entries.get(i as usize).map(|e| e.len as u64)
-    }
-
     /// Where `len` bytes of entry `index` of `group` are, starting
     /// `from_end` bytes before the end of its stored bytes: a payload the
     /// entry ends with, found without reading the rest of the entry
