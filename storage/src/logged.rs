@@ -114,7 +114,9 @@ impl LoggedBlocks {
             if let Some(old) = t.blocks.insert(b, block) {
                 t.forget(old.at.index);
             }
-            *t.by_index.entry(at.index).or_default() += 1;
+        }
+        if !crcs.is_empty() {
+            *t.by_index.entry(at.index).or_default() += crcs.len() as u32;
         }
         self.count.store(t.blocks.len(), Ordering::Release);
     }

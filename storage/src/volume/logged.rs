@@ -165,10 +165,23 @@ impl LocalVolume {
         locked: bool,
     ) -> Result<Bytes> {
         let logged = c.logged.range(b0, b1);
+        self.read_run_known(c, b0, b1, &logged, locked).await
+    }
+
+    /// [`LocalVolume::read_run`] for a caller that has just looked up the
+    /// logged blocks among `[b0, b1)` (`logged`, in block order).
+    pub(super) async fn read_run_known(
+        &self,
+        c: &Arc<Chunk>,
+        b0: u64,
+        b1: u64,
+        logged: &[(u64, LoggedBlock)],
+        locked: bool,
+    ) -> Result<Bytes> {
         if logged.is_empty() {
             return self.read_verified(c, b0, b1, locked).await.map(Bytes::from);
         }
-        let first = self.read_mixed(c, b0, b1, &logged).await;
+        let first = self.read_mixed(c, b0, b1, logged).await;
         if let Ok(Ok(b)) = first {
             return Ok(b);
         }

@@ -169,7 +169,7 @@ impl LocalVolume {
                 // A logged block's chunk copy is not what it reads as.
                 if slot != HOLE
                     && !checksum::verify(slot, block)
-                    && !logged.iter().any(|(lb, _)| *lb == blk)
+                    && logged.binary_search_by_key(&blk, |l| l.0).is_err()
                 {
                     bad.push(blk);
                 }
@@ -379,7 +379,8 @@ impl LocalVolume {
         let mut b = p.off / BLOCK_SIZE;
         let b_end = end.div_ceil(BLOCK_SIZE);
         let logged = c.logged.range(b, b_end);
-        let is_hole = |b: u64| c.slot(b) == HOLE && !logged.iter().any(|(lb, _)| *lb == b);
+        let is_logged = |b: u64| logged.binary_search_by_key(&b, |l| l.0).is_ok();
+        let is_hole = |b: u64| c.slot(b) == HOLE && !is_logged(b);
         while b < b_end {
             let hole = is_hole(b);
             let mut run_end = b + 1;
@@ -391,7 +392,12 @@ impl LocalVolume {
             if hole {
                 out.push(ReadSegment::Hole(to - from));
             } else {
-                let buf = self.read_run(&c, b, run_end, false).await?;
+                // The logged blocks of this run, from the look above.
+                let lo = logged.partition_point(|l| l.0 < b);
+                let hi = logged.partition_point(|l| l.0 < run_end);
+                let buf = self
+                    .read_run_known(&c, b, run_end, &logged[lo..hi], false)
+                    .await?;
                 let base = b * BLOCK_SIZE;
                 out.push(ReadSegment::Data(
                     buf.slice((from - base) as usize..(to - base) as usize),
@@ -653,14 +659,14 @@ impl VolumeIo for LocalVolume {
                 continue;
             };
             let end = p.off + p.len;
+            // One look at the logged blocks per piece, not one per block.
+            let logged = c.logged.range(p.off / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
             let mut pos = p.off;
             while pos < end {
                 let b = pos / BLOCK_SIZE;
                 let next = ((b + 1) * BLOCK_SIZE).min(end);
-                push(
-                    next - pos,
-                    c.slot(b) == HOLE && c.logged.range(b, b + 1).is_empty(),
-                );
+                let is_logged = logged.binary_search_by_key(&b, |l| l.0).is_ok();
+                push(next - pos, c.slot(b) == HOLE && !is_logged);
                 pos = next;
             }
         }
