@@ -284,10 +284,12 @@ fn a_large_payload_is_found_at_its_offset_from_the_entry_end() {
         .collect::<Vec<_>>()
         .into();
     let cmd = ShardCommand::write(3, 7, 1 << 20, payload.clone());
-    let mut e = Entry::default();
-    e.index = 5;
-    e.term = 2;
-    e.data = cmd.encode_bytes();
+    let e = Entry {
+        index: 5,
+        term: 2,
+        data: cmd.encode_bytes(),
+        ..Default::default()
+    };
     let find = |e: &Entry| {
         let decoded = ShardCommand::decode(e.data.clone()).expect("decode");
         let Some(BlockOp::Write(w)) = decoded.op else {

@@ -424,7 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn settling_leaves_newer_data_and_a_bad_log_copy_is_an_error() {
-        let (_dir, wal, data_dir, v) = setup();
+        let (_dir, wal, _data_dir, v) = setup();
         let old = pattern(2, 128 * 1024);
         let new = pattern(3, 128 * 1024);
         log_entry(&wal, 9, 1, &old);
