@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// third of the nodes are down), e.g. 10m.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub down_out_interval: std::time::Duration,
+    /// Bytes per second this node copies, for all the shard copies it
+    /// receives together (a replica re-created on it, one catching up), so
+    /// client I/O keeps going; 0 for no limit, e.g. 64M.
+    #[arg(long, default_value = "64M", value_parser = parse_bytes)]
+    pub recovery_rate: u64,
 }
 
 impl ServeArgs {
@@ -118,6 +123,7 @@ impl ServeArgs {
             log_keep_bytes: 256 << 20,
             log_keep_node_bytes: 1 << 30,
             down_out_interval: std::time::Duration::from_secs(600),
+            recovery_rate: 64 << 20,
         }
     }
 }

@@ -151,6 +151,7 @@ impl ClusterNode {
             events,
             snap_rx,
             args.leader_wait,
+            args.recovery_rate,
         );
         raftblock_consensus::node_watch::spawn(cluster.clone(), args.down_out_interval);
         Ok(ClusterNode {

@@ -54,8 +54,9 @@ pub fn render(st: &Value) -> String {
     for v in st["volumes"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "\nVOLUME {} ({}, {} replica(s){})",
+            "\nVOLUME {} [{}] ({}, {} replica(s){})",
             s(&v["name"]),
+            s(&v["state"]),
             human(v["size"].as_u64().unwrap_or(0)),
             s(&v["replicas"]),
             match v["attached_to"].as_u64() {
@@ -81,6 +82,16 @@ pub fn render(st: &Value) -> String {
                     s(&r["applied"]),
                     s(&r["commit"]),
                     s(&r["lag"])
+                );
+            }
+        }
+        for sh in v["shards"].as_array().into_iter().flatten() {
+            if let Some(reason) = sh["reason"].as_str() {
+                let _ = writeln!(
+                    out,
+                    "  shard {} is {}: {reason}",
+                    s(&sh["index"]),
+                    s(&sh["state"])
                 );
             }
         }

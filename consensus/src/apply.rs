@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 use prost::Message as _;
-use raft::prelude::Entry;
+use raft::prelude::{Entry, EntryType};
 use std::sync::Arc;
 use std::time::Duration;
 // tokio's clock: the node's own in production, the simulation's in tests.
@@ -82,6 +82,9 @@ pub enum ApplyMsg {
     Install,
     /// Raft did not take it: drop the staged copy.
     Discard,
+    /// The replica left its group: delete the shard's chunks, staging area
+    /// and fence, and stop.
+    Remove,
 }
 
 /// The shard's fence, loaded from and saved to its file.
@@ -152,6 +155,25 @@ impl ShardState {
             self.wal
                 .index_keeping(group, applied, s.keep_under_pressure)
         })
+    }
+}
+
+/// Deletes what this node held of shard `group`: its chunk files (with
+/// their blocks still in the log), a staged copy and its fence.
+pub(crate) fn remove_shard(group: u64, volume: &LocalVolume, chunks: &[u64]) {
+    let shard = shard_of_group(group).1;
+    let result = volume
+        .remove_chunks(chunks)
+        .and_then(|files| staging::discard(volume, shard).map(|()| files));
+    match result {
+        Ok(files) => tracing::info!(group, files, "removed this node's replica of the shard"),
+        Err(e) => tracing::warn!(group, error = %e, "removing the shard's files"),
+    }
+    let fence = FenceHistory::path(volume.dir(), shard);
+    if let Err(e) = std::fs::remove_file(&fence) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(group, path = %fence.display(), error = %e, "removing the shard's fence");
+        }
     }
 }
 
@@ -321,6 +343,13 @@ async fn run(
                 }
                 continue;
             }
+            ApplyMsg::Remove => {
+                if let Some(s) = syncing.take() {
+                    let _ = s.await;
+                }
+                remove_shard(group, &volume, &state.chunks);
+                return;
+            }
             ApplyMsg::Discard => {
                 let (_, shard) = shard_of_group(group);
                 if let Err(e) = staging::discard(&volume, shard) {
@@ -331,8 +360,8 @@ async fn run(
         };
         let mut replies = replies.into_iter().peekable();
         for e in entries {
-            let result = if e.data.is_empty() {
-                Ok(0) // a new leader's empty entry, or a conf change
+            let result = if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
+                Ok(0) // a new leader's empty entry, or a membership change
             } else {
                 apply_entry(
                     group,

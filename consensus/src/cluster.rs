@@ -25,6 +25,7 @@ use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
 use crate::error::io_error;
 use crate::last_heard::{LastHeard, LeaseRenewals};
 use crate::meta::shard_of_group;
+use crate::recovery::Recovery;
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
 use crate::snapshot::{self, ChunkSource, SnapshotFetch, SourceError};
 use crate::transport::{Transport, TransportEvent};
@@ -97,6 +98,7 @@ pub struct Cluster {
     hints: RwLock<HashMap<u64, u64>>,
     leader_wait: Duration,
     renewals: LeaseRenewals,
+    recovery: Arc<Recovery>,
 }
 
 impl Cluster {
@@ -111,6 +113,7 @@ impl Cluster {
         events: mpsc::UnboundedReceiver<TransportEvent>,
         snapshots: mpsc::UnboundedReceiver<SnapshotFetch>,
         leader_wait: Duration,
+        recovery_rate: u64,
     ) -> Arc<Cluster> {
         let c = Arc::new(Cluster {
             node,
@@ -124,6 +127,7 @@ impl Cluster {
             hints: RwLock::new(HashMap::new()),
             leader_wait,
             renewals: LeaseRenewals::default(),
+            recovery: Arc::new(Recovery::new(recovery_rate)),
         });
         tokio::spawn(route_events(c.clone(), events));
         tokio::spawn(fetch_snapshots(c.clone(), snapshots));
@@ -162,6 +166,11 @@ impl Cluster {
                 self.transport.add_peer(id, addr);
             }
         }
+    }
+
+    /// The catch-up copies this node receives (pacing, progress).
+    pub fn recovery(&self) -> &Arc<Recovery> {
+        &self.recovery
     }
 
     /// This node's id.
@@ -565,12 +574,15 @@ async fn fetch_snapshots(c: Arc<Cluster>, mut rx: mpsc::UnboundedReceiver<Snapsh
     while let Some(f) = rx.recv().await {
         let c = c.clone();
         tokio::spawn(async move {
+            // Waits for a slot: a few copies at a time per node.
+            let guard = c.recovery.begin(f.group, f.from).await;
             let src = SnapshotSender {
                 c: &c,
                 from: f.from,
                 group: f.group,
             };
-            let copy = match snapshot::fetch(&c.view.meta(), &c.store, &f, &src).await {
+            let meta = c.view.meta();
+            let copy = match snapshot::fetch(&meta, &c.store, &f, &src, &guard.progress).await {
                 Ok(copy) => Some(copy),
                 Err(e) => {
                     tracing::warn!(group = f.group, error = %e, "shard snapshot failed; the leader will send another");
@@ -623,7 +635,16 @@ impl ChunkSource for SnapshotSender<'_> {
                 len,
                 source,
             })?;
-        rpc::read_of_segments(segs).map_err(|source| SourceError::Corrupt { from, source })
+        let read =
+            rpc::read_of_segments(segs).map_err(|source| SourceError::Corrupt { from, source })?;
+        // Paced by the data that came (holes cost the sender nothing).
+        let data: u64 = read
+            .iter()
+            .filter(|s| matches!(s, ReadSegment::Data(_)))
+            .map(|s| s.len())
+            .sum();
+        self.c.recovery.pace(data).await;
+        Ok(read)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod cut;
 pub mod driver;
 pub mod error;
 pub mod fence;
+pub mod healing;
 mod last_heard;
 pub mod layout;
 pub mod meta;
@@ -24,6 +25,7 @@ mod meta_client;
 pub mod node_watch;
 pub mod peer_storage;
 pub mod read_lease;
+pub mod recovery;
 pub mod repair;
 pub mod router;
 pub mod rpc;
@@ -35,7 +37,7 @@ pub use attachment::AttachError;
 pub use cluster::{Cluster, ShardOp};
 pub use driver::{
     Clock, ClusterView, Driver, DriverConfig, DriverError, DriverHandle, DriverMsg, GroupStatus,
-    LogWriterMode, ManualClock, RaftNetwork, ReplicaError, SystemClock,
+    LogWriterMode, ManualClock, MembershipReport, RaftNetwork, ReplicaError, SystemClock,
 };
 pub use layout::{ShardId, ShardLayout};
 pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, NodeState, VolumeRecord, META_GROUP};

@@ -5,7 +5,8 @@
 //! node in maintenance, nor before this node has led the metadata group for
 //! a whole interval: its count of the others' silence may have started
 //! late, so a new leader errs toward waiting. An out node is what healing
-//! acts on: its replicas are to be re-created on the other nodes.
+//! acts on: its replicas are re-created on the other nodes (`healing`),
+//! from this same loop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +14,15 @@ use std::time::{Duration, Instant};
 use crate::cluster::Cluster;
 use crate::meta::{MetaCommand, MetaState, META_GROUP};
 
-/// A node unheard this long counts as down (`LastHeard`'s live window).
-const DOWN_AFTER: Duration = Duration::from_secs(5);
+/// A node unheard this long counts as down (nodes ping each other every
+/// 250 ms): for the count of down nodes that holds marking out back, and
+/// for where new replicas may go.
+pub(crate) const DOWN_AFTER: Duration = Duration::from_secs(2);
+
+/// An out node heard from within this is back; shorter than `DOWN_AFTER`,
+/// so a node just marked out is not taken back in by the silence it was
+/// marked out for.
+const HEARD_AGAIN: Duration = Duration::from_secs(1);
 
 /// Starts the watch on this node; it acts only while this node leads the
 /// metadata group. `interval`: the down-out interval.
@@ -27,6 +35,7 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
             if Arc::strong_count(&cluster) == 1 {
                 return; // the node stopped
             }
+            crate::healing::report_memberships(&cluster).await;
             let me = cluster.node();
             if cluster.view().leader(META_GROUP) != Some(me) {
                 leading_since = None;
@@ -53,8 +62,35 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
                     Err(e) => tracing::debug!(error = %e, "{what}"),
                 }
             }
+            // Healing acts on the metadata as it is after the marks.
+            let meta = cluster.view().meta();
+            let up = |n| n == me || cluster.silent_for(n) < DOWN_AFTER;
+            for cmd in crate::healing::plan(&meta, up, unix_now()) {
+                match &cmd {
+                    MetaCommand::StartMove(m) => tracing::warn!(
+                        group = m.group,
+                        to = m.add,
+                        replaces = ?m.remove,
+                        reason = ?m.reason,
+                        "re-creating a shard replica"
+                    ),
+                    MetaCommand::EndMove { group, add } => {
+                        tracing::info!(group, target = add, "giving up a replica move")
+                    }
+                    _ => {}
+                }
+                if let Err(e) = cluster.propose_meta(cmd).await {
+                    tracing::debug!(error = %e, "proposing a replica move");
+                }
+            }
         }
     });
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The changes due now: `silent(n)` is how long node `n` has been unheard.
@@ -73,10 +109,14 @@ fn decide(
         let state = meta.node_state(node);
         let quiet = silent(node);
         if state.out {
-            if quiet < DOWN_AFTER {
+            // Heard again (nodes ping each other several times a second).
+            if quiet < HEARD_AGAIN {
                 out.push(MetaCommand::MarkIn { node });
             }
-        } else if !state.maintenance && !cluster_in_trouble && quiet.min(leading_for) >= interval {
+        } else if !state.maintenance
+            && !cluster_in_trouble
+            && quiet.min(leading_for) >= interval.max(DOWN_AFTER)
+        {
             out.push(MetaCommand::MarkOut { node });
         }
     }
@@ -141,5 +181,8 @@ mod tests {
             vec![MetaCommand::MarkIn { node: 4 }]
         );
         assert!(decide(&mo, 1, silent(&[4], 11 * MIN), 20 * MIN, 10 * MIN).is_empty());
+        // Still silent, only not for long yet (a short interval): stays out.
+        let secs = |s| Duration::from_secs(s);
+        assert!(decide(&mo, 1, silent(&[4], secs(4)), 20 * MIN, secs(3)).is_empty());
     }
 }

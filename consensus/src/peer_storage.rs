@@ -232,23 +232,25 @@ impl PeerStorage {
     /// initial member must be created with the same list) and stages its
     /// state into `batch`.
     pub fn create(wal: Arc<Wal>, group: u64, voters: &[u64], batch: &mut WalBatch) -> PeerStorage {
-        PeerStorage::create_at(wal, group, voters, 0, 0, batch)
+        PeerStorage::create_at(wal, group, (voters, &[]), 0, 0, batch)
     }
 
     /// Like [`PeerStorage::create`], but as if a snapshot at `index`/`term`
     /// had been installed: the log starts at `index + 1`, so a replica added
     /// later has to be sent a snapshot (it cannot rebuild the initial
     /// members from the log).
+    /// `members`: its voters and learners.
     pub fn create_at(
         wal: Arc<Wal>,
         group: u64,
-        voters: &[u64],
+        (voters, learners): (&[u64], &[u64]),
         index: u64,
         term: u64,
         batch: &mut WalBatch,
     ) -> PeerStorage {
         let state = StoredState {
             voters: voters.to_vec(),
+            learners: learners.to_vec(),
             term,
             commit: index,
             applied: index,
@@ -406,6 +408,11 @@ impl PeerStorage {
         self.snapshot = Some(snap.clone());
     }
 
+    /// The index of the snapshot offered to followers (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.get_metadata().index)
+    }
+
     /// Sets the snapshot `snapshot()` hands to Raft (built by the owner at
     /// its applied index).
     pub fn set_snapshot(&mut self, snap: Snapshot) {
@@ -510,9 +517,15 @@ impl raft::Storage for PeerStorage {
             .max(self.state.truncated_index))
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
-            Some(s) if s.get_metadata().index >= request_index && s.get_metadata().index > 0 => {
+            // One whose configuration lacks `to` would be refused (a
+            // learner just added waits for the next one).
+            Some(s)
+                if s.get_metadata().index >= request_index
+                    && s.get_metadata().index > 0
+                    && names(s.get_metadata().get_conf_state(), to) =>
+            {
                 Ok(s.clone())
             }
             _ => Err(raft::Error::Store(
@@ -520,6 +533,14 @@ impl raft::Storage for PeerStorage {
             )),
         }
     }
+}
+
+/// Whether configuration `cs` names `node` (as a voter or a learner).
+fn names(cs: &ConfState, node: u64) -> bool {
+    cs.voters.contains(&node)
+        || cs.learners.contains(&node)
+        || cs.voters_outgoing.contains(&node)
+        || cs.learners_next.contains(&node)
 }
 
 impl PeerStorage {

@@ -19,12 +19,15 @@ use raft::prelude::Message;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use raftblock_storage::checksum::HOLE;
 use raftblock_storage::staging::{self, ChunkSwap};
-use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, VolumeIo};
+use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, VolumeIo, BLOCK_SIZE};
+use std::sync::atomic::Ordering;
 
 use crate::error::RouteError;
 use crate::layout::ShardId;
 use crate::meta::{shard_of_group, MetaState};
+use crate::recovery::CopyProgress;
 use crate::rpc::SegmentError;
 
 /// Bytes copied per request.
@@ -147,6 +150,7 @@ pub async fn fetch(
     store: &ChunkStore,
     f: &SnapshotFetch,
     src: &impl ChunkSource,
+    progress: &CopyProgress,
 ) -> Result<StagedCopy, SnapshotError> {
     let (vol, index) = shard_of_group(f.group);
     let snap_index = f.msg.get_snapshot().get_metadata().index;
@@ -168,21 +172,21 @@ pub async fn fetch(
         .layout()
         .chunks_of(ShardId { volume: vol, index })
         .collect();
-    stage(&volume, f.group, &chunks, snap_index, src).await
+    stage(&volume, f.group, &chunks, snap_index, src, progress).await
 }
 
 /// Compares each of `chunks` with `src` and stages the ones that differ in
-/// the shard's staging area; returns what the swap will do.
+/// the shard's staging area; returns what the swap will do. All tables are
+/// compared first, so `progress` knows the bytes to copy from the start.
 pub async fn stage(
     volume: &LocalVolume,
     group: u64,
     chunks: &[u64],
     snap_index: u64,
     src: &impl ChunkSource,
+    progress: &CopyProgress,
 ) -> Result<StagedCopy, SnapshotError> {
-    let (_, index) = shard_of_group(group);
     let local = |source| SnapshotError::Local { group, source };
-    let staged = staging::create(volume, index).map_err(local)?;
     let (cs, size) = (volume.meta().chunk_size, volume.meta().size);
     let started = Instant::now();
     let mut copy = StagedCopy {
@@ -191,23 +195,38 @@ pub async fn stage(
         keeps: Vec::new(),
         bytes: 0,
     };
+    let mut differ = Vec::new();
+    for &chunk in chunks {
+        let theirs = src
+            .sums(chunk)
+            .await
+            .map_err(|source| SnapshotError::Source {
+                group,
+                chunk,
+                source,
+            })?;
+        let ours = volume.chunk_sums(chunk).map_err(local)?;
+        match theirs {
+            _ if theirs == ours => copy.keeps.push((chunk, ours)),
+            None => copy.swaps.push(ChunkSwap::Remove(chunk)),
+            Some(sums) => {
+                let blocks = sums.iter().filter(|s| **s != HOLE).count() as u64;
+                progress
+                    .total
+                    .fetch_add(blocks * BLOCK_SIZE, Ordering::Relaxed);
+                differ.push(chunk);
+            }
+        }
+    }
+    let (_, index) = shard_of_group(group);
+    let staged = staging::create(volume, index).map_err(local)?;
     let mut last_report = Instant::now();
-    for (n, &chunk) in chunks.iter().enumerate() {
+    for (n, &chunk) in differ.iter().enumerate() {
         let from_source = |source| SnapshotError::Source {
             group,
             chunk,
             source,
         };
-        let theirs = src.sums(chunk).await.map_err(from_source)?;
-        let ours = volume.chunk_sums(chunk).map_err(local)?;
-        if theirs == ours {
-            copy.keeps.push((chunk, ours));
-            continue;
-        }
-        if theirs.is_none() {
-            copy.swaps.push(ChunkSwap::Remove(chunk));
-            continue;
-        }
         let end = ((chunk + 1) * cs).min(size);
         let mut off = chunk * cs;
         while off < end {
@@ -218,6 +237,7 @@ pub async fn stage(
                 if let ReadSegment::Data(d) = s {
                     staged.write(pos, d, false).await.map_err(local)?;
                     copy.bytes += l;
+                    progress.done.fetch_add(l, Ordering::Relaxed);
                 }
                 pos += l;
             }
@@ -235,8 +255,9 @@ pub async fn stage(
             tracing::info!(
                 group,
                 chunks_done = n + 1,
-                chunks = chunks.len(),
+                chunks = differ.len(),
                 mib = copy.bytes >> 20,
+                of_mib = progress.total.load(Ordering::Relaxed) >> 20,
                 "copying a shard snapshot"
             );
             last_report = Instant::now();

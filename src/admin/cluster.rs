@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raftblock_consensus::meta::ReplicaMove;
+use raftblock_consensus::recovery::CopyStatus;
 use raftblock_consensus::{
-    Cluster, GroupStatus, MetaCommand, MetaError, NodeInfo, ReplicaError, RouteError, VolumeRecord,
+    Cluster, GroupStatus, MetaCommand, MetaError, MetaState, NodeInfo, ReplicaError, RouteError,
+    VolumeRecord,
 };
 use raftblock_storage::catalog::{validate_name, validate_sizes};
 use raftblock_storage::DEFAULT_CHUNK_SIZE;
@@ -26,8 +29,10 @@ impl From<RouteError> for ApiError {
                 MetaError::VolumeExists(_)
                 | MetaError::Attached { .. }
                 | MetaError::EpochMoved { .. } => StatusCode::CONFLICT,
-                MetaError::VolumeNotFound(_) | MetaError::NodeNotFound(_) => StatusCode::NOT_FOUND,
-                MetaError::InMaintenance(_) => StatusCode::CONFLICT,
+                MetaError::VolumeNotFound(_)
+                | MetaError::NodeNotFound(_)
+                | MetaError::GroupNotFound(_) => StatusCode::NOT_FOUND,
+                MetaError::InMaintenance(_) | MetaError::Move { .. } => StatusCode::CONFLICT,
                 MetaError::Placement(_) => StatusCode::BAD_REQUEST,
                 MetaError::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -302,6 +307,7 @@ pub async fn local(s: &AdminState, c: &Cluster) -> Value {
     json!({
         "node": c.node(),
         "groups": c.driver().status().await,
+        "copies": c.recovery().status(),
         "nbd_connections": connections,
     })
 }
@@ -310,24 +316,31 @@ pub async fn local(s: &AdminState, c: &Cluster) -> Value {
 pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
     c.meta_barrier(Duration::from_secs(3)).await;
     let meta = c.view().meta();
-    // node -> its replicas' state (None: unreachable)
-    let mut per_node: BTreeMap<u64, Option<Vec<GroupStatus>>> = BTreeMap::new();
-    per_node.insert(c.node(), Some(c.driver().status().await));
+    // node -> its replicas' state and the copies it receives (None:
+    // unreachable)
+    let mut per_node: BTreeMap<u64, Option<NodeReplicas>> = BTreeMap::new();
+    per_node.insert(
+        c.node(),
+        Some((c.driver().status().await, c.recovery().status())),
+    );
     let others = ask_members(c, meta.nodes.keys().copied(), Duration::from_secs(2), |a| {
-        Ok(serde_json::from_value::<Vec<GroupStatus>>(
-            a.local_replicas()?["groups"].clone(),
-        )?)
+        let local = a.local_replicas()?;
+        Ok((
+            serde_json::from_value::<Vec<GroupStatus>>(local["groups"].clone())?,
+            serde_json::from_value::<Vec<CopyStatus>>(local["copies"].clone()).unwrap_or_default(),
+        ))
     })
     .await;
     per_node.extend(others.into_iter().map(|(id, r)| (id, r.ok())));
     let live = c.live_nodes();
+    let up = |n: u64| per_node.get(&n).is_some_and(|r| r.is_some()) || n == c.node();
     let nodes: Vec<Value> = meta
         .nodes
         .values()
         .map(|n| {
             json!({
                 "id": n.id,
-                "up": per_node.get(&n.id).is_some_and(|r| r.is_some()) || n.id == c.node(),
+                "up": up(n.id),
                 "maintenance": meta.node_state(n.id).maintenance,
                 "out": meta.node_state(n.id).out,
                 "heard_from": live.contains(&n.id),
@@ -341,8 +354,17 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
         per_node
             .get(&node)?
             .as_ref()?
+            .0
             .iter()
             .find(|g| g.group == group)
+    };
+    let copy_of = |node: u64, group: u64| -> Option<&CopyStatus> {
+        per_node
+            .get(&node)?
+            .as_ref()?
+            .1
+            .iter()
+            .find(|c| c.group == group)
     };
     let volumes: Vec<Value> = meta
         .volumes
@@ -351,7 +373,12 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
             let shards: Vec<Value> = rec
                 .groups()
                 .enumerate()
-                .map(|(i, (group, replicas))| {
+                .map(|(i, (group, placed))| {
+                    let mv = meta.moves.get(&group);
+                    let mut replicas = placed.clone();
+                    if let Some(m) = mv.filter(|m| !replicas.contains(&m.add)) {
+                        replicas.push(m.add);
+                    }
                     // The leader as the replicas see it (highest term wins).
                     let leader = replicas
                         .iter()
@@ -359,13 +386,14 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
                         .max_by_key(|g| g.term)
                         .map(|g| g.leader)
                         .unwrap_or(0);
-                    let leader_last = find(leader, group).map(|g| g.last_index);
+                    let leader_status = find(leader, group);
+                    let leader_last = leader_status.map(|g| g.last_index);
                     let reps: Vec<Value> = replicas
                         .iter()
                         .map(|n| match find(*n, group) {
                             Some(g) => json!({
                                 "node": n,
-                                "role": g.role,
+                                "role": if g.role == "follower" && leader_status.is_some_and(|l| l.learners.contains(n)) { "learner".to_string() } else { g.role.clone() },
                                 "term": g.term,
                                 "commit": g.commit,
                                 "applied": g.applied,
@@ -376,18 +404,43 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
                             None => json!({ "node": n, "role": "unreachable" }),
                         })
                         .collect();
+                    let health = shard_health(&ShardFacts {
+                        meta: &meta,
+                        placed,
+                        wanted: rec.replicas as usize,
+                        leader: leader_status,
+                        mv,
+                        copy: mv.and_then(|m| copy_of(m.add, group)),
+                        up: &up,
+                    });
                     json!({
                         "index": i,
                         "group": group,
                         "leader": leader,
+                        "state": health.state,
+                        "reason": health.reason,
+                        "move": mv.map(|m| json!({
+                            "add": m.add,
+                            "remove": m.remove,
+                            "reason": format!("{:?}", m.reason).to_lowercase(),
+                            "since_unix": m.since_unix,
+                            "progress": mv.and_then(|m| copy_of(m.add, group)),
+                        })),
                         "replicas": reps,
                     })
                 })
                 .collect();
+            let worst = shards
+                .iter()
+                .filter_map(|s| s["state"].as_str())
+                .max_by_key(|s| health_rank(s))
+                .unwrap_or("healthy")
+                .to_string();
             json!({
                 "name": rec.meta.name,
                 "size": rec.meta.size,
                 "replicas": rec.replicas,
+                "state": worst,
                 "shards": shards,
                 "attach_epoch": rec.attach_epoch,
                 "attached_to": rec.attachment.as_ref().map(|a| a.node),
@@ -395,8 +448,23 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
         })
         .collect();
     let meta_group = find(c.node(), raftblock_consensus::META_GROUP);
+    let moves: Vec<Value> = meta
+        .moves
+        .values()
+        .map(|m| {
+            json!({
+                "group": m.group,
+                "add": m.add,
+                "remove": m.remove,
+                "reason": format!("{:?}", m.reason).to_lowercase(),
+                "since_unix": m.since_unix,
+                "progress": copy_of(m.add, m.group),
+            })
+        })
+        .collect();
     json!({
         "node": c.node(),
+        "moves": moves,
         "meta_leader": meta_group.map(|g| g.leader),
         "meta_voters": meta_group.map(|g| g.voters.clone()),
         "meta_learners": meta_group.map(|g| g.learners.clone()),
@@ -404,4 +472,120 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
         "volumes": volumes,
         "nbd_addr": s.nbd_addr,
     })
+}
+
+/// One node's replicas and the shard copies it receives.
+type NodeReplicas = (Vec<GroupStatus>, Vec<CopyStatus>);
+
+/// What a shard's health is judged from.
+struct ShardFacts<'a> {
+    meta: &'a MetaState,
+    /// The voters the metadata records.
+    placed: &'a [u64],
+    /// Replicas the volume asks for.
+    wanted: usize,
+    /// The leader's view of the group (its configuration, its progress).
+    leader: Option<&'a GroupStatus>,
+    /// A move in flight.
+    mv: Option<&'a ReplicaMove>,
+    /// The copy of that move's target, once running.
+    copy: Option<&'a CopyStatus>,
+    /// Whether a node answered.
+    up: &'a dyn Fn(u64) -> bool,
+}
+
+/// A shard's state and why.
+struct Health {
+    state: &'static str,
+    reason: Option<String>,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// Worse states rank higher.
+fn health_rank(state: &str) -> u8 {
+    match state {
+        "healthy" => 0,
+        "rebuilding" => 1,
+        "degraded" => 2,
+        _ => 3,
+    }
+}
+
+/// The shard's health from its Raft configuration (as its leader has it)
+/// and which nodes answer, not from the replica count it is meant to have:
+/// no leader is unavailable; a move in flight is rebuilding; fewer live
+/// voters than asked for is degraded.
+fn shard_health(f: &ShardFacts) -> Health {
+    let Some(leader) = f.leader else {
+        let down: Vec<u64> = f.placed.iter().copied().filter(|n| !(f.up)(*n)).collect();
+        return Health {
+            state: "unavailable",
+            reason: Some(format!(
+                "no leader: replicas on {:?}, down: {down:?}",
+                f.placed
+            )),
+        };
+    };
+    let voters = if leader.voters.is_empty() {
+        f.placed.to_vec()
+    } else {
+        leader.voters.clone()
+    };
+    let missing: Vec<u64> = voters.iter().copied().filter(|n| !(f.up)(*n)).collect();
+    let live = voters.len() - missing.len();
+    if let Some(m) = f.mv {
+        let what = match m.remove {
+            Some(r) => format!("replica of node {r} being re-created on node {}", m.add),
+            None => format!("new replica on node {}", m.add),
+        };
+        let progress = match f.copy {
+            Some(c) if c.total > 0 => format!(
+                ": copied {:.1} of {:.1} MiB at {:.1} MiB/s, ETA {}",
+                mib(c.done),
+                mib(c.total),
+                mib(c.rate),
+                c.eta_secs.map_or("unknown".into(), |e| format!("{e}s"))
+            ),
+            Some(_) => ": comparing chunk checksums".into(),
+            None if leader.learners.contains(&m.add) => ": catching up from the log".into(),
+            None => ": waiting for the new replica to start".into(),
+        };
+        return Health {
+            state: "rebuilding",
+            reason: Some(format!("{what}{progress}")),
+        };
+    }
+    if live < f.wanted {
+        let mut why = if missing.is_empty() {
+            format!("{live} of {} replicas", f.wanted)
+        } else {
+            format!("replica(s) on node(s) {missing:?} down")
+        };
+        let out: Vec<u64> = missing
+            .iter()
+            .copied()
+            .filter(|n| f.meta.node_state(*n).out)
+            .collect();
+        if !out.is_empty() {
+            let placeable =
+                raftblock_consensus::healing::unplaceable(f.meta, &voters, |n| (f.up)(n));
+            why.push_str(&match placeable {
+                Some(no) => format!("; {no}"),
+                None => "; a new replica is being planned".into(),
+            });
+        } else if !missing.is_empty() {
+            why.push_str("; re-created elsewhere if down longer than the down-out interval");
+        }
+        return Health {
+            state: "degraded",
+            reason: Some(why),
+        };
+    }
+    Health {
+        state: "healthy",
+        reason: None,
+    }
 }

@@ -359,5 +359,33 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
             raftblock_consensus::verify::divergences_repaired()
         );
     }
+    if let Some(c) = &s.cluster {
+        let recovery = c.recovery();
+        let copies = recovery.status();
+        let remaining: u64 = copies.iter().map(|c| c.total.saturating_sub(c.done)).sum();
+        for (name, kind, help, value) in [
+            (
+                "raftblock_recovery_bytes_total",
+                "counter",
+                "Bytes this node copied to catch its shard replicas up or build new ones (shard snapshots).",
+                recovery.bytes_total(),
+            ),
+            (
+                "raftblock_recovery_remaining_bytes",
+                "gauge",
+                "Bytes the shard copies running on this node have yet to copy.",
+                remaining,
+            ),
+            (
+                "raftblock_recovery_copies",
+                "gauge",
+                "Shard copies this node is receiving or waiting to receive.",
+                copies.len() as u64,
+            ),
+        ] {
+            metric_header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -146,7 +146,11 @@ fn compact_to(
             .prs()
             .iter()
             .filter(|(id, _)| up(**id))
-            .map(|(_, p)| p.matched)
+            // A replica being sent a snapshot needs the log after it only.
+            .map(|(_, p)| match p.state {
+                raft::ProgressState::Snapshot => p.matched.max(p.pending_snapshot),
+                _ => p.matched,
+            })
             .min()
             .unwrap_or(0);
         to = to.min(live_need);

@@ -154,6 +154,21 @@ impl Driver {
             );
             return;
         }
+        if msg.get_msg_type() == MessageType::MsgAppend
+            && msg.index == 0
+            && env.group != META_GROUP
+            && is_empty_conf(&r.node.store().conf_state())
+        {
+            // A replica created empty for a move would take entries from
+            // index 1 as the group's whole history, which does not name
+            // the first members: it waits for a snapshot instead.
+            tracing::debug!(
+                from,
+                group = env.group,
+                "empty replica: waiting for a snapshot"
+            );
+            return;
+        }
         if env.group != META_GROUP
             && msg.get_msg_type() == MessageType::MsgSnapshot
             && msg.get_snapshot().get_metadata().index > r.node.raft.raft_log.committed
@@ -352,9 +367,21 @@ impl Driver {
     }
 }
 
+/// A configuration naming no one: a replica created empty that has not
+/// had its snapshot yet.
+fn is_empty_conf(cs: &raft::prelude::ConfState) -> bool {
+    cs.voters.is_empty() && cs.learners.is_empty() && cs.voters_outgoing.is_empty()
+}
+
 /// Remembers a proposal raft-rs took (answered once its entry applies), or
 /// answers Retry for one it dropped.
-fn track_proposal(r: &mut Replica, group: u64, taken: raft::Result<()>, conf: bool, reply: Reply) {
+pub(super) fn track_proposal(
+    r: &mut Replica,
+    group: u64,
+    taken: raft::Result<()>,
+    conf: bool,
+    reply: Reply,
+) {
     match taken {
         Ok(()) => {
             let index = r.node.raft.raft_log.last_index();

@@ -23,6 +23,17 @@ fn target_voters(nodes: usize) -> usize {
     }
 }
 
+/// The first voters and learners of a metadata group bootstrapped on
+/// `nodes`: the lowest ids as voters, as many as the target (an odd
+/// number), the others as learners.
+pub(super) fn initial(nodes: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let learners = sorted.split_off(target_voters(sorted.len()).min(sorted.len()));
+    (sorted, learners)
+}
+
 /// The changes that admit `node` into a group of `voters` and `learners`:
 /// as a voter if that (with learners that are up promoted alongside it)
 /// makes an odd number of voters up to the target, else as a learner.
@@ -71,6 +82,14 @@ pub(super) fn admit(
 mod tests {
     use super::Admission::{Learner, Voter};
     use super::*;
+
+    #[test]
+    fn a_bootstrapped_group_has_odd_voters() {
+        assert_eq!(initial(&[2, 1]), (vec![1, 2], vec![]));
+        assert_eq!(initial(&[3, 1, 2]), (vec![1, 2, 3], vec![]));
+        assert_eq!(initial(&[4, 3, 2, 1]), (vec![1, 2, 3], vec![4]));
+        assert_eq!(initial(&[1, 2, 3, 4, 5, 6]), (vec![1, 2, 3, 4, 5], vec![6]));
+    }
 
     #[test]
     fn voters_stay_odd_and_at_most_five() {

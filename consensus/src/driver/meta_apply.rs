@@ -36,6 +36,7 @@ impl Driver {
             }
         }
         self.refresh_meta_snapshot();
+        let mut hosting_changed = false;
         for e in effects {
             match e {
                 MetaEffect::None => {}
@@ -49,6 +50,17 @@ impl Driver {
                     }
                 }
                 MetaEffect::VolumeDeleted(rec) => self.drop_volume(&rec),
+                MetaEffect::ReplicasChanged => hosting_changed = true,
+            }
+        }
+        if hosting_changed {
+            self.sync_hosted();
+            // Groups with a move in flight wake: their leaders carry it out.
+            let moving: Vec<u64> = self.meta.moves.keys().copied().collect();
+            for g in moving {
+                if let Some(r) = self.replicas.get_mut(&g) {
+                    r.wake(g, &mut self.awake);
+                }
             }
         }
         for rec in self.meta.volumes.values() {
@@ -75,7 +87,10 @@ impl Driver {
             lock_write(&self.view.leaders).remove(&g);
             self.view.read_leases.remove(g);
         }
-        if rec.is_on(self.cfg.node) {
+        // Deleted here even where no shard is hosted any more: the volume
+        // directory stays after its last replica moved away.
+        let here = self.store.meta(&rec.meta.name);
+        if here.is_ok_and(|m| m.id == rec.meta.id) {
             if let Err(e) = self.store.delete_volume(&rec.meta.name) {
                 tracing::warn!(volume = %rec.meta.name, error = %e, "deleting local volume data");
             }
@@ -160,6 +175,7 @@ pub(super) fn install_meta_snapshot(
                     effects.push(MetaEffect::VolumeCreated(v.clone()));
                 }
             }
+            effects.push(MetaEffect::ReplicasChanged);
             *meta = new;
             meta.applied = meta.applied.max(index);
             *meta_changed = true;

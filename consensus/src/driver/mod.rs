@@ -26,6 +26,7 @@ mod compaction;
 mod config;
 mod encode;
 mod hibernation;
+mod hosting;
 mod inbox;
 mod leadership;
 mod liveness;
@@ -35,6 +36,7 @@ mod meta_apply;
 mod ports;
 mod reads;
 mod ready;
+mod reconfigure;
 mod replica;
 #[cfg(test)]
 mod tests;
@@ -271,6 +273,19 @@ pub struct ClusterView {
     pub leader_change: tokio::sync::Notify,
     /// Leases of the shards this node leads, for reads without the driver.
     pub read_leases: crate::read_lease::ReadLeases,
+    /// Shard groups led here whose voters the metadata does not know yet,
+    /// by group (see `MembershipReport`).
+    pub membership_reports: std::sync::Mutex<HashMap<u64, MembershipReport>>,
+}
+
+/// The voters of a shard group led on this node, which the metadata has
+/// otherwise: for `MetaCommand::ShardMembership`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipReport {
+    /// The voters (sorted).
+    pub voters: Vec<u64>,
+    /// The log index they hold as of.
+    pub as_of: u64,
 }
 
 impl ClusterView {
@@ -524,6 +539,7 @@ impl Driver {
             leaders: RwLock::new(HashMap::new()),
             leader_change: tokio::sync::Notify::new(),
             read_leases: Default::default(),
+            membership_reports: Default::default(),
         });
         let next_tick = clock.now() + cfg.tick;
         let cfg_node = cfg.node;
@@ -698,7 +714,12 @@ impl Driver {
             if r.hibernating {
                 continue; // asleep, waiting for its last round
             }
-            if r.is_leader() && r.maybe_hibernate(g, &self.liveness, now, self.network.as_ref()) {
+            // A group with a replica move in flight stays awake: its
+            // leader carries the move out (`reconfigure`).
+            if r.is_leader()
+                && !self.meta.moves.contains_key(&g)
+                && r.maybe_hibernate(g, &self.liveness, now, self.network.as_ref())
+            {
                 r.publish_lease(g, &self.view.read_leases);
                 self.awake.remove(&g);
                 continue;
@@ -720,6 +741,7 @@ impl Driver {
         self.ticks += 1;
         if self.ticks.is_multiple_of(10) {
             self.mark_log_ages(now);
+            self.reconfigure();
         }
         self.purge_if_compacted();
     }

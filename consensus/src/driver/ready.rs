@@ -292,10 +292,12 @@ fn dispatch(
         match e.get_entry_type() {
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                 apply_conf_change(group, r, e, batch);
+                r.last_conf = r.last_conf.max(e.index);
             }
             EntryType::EntryNormal => {}
         }
     }
+    r.conf_as_of = r.conf_as_of.max(last);
     if group != META_GROUP {
         match &r.apply {
             Some(tx) => {
@@ -369,4 +371,6 @@ fn install_snapshot(
     r.node.mut_store().stage_snapshot(ready, snap, batch);
     r.applied = index;
     r.durable = index;
+    r.conf_as_of = index;
+    r.last_conf = index;
 }

@@ -78,6 +78,12 @@ pub(super) struct Replica {
     pub(super) quiet_ticks: u32,
     /// A group that just fell asleep still gets one round.
     pub(super) settle_round: bool,
+    /// The configuration is the group's as of this log index (entries up
+    /// to it were handed to the state machine, membership changes applied).
+    pub(super) conf_as_of: u64,
+    /// Index of the last membership change applied (or a bound above it):
+    /// a snapshot must not be older, or its configuration would be wrong.
+    pub(super) last_conf: u64,
 }
 
 impl Replica {
@@ -124,14 +130,20 @@ impl Replica {
         true
     }
 
-    /// Points the shard's Raft snapshot at where its log now starts: the data
-    /// behind it is the shard's chunks, copied by the follower (`snapshot`).
+    /// Points the shard's Raft snapshot at what its chunks hold now (the
+    /// applied index): the data behind it is the shard's chunks, copied by
+    /// the follower (`snapshot`), which hold that index or later. Its
+    /// configuration is the current one, so it is set only when no
+    /// membership change came after the applied index (else the last one
+    /// stays).
     pub(super) fn set_shard_snapshot(&mut self) {
         let store = self.node.store();
-        let index = store.first_index().unwrap_or(1).saturating_sub(1);
-        if index == 0 {
+        let index = self.applied;
+        let first = store.first_index().unwrap_or(1);
+        if index == 0 || index < self.last_conf || index + 1 < first {
             return;
         }
+
         let Ok(term) = store.term(index) else {
             return;
         };
@@ -165,14 +177,18 @@ impl Driver {
         let meta_store = match PeerStorage::open(self.wal.clone(), META_GROUP)? {
             Some(s) => s,
             None => match &self.cfg.bootstrap {
-                Some(voters) => PeerStorage::create_at(
-                    self.wal.clone(),
-                    META_GROUP,
-                    voters,
-                    META_INIT_INDEX,
-                    1,
-                    &mut self.carry,
-                ),
+                Some(nodes) => {
+                    // Odd voters, the rest learners, as for nodes that join.
+                    let (voters, learners) = super::membership::initial(nodes);
+                    PeerStorage::create_at(
+                        self.wal.clone(),
+                        META_GROUP,
+                        (&voters, &learners),
+                        META_INIT_INDEX,
+                        1,
+                        &mut self.carry,
+                    )
+                }
                 None => PeerStorage::create_empty(self.wal.clone(), META_GROUP, &mut self.carry),
             },
         };
@@ -185,8 +201,8 @@ impl Driver {
             }
         }
         self.refresh_meta_snapshot();
-        // Shard replicas in the WAL that the metadata no longer has were
-        // deleted while this node was down.
+        // Shard replicas in the WAL whose volume the metadata no longer
+        // has were deleted while this node was down.
         for g in self.wal.groups() {
             if g == META_GROUP {
                 continue;
@@ -202,7 +218,7 @@ impl Driver {
         for rec in vols {
             self.start_volume(&rec)?;
         }
-        Ok(())
+        self.open_unhosted()
     }
 
     fn insert_replica(
@@ -213,6 +229,7 @@ impl Driver {
         preferred: u64,
     ) -> Result<(), DriverError> {
         let applied = storage.applied();
+        let last_conf = storage.last_index().unwrap_or(applied).max(applied);
         let node = RawNode::new(&self.raft_config(applied), storage, &self.logger)
             .map_err(|source| DriverError::Raft { group, source })?;
         self.awake.insert(group);
@@ -240,18 +257,38 @@ impl Driver {
                 hibernating: false,
                 quiet_ticks: 0,
                 settle_round: false,
+                conf_as_of: applied,
+                // Changes between the durable applied index and the end of
+                // the log may already be in the stored configuration.
+                last_conf,
             },
         );
         Ok(())
     }
 
-    /// Opens or creates this node's replicas of a volume's shards.
+    /// Opens or creates this node's replicas of a volume's shards: those
+    /// the metadata says it hosts (`MetaState::hosts`).
     pub(super) fn start_volume(
         &mut self,
         rec: &crate::meta::VolumeRecord,
     ) -> Result<(), DriverError> {
         let me = self.cfg.node;
-        if !rec.is_on(me) {
+        // The current record (an effect may carry an older one).
+        let Some(rec) = self
+            .meta
+            .volumes
+            .get(&rec.meta.name)
+            .filter(|v| v.meta.id == rec.meta.id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let hosted: Vec<(u64, Vec<u64>)> = rec
+            .groups()
+            .filter(|(g, _)| self.meta.hosts(me, *g) && !self.replicas.contains_key(g))
+            .map(|(g, nodes)| (g, nodes.clone()))
+            .collect();
+        if hosted.is_empty() {
             return Ok(());
         }
         let volume_error = |source| DriverError::Volume {
@@ -259,57 +296,85 @@ impl Driver {
             source,
         };
         self.store.adopt_volume(&rec.meta).map_err(volume_error)?;
-        let volume = self.store.volume(&rec.meta.name).map_err(volume_error)?;
-        for (group, nodes) in rec.groups() {
-            if !nodes.contains(&me) || self.replicas.contains_key(&group) {
-                continue;
-            }
+        for (group, nodes) in hosted {
             let (storage, fresh) = match PeerStorage::open(self.wal.clone(), group)? {
                 Some(s) => (s, false),
                 None => {
                     self.carry_sync = true;
-                    (
-                        PeerStorage::create(self.wal.clone(), group, nodes, &mut self.carry),
-                        true,
-                    )
+                    // A group whose members never changed starts from its
+                    // placement. A replica added later (a move's target)
+                    // starts empty and waits for a snapshot: the log does
+                    // not name the group's first members.
+                    let added = self.meta.shard_conf(group) > 0
+                        || self.meta.moves.get(&group).is_some_and(|m| m.add == me);
+                    let s = if added {
+                        tracing::info!(group, "new replica of a shard; waiting for its data");
+                        PeerStorage::create_empty(self.wal.clone(), group, &mut self.carry)
+                    } else {
+                        PeerStorage::create(self.wal.clone(), group, &nodes, &mut self.carry)
+                    };
+                    (s, !added)
                 }
             };
-            // A swap of a staged copy that a crash interrupted is finished
-            // before anything is applied.
-            let shard = shard_of_group(group).1;
-            match raftblock_storage::staging::recover(&volume, shard) {
-                Ok(Some(index)) => {
-                    tracing::info!(group, index, "finished swapping in a staged shard copy")
-                }
-                Ok(None) => {}
-                Err(source) => return Err(DriverError::StagedCopy { group, source }),
-            }
-            let chunks = rec
-                .layout()
-                .chunks_of(crate::layout::ShardId {
-                    volume: rec.meta.id,
-                    index: shard,
-                })
-                .collect();
-            let tx = apply::spawn(
-                group,
-                volume.clone(),
-                chunks,
-                storage.applied(),
-                self.handle.clone(),
-                self.wal.clone(),
-                self.cfg.settling.clone(),
-            );
-            self.insert_replica(group, storage, Some(tx), nodes[0])?;
-            if let Some(r) = self.replicas.get_mut(&group) {
-                r.set_shard_snapshot();
-                let _ = r.set_preferred(rec, nodes);
-            }
-            if fresh && nodes[0] == me {
+            self.run_replica(&rec, group, storage)?;
+            if fresh && nodes.first() == Some(&me) {
                 if let Some(r) = self.replicas.get_mut(&group) {
                     let _ = r.node.campaign();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Starts a shard replica over `storage`: its apply task first, after
+    /// finishing a swap a crash interrupted.
+    pub(super) fn run_replica(
+        &mut self,
+        rec: &crate::meta::VolumeRecord,
+        group: u64,
+        storage: PeerStorage,
+    ) -> Result<(), DriverError> {
+        let volume = self
+            .store
+            .volume(&rec.meta.name)
+            .map_err(|source| DriverError::Volume {
+                volume: rec.meta.name.clone(),
+                source,
+            })?;
+        let shard = shard_of_group(group).1;
+        match raftblock_storage::staging::recover(&volume, shard) {
+            Ok(Some(index)) => {
+                tracing::info!(group, index, "finished swapping in a staged shard copy")
+            }
+            Ok(None) => {}
+            Err(source) => return Err(DriverError::StagedCopy { group, source }),
+        }
+        let chunks = rec
+            .layout()
+            .chunks_of(crate::layout::ShardId {
+                volume: rec.meta.id,
+                index: shard,
+            })
+            .collect();
+        let tx = apply::spawn(
+            group,
+            volume,
+            chunks,
+            storage.applied(),
+            self.handle.clone(),
+            self.wal.clone(),
+            self.cfg.settling.clone(),
+        );
+        let nodes = &rec.shards[shard as usize];
+        self.insert_replica(
+            group,
+            storage,
+            Some(tx),
+            nodes.first().copied().unwrap_or(0),
+        )?;
+        if let Some(r) = self.replicas.get_mut(&group) {
+            r.set_shard_snapshot();
+            let _ = r.set_preferred(rec, nodes);
         }
         Ok(())
     }

@@ -90,6 +90,7 @@ pub fn start(id: u64, peers: &HashMap<u64, SocketAddr>, listener: TcpListener) -
         events,
         snap_rx,
         Duration::from_secs(5),
+        0,
     );
     Node {
         id,

@@ -204,9 +204,16 @@ impl SimNode {
                             .chunks_of(raftblock_consensus::ShardId { volume: vol, index })
                             .collect();
                         let at = f.msg.get_snapshot().get_metadata().index;
-                        snapshot::stage(&local, f.group, &chunks, at, &Direct(src))
-                            .await
-                            .ok()
+                        snapshot::stage(
+                            &local,
+                            f.group,
+                            &chunks,
+                            at,
+                            &Direct(src),
+                            &Default::default(),
+                        )
+                        .await
+                        .ok()
                     }
                     _ => None,
                 };

@@ -237,6 +237,37 @@ impl LocalVolume {
         Ok(true)
     }
 
+    /// Deletes the files of `chunks` (this node no longer holds the shard
+    /// they belong to); their blocks left in the log go with them. Returns
+    /// how many files were removed.
+    pub fn remove_chunks(&self, chunks: &[u64]) -> Result<u64> {
+        self.forget_chunks(chunks);
+        let mut removed = 0;
+        for &c in chunks {
+            for p in [
+                crate::chunk::data_path(&self.dir, c),
+                crate::chunk::crc_path(&self.dir, c),
+            ] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(StorageError::Io {
+                            volume: self.meta.name.clone(),
+                            chunk: c,
+                            op: "remove chunk file",
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            crate::staging::sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
     /// Bytes of blocks that hold data (sparse allocation), over open chunks
     /// and chunk files on disk.
     pub fn allocated_bytes(&self) -> Result<u64> {

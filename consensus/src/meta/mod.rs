@@ -13,6 +13,9 @@ use raftblock_storage::VolumeMeta;
 
 use crate::layout::ShardLayout;
 
+mod moves;
+pub use moves::{MoveReason, ReplicaMove};
+
 /// Raft group id of the meta group.
 pub const META_GROUP: u64 = 0;
 /// Shards per volume are numbered below this (it splits the group id space).
@@ -77,6 +80,11 @@ pub struct VolumeRecord {
     /// move there, so requests are served without a forwarding hop.
     #[serde(default)]
     pub served_by: Option<u64>,
+    /// For every shard, the log index of its Raft group at which `shards`
+    /// was last reported (0: the placement at creation). A report applies
+    /// only when newer, so a deposed leader's stale view cannot undo it.
+    #[serde(default)]
+    pub shard_confs: Vec<u64>,
 }
 
 /// A volume attached on a node for exclusive use (a lease in the metadata).
@@ -210,6 +218,29 @@ pub enum MetaCommand {
         /// The attachment's epoch.
         epoch: u64,
     },
+    /// Starts moving a replica of shard group `group` to node `add`
+    /// (replacing `remove`'s, if any): `add` starts an empty replica, and
+    /// the shard's leader adds it as a learner, lets it catch up, then
+    /// swaps it in.
+    StartMove(ReplicaMove),
+    /// Abandons the move of `group` to `add` (its target went away, or the
+    /// node it replaced came back before the swap).
+    EndMove {
+        /// The shard group.
+        group: u64,
+        /// The move's target.
+        add: u64,
+    },
+    /// The voters of shard group `group` as its leader saw them once its
+    /// log was applied up to `conf_index`; completes a move they include.
+    ShardMembership {
+        /// The shard group.
+        group: u64,
+        /// Its voters.
+        voters: Vec<u64>,
+        /// The log index they hold at.
+        conf_index: u64,
+    },
 }
 
 impl MetaCommand {
@@ -262,6 +293,17 @@ pub enum MetaError {
     /// The node is in maintenance.
     #[error("node {0} is in maintenance; it is not marked out")]
     InMaintenance(u64),
+    /// No such shard group.
+    #[error("shard group {0} is not in any volume")]
+    GroupNotFound(u64),
+    /// A move that does not fit the shard or the cluster.
+    #[error("moving a replica of group {group}: {reason}")]
+    Move {
+        /// The shard group.
+        group: u64,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A log entry that is not a metadata command.
     #[error("undecodable metadata command: {0}")]
     Undecodable(String),
@@ -278,6 +320,9 @@ pub enum MetaEffect {
     VolumeCreated(VolumeRecord),
     /// A volume was deleted: its shard groups stop and its data goes.
     VolumeDeleted(VolumeRecord),
+    /// The nodes meant to hold shard group replicas changed (a move
+    /// started or ended, a membership was reported): replicas start or go.
+    ReplicasChanged,
 }
 
 /// The cluster metadata.
@@ -295,6 +340,9 @@ pub struct MetaState {
     /// not in maintenance).
     #[serde(default)]
     pub node_states: BTreeMap<u64, NodeState>,
+    /// Replica moves in flight, by shard group.
+    #[serde(default)]
+    pub moves: BTreeMap<u64, ReplicaMove>,
 }
 
 impl MetaState {
@@ -343,6 +391,7 @@ impl MetaState {
                     attach_epoch: 0,
                     attachment: None,
                     served_by: None,
+                    shard_confs: Vec::new(),
                 };
                 self.volumes.insert(name, rec.clone());
                 Ok(MetaEffect::VolumeCreated(rec))
@@ -355,7 +404,12 @@ impl MetaState {
                         epoch: a.epoch,
                     }),
                     None => match self.volumes.remove(&name) {
-                        Some(rec) => Ok(MetaEffect::VolumeDeleted(rec)),
+                        Some(rec) => {
+                            for (g, _) in rec.groups() {
+                                self.moves.remove(&g);
+                            }
+                            Ok(MetaEffect::VolumeDeleted(rec))
+                        }
                         None => Err(MetaError::VolumeNotFound(name)),
                     },
                 }
@@ -436,6 +490,13 @@ impl MetaState {
                 self.node_state_mut(node)?.out = false;
                 Ok(MetaEffect::None)
             }
+            MetaCommand::StartMove(m) => self.start_move(m),
+            MetaCommand::EndMove { group, add } => Ok(self.end_move(group, add)),
+            MetaCommand::ShardMembership {
+                group,
+                voters,
+                conf_index,
+            } => self.shard_membership(group, voters, conf_index),
             MetaCommand::Detach { name, epoch } => {
                 let rec = self
                     .volumes
