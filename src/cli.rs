@@ -56,6 +56,26 @@ enum NodeCommand {
         #[arg(value_enum)]
         state: Switch,
     },
+    /// Drain a node: no new replicas go to it, its leaders and replicas
+    /// move to the other nodes (refused up front when they cannot hold
+    /// them). Afterwards `node remove` takes it out of the cluster.
+    Drain {
+        /// The node's id.
+        id: u64,
+        /// Stop draining it instead (replicas already moved stay moved).
+        #[arg(long)]
+        cancel: bool,
+        /// Wait until it holds no replica and leads no shard, showing
+        /// progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a node that holds no replicas (drained, or lost and healed)
+    /// from the cluster.
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
 }
 
 /// Where the cluster commands reach the cluster.
@@ -120,6 +140,13 @@ enum VolumeCommand {
         /// or the number of nodes when there are fewer).
         #[arg(long)]
         replicas: Option<u32>,
+        /// Put each shard's replicas on nodes with distinct values of this
+        /// node label (`serve --labels zone=a`), e.g. zone.
+        #[arg(long)]
+        spread: Option<String>,
+        /// Place replicas only on nodes with these labels, e.g. disk=ssd.
+        #[arg(long, value_parser = crate::config::parse_labels)]
+        require: Option<std::collections::BTreeMap<String, String>>,
     },
     /// List volumes.
     List {
@@ -235,6 +262,29 @@ fn node(n: NodeArgs) -> Result<()> {
             );
             Ok(())
         }
+        NodeCommand::Drain { id, cancel, wait } => {
+            let r = client.post(
+                &format!("/v1/cluster/nodes/{id}/drain"),
+                &serde_json::json!({ "on": !cancel }),
+            )?;
+            if cancel {
+                println!("node {id} is no longer draining");
+                return Ok(());
+            }
+            println!(
+                "node {id} is draining: {} replica(s) to move",
+                r["replicas"].as_u64().unwrap_or(0)
+            );
+            if wait {
+                crate::drain::wait(&client, id)?;
+            }
+            Ok(())
+        }
+        NodeCommand::Remove { id } => {
+            client.delete(&format!("/v1/cluster/nodes/{id}"))?;
+            println!("node {id} removed from the cluster");
+            Ok(())
+        }
     }
 }
 
@@ -262,6 +312,8 @@ fn volume(v: VolumeArgs) -> Result<()> {
             size,
             chunk_size,
             replicas,
+            spread,
+            require,
         } => {
             let size = parse_size(&size).context("--size")?;
             let chunk_size = chunk_size
@@ -270,7 +322,20 @@ fn volume(v: VolumeArgs) -> Result<()> {
             if replicas == Some(0) {
                 anyhow::bail!("--replicas must be at least 1");
             }
-            let vol = client.create_volume_with(&name, size, chunk_size, replicas)?;
+            let mut body = serde_json::json!({ "name": name, "size": size });
+            if let Some(c) = chunk_size {
+                body["chunk_size"] = c.into();
+            }
+            if let Some(r) = replicas {
+                body["replicas"] = r.into();
+            }
+            if let Some(k) = spread {
+                body["spread"] = k.into();
+            }
+            if let Some(req) = require {
+                body["require"] = serde_json::json!(req);
+            }
+            let vol = client.post("/v1/volumes", &body)?;
             println!(
                 "created volume {} ({}, chunk size {})",
                 vol["name"].as_str().unwrap_or(&name),

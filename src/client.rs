@@ -166,6 +166,11 @@ impl AdminClient {
         self.call("GET", &format!("/v1/volumes/{}", encode(name)), None)
     }
 
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<Value> {
+        self.call("DELETE", path, None)
+    }
+
     /// Deletes a volume.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         self.call("DELETE", &format!("/v1/volumes/{}", encode(name)), None)

@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// client I/O keeps going; 0 for no limit, e.g. 64M.
     #[arg(long, default_value = "64M", value_parser = parse_bytes)]
     pub recovery_rate: u64,
+    /// This node's labels, for volumes' placement rules (`volume create
+    /// --spread zone --require disk=ssd`), e.g. zone=a,disk=ssd.
+    #[arg(long, default_value = "", value_parser = parse_labels)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl ServeArgs {
@@ -124,6 +128,7 @@ impl ServeArgs {
             log_keep_node_bytes: 1 << 30,
             down_out_interval: std::time::Duration::from_secs(600),
             recovery_rate: 64 << 20,
+            labels: Default::default(),
         }
     }
 }
@@ -156,6 +161,11 @@ fn parse_duration_or_zero(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Parses a byte count like `256M` or `1G`.
+/// Parses `key=value[,key=value...]` (node labels, required labels).
+pub fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    raftblock_storage::catalog::parse_labels(s).map_err(|e| e.to_string())
+}
+
 fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }

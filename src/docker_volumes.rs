@@ -79,13 +79,18 @@ impl VolumeBackend for ClusterVolumes {
         if let Some(rec) = self.cluster.view().meta().volumes.get(name) {
             return same(rec);
         }
-        let shards = raftblock_consensus::layout::default_shards(opts.size, chunk_size).max(3);
-        let labels = BTreeMap::from([(FS_LABEL.to_string(), opts.fs.name().to_string())]);
-        match self
-            .cluster
-            .create_volume(name, opts.size, chunk_size, opts.replicas, shards, labels)
-            .await
-        {
+        let spec = raftblock_consensus::VolumeSpec {
+            size: opts.size,
+            chunk_size,
+            replicas: opts.replicas,
+            shards: raftblock_consensus::layout::default_shards(opts.size, chunk_size).max(3),
+            labels: BTreeMap::from([(FS_LABEL.to_string(), opts.fs.name().to_string())]),
+            rules: raftblock_consensus::PlacementRules {
+                spread: opts.spread.clone(),
+                require: opts.require.clone(),
+            },
+        };
+        match self.cluster.create_volume(name, spec).await {
             Ok(_) => Ok(()),
             Err(e) => match self.cluster.view().meta().volumes.get(name) {
                 // Created by a concurrent call in the meantime.

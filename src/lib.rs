@@ -11,6 +11,7 @@ mod config;
 mod daemon;
 mod demo;
 mod docker_volumes;
+mod drain;
 mod replication;
 pub mod size;
 mod status;

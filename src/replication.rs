@@ -161,6 +161,7 @@ impl ClusterNode {
                 raft_addr,
                 nbd_addr: Some(nbd_addr),
                 admin_addr: Some(admin_addr),
+                labels: args.labels.clone(),
             },
             join: args.join.clone(),
             driver_thread,

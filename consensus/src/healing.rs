@@ -1,12 +1,24 @@
-//! Healing: the metadata leader re-creates, on other nodes, the replicas
-//! that nodes marked out held (`MetaCommand::StartMove`; the shard leaders
-//! carry the moves out, see `driver::reconfigure`), and gives up a move
-//! whose target went out or whose replaced node came back before the
-//! swap. A target honours the placement rules: a node that is up, neither
-//! out nor in maintenance, holding no replica of the shard, the least
-//! loaded first; and at most `MOVES_PER_NODE` copies go to one node at a
-//! time, so client I/O keeps going. A shard no node can take stays
-//! degraded (`cluster status` says why).
+//! The placement loop of the metadata leader, once a second:
+//!
+//! - **heal**: the replicas that nodes marked out held are re-created on
+//!   other nodes;
+//! - **drain**: the replicas of draining nodes move to other nodes;
+//! - **rebalance**: while nothing is degraded or moving, one replica at a
+//!   time moves from the node holding the most to the one holding the
+//!   fewest until every node is within one of the others, and preferred
+//!   leaders spread the same way (a node that joins takes its share);
+//! - moves whose target went out or began draining, or whose replaced node
+//!   came back before the swap, are given up.
+//!
+//! Each move is recorded in the metadata (`MetaCommand::StartMove`) and
+//! carried out by the shard's leader (`driver::reconfigure`). A target
+//! honours the placement rules: up, taking replicas (not out, not
+//! draining), not in maintenance, holding no replica of the shard, and
+//! fitting the volume's label rules; the least loaded first, and at most
+//! `MOVES_PER_NODE` copies go to one node at a time so client I/O keeps
+//! going. A shard no node can take stays degraded (`unplaceable` says
+//! why). Rebalancing waits for everything else and moves nothing back and
+//! forth: a move only ever narrows the spread (Longhorn #4502).
 //!
 //! Every node also reports the voters of the shard groups it leads when
 //! the metadata has them otherwise (`ShardMembership`), which is what
@@ -16,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cluster::Cluster;
-use crate::meta::{MetaCommand, MetaState, MoveReason, ReplicaMove};
+use crate::meta::{MetaCommand, MetaState, MoveReason, ReplicaMove, VolumeRecord};
 
 /// Replica copies in flight to one node at most.
 pub const MOVES_PER_NODE: usize = 2;
@@ -28,7 +40,7 @@ pub fn plan(meta: &MetaState, up: impl Fn(u64) -> bool, now_unix: u64) -> Vec<Me
     let mut load = replica_load(meta);
     let mut incoming: BTreeMap<u64, usize> = BTreeMap::new();
     for m in meta.moves.values() {
-        let gone = meta.node_state(m.add).out || !meta.nodes.contains_key(&m.add);
+        let gone = !meta.takes_replicas(m.add);
         let back =
             m.reason == MoveReason::Heal && m.remove.is_some_and(|r| !meta.node_state(r).out);
         if gone || back {
@@ -40,52 +52,165 @@ pub fn plan(meta: &MetaState, up: impl Fn(u64) -> bool, now_unix: u64) -> Vec<Me
             *incoming.entry(m.add).or_default() += 1;
         }
     }
+    let mut moving = !meta.moves.is_empty();
     for rec in meta.volumes.values() {
         for (group, voters) in rec.groups() {
             if meta.moves.contains_key(&group) {
                 continue;
             }
-            let Some(lost) = voters.iter().find(|v| meta.node_state(**v).out) else {
+            let leaving = voters
+                .iter()
+                .find(|v| meta.node_state(**v).out)
+                .map(|v| (*v, MoveReason::Heal))
+                .or_else(|| {
+                    voters
+                        .iter()
+                        .find(|v| meta.node_state(**v).draining)
+                        .map(|v| (*v, MoveReason::Drain))
+                });
+            let Some((lost, reason)) = leaving else {
                 continue;
             };
-            let Some(target) = pick_target(meta, voters, &load, &incoming, &up) else {
+            moving = true;
+            let Some(target) = pick_target(meta, rec, voters, lost, &load, &incoming, &up) else {
                 continue;
             };
             *incoming.entry(target).or_default() += 1;
             *load.entry(target).or_default() += 1;
-            out.push(MetaCommand::StartMove(ReplicaMove {
-                group,
-                add: target,
-                remove: Some(*lost),
-                reason: MoveReason::Heal,
-                since_unix: now_unix,
-            }));
+            out.push(start(group, target, Some(lost), reason, now_unix));
         }
+    }
+    // Rebalancing only on a quiet, whole cluster.
+    let degraded = meta
+        .volumes
+        .values()
+        .any(|v| v.shards.iter().flatten().any(|n| !up(*n)));
+    if !moving && !degraded && out.is_empty() {
+        out.extend(rebalance(meta, &load, &up, now_unix));
     }
     out
 }
 
-/// Why no node can take a replica of a shard placed on `voters`, if so.
-pub fn unplaceable(meta: &MetaState, voters: &[u64], up: impl Fn(u64) -> bool) -> Option<String> {
-    let fit = meta.nodes.keys().any(|n| eligible(meta, *n, voters, &up));
+fn start(group: u64, add: u64, remove: Option<u64>, reason: MoveReason, now: u64) -> MetaCommand {
+    MetaCommand::StartMove(ReplicaMove {
+        group,
+        add,
+        remove,
+        reason,
+        since_unix: now,
+    })
+}
+
+/// One step toward even replica counts, or else toward even preferred
+/// leaders, over the nodes that take replicas and are up.
+fn rebalance(
+    meta: &MetaState,
+    load: &BTreeMap<u64, usize>,
+    up: &impl Fn(u64) -> bool,
+    now: u64,
+) -> Option<MetaCommand> {
+    let nodes: Vec<u64> = meta
+        .nodes
+        .keys()
+        .copied()
+        .filter(|n| meta.takes_replicas(*n) && !meta.node_state(*n).maintenance && up(*n))
+        .collect();
+    let count = |n: &u64| load.get(n).copied().unwrap_or(0);
+    // Fullest first; the emptiest node that fits a shard takes it.
+    let mut by_load = nodes.clone();
+    by_load.sort_by_key(|n| (std::cmp::Reverse(count(n)), *n));
+    for from in &by_load {
+        for to in by_load.iter().rev() {
+            if count(from) <= count(to) + 1 {
+                break;
+            }
+            for rec in meta.volumes.values() {
+                for (group, voters) in rec.groups() {
+                    let rest: Vec<u64> = voters.iter().copied().filter(|v| v != from).collect();
+                    if voters.contains(from)
+                        && !voters.contains(to)
+                        && meta.fits_rules(&rec.rules, *to, &rest)
+                    {
+                        return Some(start(group, *to, Some(*from), MoveReason::Rebalance, now));
+                    }
+                }
+            }
+        }
+    }
+    // Leaders: the first replica of each shard is its preferred leader
+    // (volumes served from a node lead there instead).
+    let mut leads: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for rec in meta.volumes.values().filter(|v| v.served_by.is_none()) {
+        for first in rec.shards.iter().filter_map(|s| s.first()) {
+            if let Some(c) = leads.get_mut(first) {
+                *c += 1;
+            }
+        }
+    }
+    let (&most, &hi) = leads
+        .iter()
+        .max_by_key(|(n, c)| (**c, std::cmp::Reverse(**n)))?;
+    let (&least, &lo) = leads.iter().min_by_key(|(n, c)| (**c, **n))?;
+    if hi <= lo + 1 {
+        return None;
+    }
+    meta.volumes
+        .values()
+        .filter(|v| v.served_by.is_none())
+        .flat_map(|v| v.groups())
+        .find(|(_, voters)| voters.first() == Some(&most) && voters.contains(&least))
+        .map(|(group, _)| MetaCommand::PreferLeader { group, node: least })
+}
+
+/// Why no node can take a replica of `rec`'s shard placed on `voters` in
+/// place of `leaving`'s, if so.
+pub fn unplaceable(
+    meta: &MetaState,
+    rec: &VolumeRecord,
+    voters: &[u64],
+    leaving: u64,
+    up: impl Fn(u64) -> bool,
+) -> Option<String> {
+    let fit = meta
+        .nodes
+        .keys()
+        .any(|n| eligible(meta, rec, *n, voters, leaving, &up));
     (!fit).then(|| {
         format!(
-            "no node can take a replica: every node that is up, in and not in maintenance \
-             already holds one (replicas on {voters:?})"
+            "no node can take a replica: none is up, in, not draining nor in maintenance,              free of this shard{} (replicas on {voters:?})",
+            if rec.rules == Default::default() {
+                String::new()
+            } else {
+                format!(" and fitting its rules{}", rec.rules.describe_suffix())
+            }
         )
     })
 }
 
-fn eligible(meta: &MetaState, n: u64, voters: &[u64], up: &impl Fn(u64) -> bool) -> bool {
-    let s = meta.node_state(n);
-    up(n) && !s.out && !s.maintenance && !voters.contains(&n)
+fn eligible(
+    meta: &MetaState,
+    rec: &VolumeRecord,
+    n: u64,
+    voters: &[u64],
+    leaving: u64,
+    up: &impl Fn(u64) -> bool,
+) -> bool {
+    let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != leaving).collect();
+    up(n)
+        && meta.takes_replicas(n)
+        && !meta.node_state(n).maintenance
+        && !voters.contains(&n)
+        && meta.fits_rules(&rec.rules, n, &rest)
 }
 
-/// The node to take a new replica of a shard placed on `voters`: eligible,
-/// with room for another copy in flight, the fewest replicas first.
+/// The node to take a new replica of `rec`'s shard placed on `voters` in
+/// place of `leaving`'s: eligible, with room for another copy in flight,
+/// the fewest replicas first.
 fn pick_target(
     meta: &MetaState,
+    rec: &VolumeRecord,
     voters: &[u64],
+    leaving: u64,
     load: &BTreeMap<u64, usize>,
     incoming: &BTreeMap<u64, usize>,
     up: &impl Fn(u64) -> bool,
@@ -93,7 +218,7 @@ fn pick_target(
     meta.nodes
         .keys()
         .copied()
-        .filter(|n| eligible(meta, *n, voters, up))
+        .filter(|n| eligible(meta, rec, *n, voters, leaving, up))
         .filter(|n| incoming.get(n).copied().unwrap_or(0) < MOVES_PER_NODE)
         .min_by_key(|n| (load.get(n).copied().unwrap_or(0), *n))
 }
@@ -162,6 +287,7 @@ mod tests {
                 raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
                 nbd_addr: None,
                 admin_addr: None,
+                labels: Default::default(),
             };
             m.apply(id, MetaCommand::PutNode(info)).expect("node");
         }
@@ -175,6 +301,7 @@ mod tests {
                 shards,
                 created_unix: 0,
                 labels: Default::default(),
+                rules: Default::default(),
             },
         )
         .expect("create");
@@ -195,7 +322,14 @@ mod tests {
         let shards = vec![vec![1, 2, 3]; 6];
         let mut m = meta(5, shards);
         let all_up = |_| true;
-        assert!(plan(&m, all_up, 0).is_empty());
+        // Nothing to heal (nodes 4 and 5 would only take a rebalancing move).
+        assert!(plan(&m, all_up, 0).iter().all(|c| matches!(
+            c,
+            MetaCommand::StartMove(ReplicaMove {
+                reason: MoveReason::Rebalance,
+                ..
+            })
+        )));
         m.apply(200, MetaCommand::MarkOut { node: 3 }).expect("out");
         m.apply(201, MetaCommand::SetMaintenance { node: 5, on: true })
             .expect("maint");
@@ -235,9 +369,74 @@ mod tests {
         let mut m = meta(3, vec![vec![1, 2, 3]]);
         m.apply(200, MetaCommand::MarkOut { node: 3 }).expect("out");
         assert!(plan(&m, |n| n != 3, 0).is_empty());
-        let why = unplaceable(&m, &[1, 2, 3], |n| n != 3).expect("unplaceable");
+        let rec = m.volumes["v"].clone();
+        let why = unplaceable(&m, &rec, &[1, 2, 3], 3, |n| n != 3).expect("unplaceable");
         assert!(why.contains("no node can take a replica"), "{why}");
         let m4 = meta(4, vec![vec![1, 2, 3]]);
-        assert_eq!(unplaceable(&m4, &[1, 2, 3], |_| true), None);
+        let rec = m4.volumes["v"].clone();
+        assert_eq!(unplaceable(&m4, &rec, &[1, 2, 3], 3, |_| true), None);
+    }
+
+    #[test]
+    fn a_draining_nodes_replicas_move_and_a_new_node_takes_its_share() {
+        let mut m = meta(4, vec![vec![1, 2, 3]; 3]);
+        let all_up = |_| true;
+        // Node 4 holds nothing: rebalancing moves one replica at a time
+        // from the fullest node until counts are within one.
+        let cmds = plan(&m, all_up, 0);
+        assert_eq!(
+            starts(&cmds),
+            vec![(shard_group(1, 0), 4, Some(1))],
+            "{cmds:?}"
+        );
+        for c in cmds {
+            m.apply(300, c).expect("start");
+        }
+        // Nothing more while a move is in flight.
+        assert!(plan(&m, all_up, 0).is_empty());
+        m.apply(
+            301,
+            MetaCommand::ShardMembership {
+                group: shard_group(1, 0),
+                voters: vec![2, 3, 4],
+                conf_index: 9,
+            },
+        )
+        .expect("done");
+        let cmds = plan(&m, all_up, 0);
+        assert_eq!(starts(&cmds), vec![(shard_group(1, 1), 4, Some(2))]);
+        m.apply(302, cmds[0].clone()).expect("start");
+        m.apply(
+            303,
+            MetaCommand::ShardMembership {
+                group: shard_group(1, 1),
+                voters: vec![1, 3, 4],
+                conf_index: 9,
+            },
+        )
+        .expect("done");
+        // Counts 2,2,3,2: within one; no replica moves back and forth.
+        // Node 4 took node 1's place in shard 0, its preferred leader.
+        assert_eq!(m.volumes["v"].shards[0], vec![4, 2, 3]);
+        assert!(starts(&plan(&m, all_up, 0)).is_empty(), "{:?}", m.volumes);
+        // Drain node 3: its replicas go, to the least loaded node first.
+        m.apply(304, MetaCommand::SetDraining { node: 3, on: true })
+            .expect("drain");
+        let next = starts(&plan(&m, all_up, 0));
+        assert_eq!(next.len(), 3, "{next:?}");
+        assert!(next.iter().all(|(_, add, rm)| *rm == Some(3) && *add != 3));
+        // Nothing is planned while a voter is down.
+        let mut quiet = meta(4, vec![vec![1, 2, 3]; 3]);
+        assert!(plan(&quiet, |n| n != 2, 0).is_empty());
+        // Leaders spread too: all preferred on node 1, replicas even.
+        quiet = meta(3, vec![vec![1, 2, 3]; 3]);
+        let cmds = plan(&quiet, all_up, 0);
+        assert!(
+            matches!(
+                cmds.as_slice(),
+                [MetaCommand::PreferLeader { node: 2 | 3, .. }]
+            ),
+            "{cmds:?}"
+        );
     }
 }

@@ -22,6 +22,7 @@ mod last_heard;
 pub mod layout;
 pub mod meta;
 mod meta_client;
+pub use meta_client::VolumeSpec;
 pub mod node_watch;
 pub mod peer_storage;
 pub mod read_lease;
@@ -40,7 +41,10 @@ pub use driver::{
     LogWriterMode, ManualClock, MembershipReport, RaftNetwork, ReplicaError, SystemClock,
 };
 pub use layout::{ShardId, ShardLayout};
-pub use meta::{MetaCommand, MetaError, MetaState, NodeInfo, NodeState, VolumeRecord, META_GROUP};
+pub use meta::{
+    MetaCommand, MetaError, MetaState, NodeInfo, NodeState, PlacementRules, VolumeRecord,
+    META_GROUP,
+};
 pub use peer_storage::PeerStorage;
 pub use repair::ScrubReport;
 pub use router::ClusterVolume;

@@ -78,15 +78,12 @@ impl Cluster {
         false
     }
 
-    /// Creates a volume: placement over the live nodes, then the meta command.
+    /// Creates a volume: placement over the live nodes (under the spec's
+    /// rules), then the meta command.
     pub async fn create_volume(
         &self,
         name: &str,
-        size: u64,
-        chunk_size: u64,
-        replicas: u32,
-        shards: u32,
-        labels: std::collections::BTreeMap<String, String>,
+        spec: VolumeSpec,
     ) -> Result<VolumeRecord, RouteError> {
         // Right after start-up, members may not have registered or been
         // heard from yet: give placement a few seconds before refusing.
@@ -96,7 +93,7 @@ impl Cluster {
             if meta.volumes.contains_key(name) {
                 return Err(ReplicaError::Meta(MetaError::VolumeExists(name.into())).into());
             }
-            match meta.place(replicas, shards, &self.live_nodes()) {
+            match meta.place(spec.replicas, spec.shards, &self.live_nodes(), &spec.rules) {
                 Ok(p) => break p,
                 Err(e) if Instant::now() > deadline => return Err(ReplicaError::Meta(e).into()),
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -104,12 +101,13 @@ impl Cluster {
         };
         self.propose_meta(MetaCommand::CreateVolume {
             name: name.to_string(),
-            size,
-            chunk_size,
-            replicas,
+            size: spec.size,
+            chunk_size: spec.chunk_size,
+            replicas: spec.replicas,
             shards,
             created_unix: raftblock_storage::catalog::unix_now(),
-            labels,
+            labels: spec.labels,
+            rules: spec.rules,
         })
         .await?;
         Ok(self.volume_record(name)?)
@@ -172,4 +170,21 @@ impl Cluster {
     pub fn raft_addr(&self, id: u64) -> Option<SocketAddr> {
         self.view().meta().nodes.get(&id).map(|n| n.raft_addr)
     }
+}
+
+/// What a new volume is to be.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeSpec {
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// Replicas per shard.
+    pub replicas: u32,
+    /// Shards.
+    pub shards: u32,
+    /// Free-form labels (the Docker plugin's `fs`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Which nodes may hold its replicas.
+    pub rules: crate::meta::PlacementRules,
 }

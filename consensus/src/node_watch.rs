@@ -136,6 +136,7 @@ mod tests {
                 raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
                 nbd_addr: None,
                 admin_addr: None,
+                labels: Default::default(),
             };
             m.apply(i as u64 + 1, MetaCommand::PutNode(info))
                 .expect("node");

@@ -31,7 +31,16 @@ async fn an_older_attach_epoch_cannot_write_once_the_volume_moved() {
     }
     let rec = nodes[0]
         .cluster
-        .create_volume("f", 8 << 20, 1 << 20, 3, 2, Default::default())
+        .create_volume(
+            "f",
+            raftblock_consensus::VolumeSpec {
+                size: 8 << 20,
+                chunk_size: 1 << 20,
+                replicas: 3,
+                shards: 2,
+                ..Default::default()
+            },
+        )
         .await
         .expect("create volume");
     let grace = Duration::from_secs(30);

@@ -13,13 +13,13 @@ use std::time::Duration;
 use raftblock_consensus::meta::ReplicaMove;
 use raftblock_consensus::recovery::CopyStatus;
 use raftblock_consensus::{
-    Cluster, GroupStatus, MetaCommand, MetaError, MetaState, NodeInfo, ReplicaError, RouteError,
-    VolumeRecord,
+    Cluster, GroupStatus, MetaCommand, MetaError, MetaState, NodeInfo, PlacementRules,
+    ReplicaError, RouteError, VolumeRecord, VolumeSpec,
 };
-use raftblock_storage::catalog::{validate_name, validate_sizes};
+use raftblock_storage::catalog::{parse_labels, validate_name, validate_sizes};
 use raftblock_storage::DEFAULT_CHUNK_SIZE;
 
-use super::{AdminState, ApiError};
+use super::{AdminState, ApiError, CreateVolume};
 use crate::client::AdminClient;
 
 impl From<RouteError> for ApiError {
@@ -32,7 +32,10 @@ impl From<RouteError> for ApiError {
                 MetaError::VolumeNotFound(_)
                 | MetaError::NodeNotFound(_)
                 | MetaError::GroupNotFound(_) => StatusCode::NOT_FOUND,
-                MetaError::InMaintenance(_) | MetaError::Move { .. } => StatusCode::CONFLICT,
+                MetaError::InMaintenance(_)
+                | MetaError::Move { .. }
+                | MetaError::CannotDrain { .. }
+                | MetaError::CannotRemove { .. } => StatusCode::CONFLICT,
                 MetaError::Placement(_) => StatusCode::BAD_REQUEST,
                 MetaError::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -86,6 +89,8 @@ pub fn volume_view(s: &AdminState, c: &Cluster, rec: &VolumeRecord) -> Value {
         "replicas": rec.replicas,
         "shards": shards,
         "labels": rec.labels,
+        "spread": rec.rules.spread,
+        "require": rec.rules.require,
         "attach_epoch": rec.attach_epoch,
         "attached_to": rec.attachment.as_ref().map(|a| a.node),
         "allocated_bytes": allocated.unwrap_or(0),
@@ -121,25 +126,37 @@ pub async fn info(s: &AdminState, c: &Cluster, name: &str) -> Result<Value, ApiE
 }
 
 /// `POST /v1/volumes`.
-pub async fn create(
-    s: &AdminState,
-    c: &Cluster,
-    name: &str,
-    size: u64,
-    chunk_size: Option<u64>,
-    replicas: Option<u32>,
-    shards: Option<u32>,
-) -> Result<Value, ApiError> {
-    validate_name(name)?;
-    let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-    validate_sizes(size, chunk_size)?;
+pub async fn create(s: &AdminState, c: &Cluster, req: &CreateVolume) -> Result<Value, ApiError> {
+    validate_name(&req.name)?;
+    let chunk_size = req.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    validate_sizes(req.size, chunk_size)?;
     let members = c.view().meta().nodes.len().max(1) as u32;
-    let replicas = replicas.unwrap_or(3.min(members));
-    let shards = shards
-        .unwrap_or_else(|| raftblock_consensus::layout::default_shards(size, chunk_size).max(3));
-    let rec = c
-        .create_volume(name, size, chunk_size, replicas, shards, Default::default())
-        .await?;
+    let replicas = req.replicas.unwrap_or(3.min(members));
+    let shards = req.shards.unwrap_or_else(|| {
+        raftblock_consensus::layout::default_shards(req.size, chunk_size).max(3)
+    });
+    if req
+        .spread
+        .as_deref()
+        .is_some_and(|k| parse_labels(&format!("{k}=x")).is_err())
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("spread: {:?} is not a label key", req.spread),
+        ));
+    }
+    let spec = VolumeSpec {
+        size: req.size,
+        chunk_size,
+        replicas,
+        shards,
+        labels: Default::default(),
+        rules: PlacementRules {
+            spread: req.spread.clone(),
+            require: req.require.clone(),
+        },
+    };
+    let rec = c.create_volume(&req.name, spec).await?;
     Ok(volume_view(s, c, &rec))
 }
 
@@ -294,6 +311,23 @@ pub async fn set_maintenance(c: &Cluster, node: u64, on: bool) -> Result<Value, 
     Ok(json!({ "node": node, "maintenance": on }))
 }
 
+/// `POST /v1/cluster/nodes/{id}/drain`: starts draining node `id` (its
+/// replicas move to other nodes, no new ones go there), refused up front
+/// when the others cannot hold them; `on: false` stops it.
+pub async fn set_draining(c: &Cluster, node: u64, on: bool) -> Result<Value, ApiError> {
+    c.propose_meta(MetaCommand::SetDraining { node, on })
+        .await?;
+    let replicas = c.view().meta().groups_on(node).len();
+    Ok(json!({ "node": node, "draining": on, "replicas": replicas }))
+}
+
+/// `DELETE /v1/cluster/nodes/{id}`: removes node `id` from the cluster,
+/// refused while it holds replicas.
+pub async fn remove_node(c: &Cluster, node: u64) -> Result<Value, ApiError> {
+    c.propose_meta(MetaCommand::RemoveNode { node }).await?;
+    Ok(json!({ "removed": node }))
+}
+
 /// `GET /v1/cluster/local`.
 pub async fn local(s: &AdminState, c: &Cluster) -> Value {
     let connections: BTreeMap<String, i64> = c
@@ -343,6 +377,9 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
                 "up": up(n.id),
                 "maintenance": meta.node_state(n.id).maintenance,
                 "out": meta.node_state(n.id).out,
+                "draining": meta.node_state(n.id).draining,
+                "labels": n.labels,
+                "replicas": meta.groups_on(n.id).len(),
                 "heard_from": live.contains(&n.id),
                 "raft_addr": n.raft_addr,
                 "nbd_addr": n.nbd_addr,
@@ -406,6 +443,7 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
                         .collect();
                     let health = shard_health(&ShardFacts {
                         meta: &meta,
+                        rec,
                         placed,
                         wanted: rec.replicas as usize,
                         leader: leader_status,
@@ -447,6 +485,17 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
             })
         })
         .collect();
+    // Leaders per node, from the shards' views above.
+    let mut nodes = nodes;
+    for n in nodes.iter_mut() {
+        let id = n["id"].as_u64().unwrap_or(0);
+        let leads = volumes
+            .iter()
+            .flat_map(|v| v["shards"].as_array().into_iter().flatten())
+            .filter(|s| s["leader"].as_u64() == Some(id))
+            .count();
+        n["leaders"] = json!(leads);
+    }
     let meta_group = find(c.node(), raftblock_consensus::META_GROUP);
     let moves: Vec<Value> = meta
         .moves
@@ -480,6 +529,8 @@ type NodeReplicas = (Vec<GroupStatus>, Vec<CopyStatus>);
 /// What a shard's health is judged from.
 struct ShardFacts<'a> {
     meta: &'a MetaState,
+    /// The shard's volume.
+    rec: &'a VolumeRecord,
     /// The voters the metadata records.
     placed: &'a [u64],
     /// Replicas the volume asks for.
@@ -569,9 +620,11 @@ fn shard_health(f: &ShardFacts) -> Health {
             .copied()
             .filter(|n| f.meta.node_state(*n).out)
             .collect();
-        if !out.is_empty() {
+        if let Some(&lost) = out.first() {
             let placeable =
-                raftblock_consensus::healing::unplaceable(f.meta, &voters, |n| (f.up)(n));
+                raftblock_consensus::healing::unplaceable(f.meta, f.rec, &voters, lost, |n| {
+                    (f.up)(n)
+                });
             why.push_str(&match placeable {
                 Some(no) => format!("; {no}"),
                 None => "; a new replica is being planned".into(),

@@ -62,12 +62,18 @@ impl From<StorageError> for ApiError {
 
 /// Body of `POST /v1/volumes`.
 #[derive(Deserialize)]
-struct CreateVolume {
-    name: String,
-    size: u64,
-    chunk_size: Option<u64>,
-    replicas: Option<u32>,
-    shards: Option<u32>,
+pub(crate) struct CreateVolume {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) chunk_size: Option<u64>,
+    pub(crate) replicas: Option<u32>,
+    pub(crate) shards: Option<u32>,
+    /// Replicas of a shard on nodes with distinct values of this label.
+    #[serde(default)]
+    pub(crate) spread: Option<String>,
+    /// Only nodes with these labels.
+    #[serde(default)]
+    pub(crate) require: std::collections::BTreeMap<String, String>,
 }
 
 /// The admin router.
@@ -84,6 +90,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/local/scrub/{name}", post(scrub_local))
         .route("/v1/cluster/nodes", post(cluster_join))
         .route("/v1/cluster/nodes/{id}/maintenance", post(node_maintenance))
+        .route("/v1/cluster/nodes/{id}/drain", post(node_drain))
+        .route("/v1/cluster/nodes/{id}", axum::routing::delete(node_remove))
         .with_state(state)
 }
 
@@ -160,7 +168,7 @@ async fn cluster_join(
     Ok(Json(cluster::join(c, info).await?))
 }
 
-/// The body of `POST /v1/cluster/nodes/{id}/maintenance`.
+/// The body of `POST /v1/cluster/nodes/{id}/maintenance` and `.../drain`.
 #[derive(serde::Deserialize)]
 struct MaintenanceBody {
     on: bool,
@@ -174,6 +182,24 @@ async fn node_maintenance(
     let c = need_cluster(&s)?;
     let Json(b) = body.map_err(bad_body)?;
     Ok(Json(cluster::set_maintenance(c, id, b.on).await?))
+}
+
+async fn node_drain(
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<u64>,
+    body: Result<Json<MaintenanceBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    let Json(b) = body.map_err(bad_body)?;
+    Ok(Json(cluster::set_draining(c, id, b.on).await?))
+}
+
+async fn node_remove(
+    State(s): State<Arc<AdminState>>,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let c = need_cluster(&s)?;
+    Ok(Json(cluster::remove_node(c, id).await?))
 }
 
 fn bad_body(e: JsonRejection) -> ApiError {
@@ -210,17 +236,14 @@ async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(bad_body)?;
     if let Some(c) = &s.cluster {
-        let v = cluster::create(
-            &s,
-            c,
-            &req.name,
-            req.size,
-            req.chunk_size,
-            req.replicas,
-            req.shards,
-        )
-        .await?;
+        let v = cluster::create(&s, c, &req).await?;
         return Ok((StatusCode::CREATED, Json(v)));
+    }
+    if req.spread.is_some() || !req.require.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "this node runs alone: placement rules (spread, require) need cluster mode".into(),
+        ));
     }
     if req.replicas.is_some_and(|r| r != 1) {
         return Err(ApiError(

@@ -3,6 +3,7 @@
 //! sled database is missing or unreadable the catalog is rebuilt from those.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::{Result, StorageError, BLOCK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
@@ -214,6 +215,38 @@ pub fn volume_dir(volumes_dir: &Path, id: u64) -> PathBuf {
     volumes_dir.join(format!("{id:016x}"))
 }
 
+/// Why a label list (`zone=a,disk=ssd`) did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    /// A part is not `key=value`.
+    #[error("label {0:?} is not key=value")]
+    NotKeyValue(String),
+    /// A key or value holds other characters.
+    #[error("label {0:?}: keys and values are letters, digits, '-', '_' or '.'")]
+    BadCharacters(String),
+}
+
+/// Parses `key=value[,key=value...]` (node labels, required labels).
+pub fn parse_labels(s: &str) -> std::result::Result<BTreeMap<String, String>, LabelError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(LabelError::NotKeyValue(part.to_string()));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let ok = |x: &str| {
+            !x.is_empty()
+                && x.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !ok(k) || !ok(v) {
+            return Err(LabelError::BadCharacters(part.to_string()));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,5 +300,21 @@ mod tests {
         let cat = Catalog::open(dir.path(), &vols).expect("open");
         assert_eq!(cat.get("keep").expect("get"), Some(meta));
         assert_eq!(cat.allocate_id().expect("id"), 8);
+    }
+
+    #[test]
+    fn labels_parse_or_say_why() {
+        let l = parse_labels(" zone=a , disk=ssd").expect("labels");
+        assert_eq!(l["zone"], "a");
+        assert_eq!(l["disk"], "ssd");
+        assert!(parse_labels("").expect("none").is_empty());
+        assert!(parse_labels("zone")
+            .expect_err("refused")
+            .to_string()
+            .contains("key=value"));
+        assert!(parse_labels("zo ne=a")
+            .expect_err("refused")
+            .to_string()
+            .contains("letters"));
     }
 }

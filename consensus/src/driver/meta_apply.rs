@@ -66,7 +66,8 @@ impl Driver {
         for rec in self.meta.volumes.values() {
             for (g, nodes) in rec.groups() {
                 if let Some(r) = self.replicas.get_mut(&g) {
-                    if r.set_preferred(rec, nodes) {
+                    // Leaders leave draining nodes.
+                    if r.set_preferred(rec, &self.meta.may_lead(nodes)) {
                         self.awake.insert(g);
                     }
                 }

@@ -716,7 +716,12 @@ impl Driver {
             }
             // A group with a replica move in flight stays awake: its
             // leader carries the move out (`reconfigure`).
+            // So does one whose leadership is to go back to its preferred
+            // replica, which is up: the handback needs the group ticking.
+            let handback =
+                r.preferred != 0 && r.preferred != me && self.liveness.is_up(r.preferred, now);
             if r.is_leader()
+                && !handback
                 && !self.meta.moves.contains_key(&g)
                 && r.maybe_hibernate(g, &self.liveness, now, self.network.as_ref())
             {

@@ -100,12 +100,29 @@ pub(super) fn meta_change(
     if !cs.voters_outgoing.is_empty() || pending {
         return (!pending).then_some(Change::LeaveJoint);
     }
-    let out = |n: &u64| members.iter().any(|(id, o)| id == n && *o);
+    // Leaving: out, draining, or no longer a member at all.
+    let out = |n: &u64| members.iter().all(|(id, o)| id != n || *o);
+    let member = |n: &u64| members.iter().any(|(id, _)| id == n);
     let up = |n: &u64| peer(*n).is_some_and(|p| p.up);
     if let Some(v) = cs.voters.iter().find(|v| out(v)) {
         if let Some(l) = cs.learners.iter().find(|l| up(l) && !out(l)) {
             return swap_step(cs, me, *l, Some(*v), committed, peer);
         }
+        // A removed node's voter goes even without a replacement, while
+        // more than one voter stays.
+        if !member(v) && cs.voters.len() > 1 {
+            if *v != me {
+                return Some(Change::Remove(*v));
+            }
+            return cs
+                .voters
+                .iter()
+                .find(|o| **o != me && up(o))
+                .map(|o| Change::HandOver(*o));
+        }
+    }
+    if let Some(l) = cs.learners.iter().find(|l| !member(l)) {
+        return Some(Change::Remove(*l));
     }
     members
         .iter()
@@ -152,11 +169,16 @@ impl Driver {
     pub(super) fn reconfigure(&mut self) {
         let now = self.clock.now();
         let me = self.cfg.node;
+        // Members with whether they are leaving (out or draining): a
+        // metadata voter there is replaced.
         let members: Vec<(u64, bool)> = self
             .meta
             .nodes
             .keys()
-            .map(|n| (*n, self.meta.node_state(*n).out))
+            .map(|n| {
+                let s = self.meta.node_state(*n);
+                (*n, s.out || s.draining)
+            })
             .collect();
         let mut reports = Vec::new();
         for g in self.awake_now() {
@@ -405,6 +427,28 @@ mod tests {
         assert_eq!(
             meta_change(&c, 1, false, &back, 50, &all_up),
             Some(Change::AddLearner(3))
+        );
+        // A removed node leaves the group: a learner at once, a voter
+        // replaced by a learner when there is one, else removed.
+        let removed = [(1, false), (2, false), (4, false)];
+        let c = conf(&[1, 2, 4], &[3]);
+        assert_eq!(
+            meta_change(&c, 1, false, &removed, 50, &all_up),
+            Some(Change::Remove(3))
+        );
+        let c = conf(&[1, 2, 3], &[4]);
+        assert_eq!(
+            meta_change(&c, 1, false, &removed, 50, &all_up),
+            Some(Change::Swap {
+                add: 4,
+                remove: Some(3)
+            })
+        );
+        let c = conf(&[1, 2, 3], &[]);
+        let two = [(1, false), (2, false)];
+        assert_eq!(
+            meta_change(&c, 1, false, &two, 50, &all_up),
+            Some(Change::Remove(3))
         );
     }
 }

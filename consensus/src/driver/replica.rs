@@ -374,7 +374,7 @@ impl Driver {
         )?;
         if let Some(r) = self.replicas.get_mut(&group) {
             r.set_shard_snapshot();
-            let _ = r.set_preferred(rec, nodes);
+            let _ = r.set_preferred(rec, &self.meta.may_lead(nodes));
         }
         Ok(())
     }

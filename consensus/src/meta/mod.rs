@@ -14,7 +14,10 @@ use raftblock_storage::VolumeMeta;
 use crate::layout::ShardLayout;
 
 mod moves;
+mod nodes;
+mod placement;
 pub use moves::{MoveReason, ReplicaMove};
+pub use placement::{parse_labels, PlacementRules};
 
 /// Raft group id of the meta group.
 pub const META_GROUP: u64 = 0;
@@ -42,6 +45,9 @@ pub struct NodeInfo {
     pub nbd_addr: Option<SocketAddr>,
     /// Address of its admin HTTP API.
     pub admin_addr: Option<SocketAddr>,
+    /// Its labels (`serve --labels zone=a,disk=ssd`), for placement rules.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What the operator or the metadata leader decided about a node.
@@ -53,6 +59,9 @@ pub struct NodeState {
     /// Marked out: it was down longer than the down-out interval.
     #[serde(default)]
     pub out: bool,
+    /// Being drained: no new replicas go there, and its replicas move away.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A volume of the cluster.
@@ -68,6 +77,9 @@ pub struct VolumeRecord {
     /// Free-form labels set at creation (the Docker plugin keeps `fs` here).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Which nodes its replicas may go to (node labels).
+    #[serde(default)]
+    pub rules: PlacementRules,
     /// Bumped by every attach; writes of an attached volume carry it and
     /// shards refuse older ones (fencing).
     #[serde(default)]
@@ -155,6 +167,9 @@ pub enum MetaCommand {
         /// Labels.
         #[serde(default)]
         labels: BTreeMap<String, String>,
+        /// Placement rules (checked against `shards`).
+        #[serde(default)]
+        rules: PlacementRules,
     },
     /// Deletes a volume (refused while it is attached).
     DeleteVolume {
@@ -208,6 +223,28 @@ pub enum MetaCommand {
     },
     /// Takes `node` back in: it is heard from again.
     MarkIn {
+        /// The node.
+        node: u64,
+    },
+    /// Starts (`on`) or stops draining `node`: no new replicas go there and
+    /// its replicas move to other nodes. Refused when the other nodes
+    /// cannot hold them.
+    SetDraining {
+        /// The node.
+        node: u64,
+        /// Drain or stop draining.
+        on: bool,
+    },
+    /// Removes `node` from the cluster; refused while it holds replicas.
+    RemoveNode {
+        /// The node.
+        node: u64,
+    },
+    /// Makes `node`, one of the shard's voters, its preferred leader
+    /// (leader balancing).
+    PreferLeader {
+        /// The shard group.
+        group: u64,
         /// The node.
         node: u64,
     },
@@ -293,6 +330,22 @@ pub enum MetaError {
     /// The node is in maintenance.
     #[error("node {0} is in maintenance; it is not marked out")]
     InMaintenance(u64),
+    /// The node cannot be drained.
+    #[error("node {node} cannot be drained: {reason}")]
+    CannotDrain {
+        /// The node.
+        node: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The node cannot be removed.
+    #[error("node {node} cannot be removed: {reason}")]
+    CannotRemove {
+        /// The node.
+        node: u64,
+        /// Why.
+        reason: String,
+    },
     /// No such shard group.
     #[error("shard group {0} is not in any volume")]
     GroupNotFound(u64),
@@ -369,11 +422,12 @@ impl MetaState {
                 shards,
                 created_unix,
                 labels,
+                rules,
             } => {
                 if self.volumes.contains_key(&name) {
                     return Err(MetaError::VolumeExists(name));
                 }
-                self.check_placement(replicas, &shards)?;
+                self.check_placement(replicas, &shards, &rules)?;
                 let id = self.next_volume_id.max(1);
                 self.next_volume_id = id + 1;
                 let rec = VolumeRecord {
@@ -388,6 +442,7 @@ impl MetaState {
                     replicas,
                     shards,
                     labels,
+                    rules,
                     attach_epoch: 0,
                     attachment: None,
                     served_by: None,
@@ -490,6 +545,9 @@ impl MetaState {
                 self.node_state_mut(node)?.out = false;
                 Ok(MetaEffect::None)
             }
+            MetaCommand::SetDraining { node, on } => self.set_draining(node, on),
+            MetaCommand::RemoveNode { node } => self.remove_node(node),
+            MetaCommand::PreferLeader { group, node } => self.prefer_leader(group, node),
             MetaCommand::StartMove(m) => self.start_move(m),
             MetaCommand::EndMove { group, add } => Ok(self.end_move(group, add)),
             MetaCommand::ShardMembership {
@@ -508,18 +566,6 @@ impl MetaState {
                 Ok(MetaEffect::None)
             }
         }
-    }
-
-    /// The flags of `node` (default: in, not in maintenance).
-    pub fn node_state(&self, node: u64) -> NodeState {
-        self.node_states.get(&node).copied().unwrap_or_default()
-    }
-
-    fn node_state_mut(&mut self, node: u64) -> Result<&mut NodeState, MetaError> {
-        if !self.nodes.contains_key(&node) {
-            return Err(MetaError::NodeNotFound(node));
-        }
-        Ok(self.node_states.entry(node).or_default())
     }
 
     /// How many volumes one node may serve with their leaders local: twice
@@ -548,69 +594,6 @@ impl MetaState {
                 rec.served_by = None;
             }
         }
-    }
-
-    fn check_placement(&self, replicas: u32, shards: &[Vec<u64>]) -> Result<(), MetaError> {
-        if shards.is_empty() || shards.len() > MAX_SHARDS as usize {
-            return Err(MetaError::Placement(format!(
-                "a volume needs 1 to {MAX_SHARDS} shards, not {}",
-                shards.len()
-            )));
-        }
-        for (i, nodes) in shards.iter().enumerate() {
-            let mut distinct = nodes.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            if distinct.len() != nodes.len() || nodes.len() != replicas as usize {
-                return Err(MetaError::Placement(format!(
-                    "shard {i} needs {replicas} replicas on distinct nodes, got {nodes:?}"
-                )));
-            }
-            if let Some(n) = nodes.iter().find(|n| !self.nodes.contains_key(n)) {
-                return Err(MetaError::Placement(format!(
-                    "shard {i} placed on node {n}, which is not a member"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Places `shards` shards of `replicas` replicas each on the `live`
-    /// nodes: distinct nodes per shard, and the first replica (the preferred
-    /// leader) rotating so leaders spread over the nodes.
-    pub fn place(
-        &self,
-        replicas: u32,
-        shards: u32,
-        live: &[u64],
-    ) -> Result<Vec<Vec<u64>>, MetaError> {
-        let mut live: Vec<u64> = live
-            .iter()
-            .copied()
-            .filter(|n| self.nodes.contains_key(n))
-            .collect();
-        live.sort_unstable();
-        live.dedup();
-        if replicas == 0 {
-            return Err(MetaError::Placement("replicas must be at least 1".into()));
-        }
-        if replicas as usize > live.len() {
-            return Err(MetaError::Placement(format!(
-                "{replicas} replicas asked for but only {} node(s) are up ({live:?}); \
-                 replicas of a shard must be on distinct nodes",
-                live.len()
-            )));
-        }
-        // Start where the previous volume's shards ended, so small volumes
-        // do not all put their leader on the lowest node id.
-        let start = self.next_volume_id as usize;
-        Ok((0..shards as usize)
-            .map(|s| {
-                (0..replicas as usize)
-                    .map(|r| live[(start + s + r) % live.len()])
-                    .collect()
-            })
-            .collect())
     }
 
     /// Loads the state saved by [`MetaState::save`], or an empty one.
@@ -689,6 +672,7 @@ mod tests {
             raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
             nbd_addr: None,
             admin_addr: None,
+            labels: Default::default(),
         })
     }
 
@@ -701,6 +685,7 @@ mod tests {
             shards,
             created_unix: 0,
             labels: BTreeMap::new(),
+            rules: Default::default(),
         }
     }
 
@@ -710,7 +695,9 @@ mod tests {
         for (i, id) in [1, 2, 3].into_iter().enumerate() {
             m.apply(i as u64 + 1, node(id)).expect("node");
         }
-        let p = m.place(3, 6, &[1, 2, 3]).expect("place");
+        let p = m
+            .place(3, 6, &[1, 2, 3], &Default::default())
+            .expect("place");
         let leaders: std::collections::BTreeSet<u64> = p.iter().map(|s| s[0]).collect();
         assert_eq!(leaders.len(), 3);
         for s in &p {
@@ -719,7 +706,9 @@ mod tests {
             d.dedup();
             assert_eq!(d.len(), 3);
         }
-        let err = m.place(3, 1, &[1, 2]).expect_err("two live nodes");
+        let err = m
+            .place(3, 1, &[1, 2], &Default::default())
+            .expect_err("two live nodes");
         assert!(err.to_string().contains("only 2 node(s) are up"), "{err}");
     }
 

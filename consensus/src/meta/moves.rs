@@ -120,17 +120,22 @@ impl MetaState {
             return Ok(MetaEffect::None); // an older view than the one recorded
         }
         let i = index as usize;
-        // Replicas that stay keep their order (the first is the preferred
-        // leader); new ones follow.
+        // Replicas that stay keep their place, and a new one takes the
+        // place of one that left: the first is the preferred leader, so a
+        // replacement inherits the leadership the old replica had.
+        let mut new = voters
+            .iter()
+            .copied()
+            .filter(|n| !rec.shards[i].contains(n));
         let mut next: Vec<u64> = rec.shards[i]
             .iter()
-            .copied()
-            .filter(|n| voters.contains(n))
-            .collect();
-        let new: Vec<u64> = voters
-            .iter()
-            .copied()
-            .filter(|n| !next.contains(n))
+            .filter_map(|n| {
+                if voters.contains(n) {
+                    Some(*n)
+                } else {
+                    new.next()
+                }
+            })
             .collect();
         next.extend(new);
         rec.shards[i] = next;
@@ -162,6 +167,7 @@ mod tests {
                 raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
                 nbd_addr: None,
                 admin_addr: None,
+                labels: Default::default(),
             };
             m.apply(id, MetaCommand::PutNode(info)).expect("node");
         }
@@ -175,6 +181,7 @@ mod tests {
                 shards: vec![vec![1, 2, 3], vec![2, 3, 1]],
                 created_unix: 0,
                 labels: BTreeMap::new(),
+                rules: Default::default(),
             },
         )
         .expect("create");

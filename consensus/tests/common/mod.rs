@@ -135,5 +135,6 @@ pub fn node_info(id: u64) -> NodeInfo {
         raft_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
         nbd_addr: None,
         admin_addr: None,
+        labels: Default::default(),
     }
 }

@@ -378,6 +378,7 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
             raft_addr: ([127, 0, 0, 1], 9).into(),
             nbd_addr: None,
             admin_addr: None,
+            labels: Default::default(),
         }))?;
     }
     sim.meta(MetaCommand::CreateVolume {
@@ -388,6 +389,7 @@ pub fn run(seed: u64, opts: SimOptions, dir: &Path) -> Result<SimStats, String> 
         shards: vec![vec![1, 2, 3], vec![2, 3, 1]],
         created_unix: 0,
         labels: Default::default(),
+        rules: Default::default(),
     })?;
     // Until every node has the volume and both shards have leaders.
     for _ in 0..20_000 {

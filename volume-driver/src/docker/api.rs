@@ -104,9 +104,15 @@ pub enum OptionError {
     /// `fs` names a filesystem that is not supported.
     #[error(transparent)]
     Filesystem(#[from] UnsupportedFilesystem),
+    /// `spread` is not a label key.
+    #[error("option spread: `{0}` is not a label key (letters, digits, '-', '_', '.')")]
+    Spread(String),
+    /// `require` is not a list of `key=value` labels.
+    #[error("option require: {0}")]
+    Require(#[from] raftblock_storage::catalog::LabelError),
     /// An option this plugin does not know (so a typo is not silently
     /// ignored).
-    #[error("unknown option `{0}` (known: size, replicas, fs, chunk_size)")]
+    #[error("unknown option `{0}` (known: size, replicas, fs, chunk_size, spread, require)")]
     Unknown(String),
 }
 
@@ -121,6 +127,11 @@ pub struct CreateOptions {
     pub fs: Filesystem,
     /// Chunk size in bytes (`chunk_size`), or the store's default.
     pub chunk_size: Option<u64>,
+    /// Replicas of a shard on nodes with distinct values of this node
+    /// label (`spread=zone`).
+    pub spread: Option<String>,
+    /// Only nodes with these labels (`require=disk=ssd[,key=value]`).
+    pub require: BTreeMap<String, String>,
 }
 
 /// Default size of a volume created without `-o size`.
@@ -141,6 +152,8 @@ impl CreateOptions {
             replicas: DEFAULT_REPLICAS,
             fs: Filesystem::Ext4,
             chunk_size: None,
+            spread: None,
+            require: BTreeMap::new(),
         };
         for (k, v) in opts {
             match k.as_str() {
@@ -154,6 +167,12 @@ impl CreateOptions {
                 }
                 "fs" => o.fs = Filesystem::parse(v)?,
                 "chunk_size" => o.chunk_size = Some(size("chunk_size", v)?),
+                "spread" => {
+                    raftblock_storage::catalog::parse_labels(&format!("{v}=x"))
+                        .map_err(|_| OptionError::Spread(v.clone()))?;
+                    o.spread = Some(v.clone())
+                }
+                "require" => o.require = raftblock_storage::catalog::parse_labels(v)?,
                 other => return Err(OptionError::Unknown(other.to_string())),
             }
         }
@@ -190,17 +209,23 @@ mod tests {
             ("replicas", "2"),
             ("fs", "xfs"),
             ("chunk_size", "16M"),
+            ("spread", "zone"),
+            ("require", "disk=ssd"),
         ]))
         .expect("all options");
         assert_eq!(
             (o.size, o.replicas, o.fs, o.chunk_size),
             (1 << 30, 2, Filesystem::Xfs, Some(16 << 20))
         );
+        assert_eq!(o.spread.as_deref(), Some("zone"));
+        assert_eq!(o.require.get("disk").map(String::as_str), Some("ssd"));
         for bad in [
             ("size", "lots"),
             ("replicas", "0"),
             ("fs", "btrfs"),
             ("color", "red"),
+            ("spread", "zo ne"),
+            ("require", "disk"),
         ] {
             let e = CreateOptions::parse(&opts(&[bad]))
                 .expect_err("refused")

@@ -151,7 +151,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "volume bad: unknown option `colour` (known: size, replicas, fs, chunk_size)"
+            "volume bad: unknown option `colour` (known: size, replicas, fs, chunk_size, spread, require)"
         );
         let e = PluginError::Backend(BackendError::HeldElsewhere {
             volume: "v1".into(),
