@@ -277,35 +277,10 @@ pub async fn report_memberships(cluster: &Arc<Cluster>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::{shard_group, NodeInfo};
+    use crate::meta::shard_group;
 
     fn meta(nodes: u64, shards: Vec<Vec<u64>>) -> MetaState {
-        let mut m = MetaState::default();
-        for id in 1..=nodes {
-            let info = NodeInfo {
-                id,
-                raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
-                nbd_addr: None,
-                admin_addr: None,
-                labels: Default::default(),
-            };
-            m.apply(id, MetaCommand::PutNode(info)).expect("node");
-        }
-        m.apply(
-            100,
-            MetaCommand::CreateVolume {
-                name: "v".into(),
-                size: 1 << 30,
-                chunk_size: 64 << 20,
-                replicas: 3,
-                shards,
-                created_unix: 0,
-                labels: Default::default(),
-                rules: Default::default(),
-            },
-        )
-        .expect("create");
-        m
+        crate::meta::testing::state(nodes, shards)
     }
 
     fn starts(cmds: &[MetaCommand]) -> Vec<(u64, u64, Option<u64>)> {

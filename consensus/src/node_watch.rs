@@ -126,22 +126,10 @@ fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::NodeInfo;
 
     fn meta(nodes: &[u64]) -> MetaState {
-        let mut m = MetaState::default();
-        for (i, &id) in nodes.iter().enumerate() {
-            let info = NodeInfo {
-                id,
-                raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
-                nbd_addr: None,
-                admin_addr: None,
-                labels: Default::default(),
-            };
-            m.apply(i as u64 + 1, MetaCommand::PutNode(info))
-                .expect("node");
-        }
-        m
+        let n = nodes.iter().copied().max().unwrap_or(0);
+        crate::meta::testing::state(n, Vec::new())
     }
 
     const MIN: Duration = Duration::from_secs(60);

@@ -184,6 +184,45 @@ async fn node_maintenance(
     Ok(Json(cluster::set_maintenance(c, id, b.on).await?))
 }
 
+/// `raftblock_shards{state}`: the shard groups this node leads, by state
+/// (from their Raft configuration and which voters are heard from), and
+/// `raftblock_shards_total`, every shard of the cluster: the shards no
+/// node reports have no leader (unavailable).
+async fn shard_states(out: &mut String, c: &raftblock_consensus::Cluster) {
+    let meta = c.view().meta();
+    let mut counts = [("healthy", 0u64), ("degraded", 0), ("rebuilding", 0)];
+    for g in c.driver().status().await {
+        let (Some(up), Some((rec, _))) = (g.voters_up, meta.shard(g.group)) else {
+            continue;
+        };
+        let state = if meta.moves.contains_key(&g.group) {
+            2
+        } else if up < rec.replicas as usize {
+            1
+        } else {
+            0
+        };
+        counts[state].1 += 1;
+    }
+    metric_header(
+        out,
+        "raftblock_shards",
+        "gauge",
+        "Shard groups this node leads, by state: healthy, degraded (fewer voters heard from than replicas asked for), rebuilding (a replica move in flight).",
+    );
+    for (state, n) in counts {
+        let _ = writeln!(out, "raftblock_shards{{state=\"{state}\"}} {n}");
+    }
+    let total: usize = meta.volumes.values().map(|v| v.shards.len()).sum();
+    metric_header(
+        out,
+        "raftblock_shards_total",
+        "gauge",
+        "Shards in the cluster (those no node reports in raftblock_shards have no leader).",
+    );
+    let _ = writeln!(out, "raftblock_shards_total {total}");
+}
+
 async fn node_drain(
     State(s): State<Arc<AdminState>>,
     Path(id): Path<u64>,
@@ -383,6 +422,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         );
     }
     if let Some(c) = &s.cluster {
+        shard_states(&mut out, c).await;
         let recovery = c.recovery();
         let copies = recovery.status();
         let remaining: u64 = copies.iter().map(|c| c.total.saturating_sub(c.done)).sum();

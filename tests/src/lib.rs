@@ -8,6 +8,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod docker;
+pub mod fio;
 pub mod nbd;
 pub mod powercut;
 

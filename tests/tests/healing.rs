@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use raftblock_tests::cluster::{chunk_files, TestCluster};
+use raftblock_tests::fio::FioVerify;
 use raftblock_tests::{require_tool, sha256_of};
 
 /// The flags of node `id` in `cluster status` as node 1 sees them:
@@ -177,28 +178,17 @@ fn a_lost_nodes_replicas_are_recreated_under_load_and_it_is_cleaned_up_on_return
     assert!(on_3 > 0, "node 3 holds replicas: {before:?}");
 
     // A client writes and verifies through node 1 all along.
-    let tmp = tempfile::tempdir().expect("tmp");
-    let out = tmp.path().join("fio.json");
-    let mut fio = Command::new("fio")
-        .current_dir(tmp.path())
-        .args([
-            "--name=heal",
-            "--ioengine=nbd",
-            "--rw=randwrite",
+    let fio = FioVerify::start(
+        "heal",
+        &c.node(1).uri("h"),
+        &[
             "--bssplit=4k/70:64k/20:256k/10",
             "--iodepth=8",
             "--size=64M",
             "--io_size=48M",
             "--rate=3m",
-            "--verify=crc32c",
-            "--do_verify=1",
-            "--randrepeat=1",
-            "--output-format=json",
-        ])
-        .arg(format!("--uri={}", c.node(1).uri("h")))
-        .arg(format!("--output={}", out.display()))
-        .spawn()
-        .expect("spawn fio");
+        ],
+    );
     std::thread::sleep(Duration::from_secs(3));
 
     // Node 3, a metadata voter, is lost for good.
@@ -277,12 +267,7 @@ fn a_lost_nodes_replicas_are_recreated_under_load_and_it_is_cleaned_up_on_return
     }
 
     // The client saw no error, and every block it wrote verified.
-    let status = fio.wait().expect("fio");
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("fio output")).expect("fio json");
-    let job = &report["jobs"][0];
-    assert!(status.success(), "fio failed: {job}");
-    assert_eq!(job["error"].as_i64(), Some(0), "fio error: {job}");
+    fio.finish();
 
     // Every replica holds the same data, and any node serves it.
     c.wait_converged("h", Duration::from_secs(60));
@@ -290,6 +275,7 @@ fn a_lost_nodes_replicas_are_recreated_under_load_and_it_is_cleaned_up_on_return
     let v: Value = serde_json::from_slice(&verify.stdout).expect("verify json");
     assert!(verify.status.success(), "{v:#}");
     assert_eq!(v["divergent"], 0, "{v:#}");
+    let tmp = tempfile::tempdir().expect("tmp");
     let copy = |node: u64, c: &mut TestCluster| {
         let file = tmp.path().join(format!("via-{node}.img"));
         let out = Command::new("nbdcopy")
@@ -308,6 +294,20 @@ fn a_lost_nodes_replicas_are_recreated_under_load_and_it_is_cleaned_up_on_return
         copy(1, &mut c),
         copy(4, &mut c),
         "nodes 1 and 4 serve the same bytes"
+    );
+    // Every shard is led somewhere and healthy, by the nodes' metrics.
+    let healthy: f64 = [1, 2, 4]
+        .iter()
+        .map(|n| {
+            c.node(*n)
+                .metric("raftblock_shards{state=\"healthy\"}")
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(
+        Some(healthy),
+        c.node(1).metric("raftblock_shards_total"),
+        "healthy shards by metrics"
     );
     let recovered = c
         .node(4)

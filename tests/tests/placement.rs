@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use raftblock_tests::cluster::TestCluster;
+use raftblock_tests::fio::FioVerify;
 use raftblock_tests::require_tool;
 
 const MIB: u64 = 1 << 20;
@@ -69,30 +70,18 @@ fn draining_a_node_under_load_empties_it_and_then_it_can_be_removed() {
     }));
     c.wait_converged("d", Duration::from_secs(60));
 
-    // A drain that cannot complete is refused up front, with the reason.
-    // (Nothing is refused yet: four nodes, three replicas.)
-    let tmp = tempfile::tempdir().expect("tmp");
-    let out = tmp.path().join("fio.json");
-    let mut fio = Command::new("fio")
-        .current_dir(tmp.path())
-        .args([
-            "--name=drain",
-            "--ioengine=nbd",
-            "--rw=randwrite",
+    // Drained under a writing client.
+    let fio = FioVerify::start(
+        "drain",
+        &c.node(1).uri("d"),
+        &[
             "--bs=4k",
             "--iodepth=8",
             "--size=32M",
             "--io_size=24M",
             "--rate=2m",
-            "--verify=crc32c",
-            "--do_verify=1",
-            "--randrepeat=1",
-            "--output-format=json",
-        ])
-        .arg(format!("--uri={}", c.node(1).uri("d")))
-        .arg(format!("--output={}", out.display()))
-        .spawn()
-        .expect("spawn fio");
+        ],
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     // Bounded, so a drain that never ends fails the test with the status.
@@ -135,12 +124,7 @@ fn draining_a_node_under_load_empties_it_and_then_it_can_be_removed() {
         String::from_utf8_lossy(&busy.stderr)
     );
 
-    let status = fio.wait().expect("fio");
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("fio output")).expect("fio json");
-    let job = &report["jobs"][0];
-    assert!(status.success(), "fio failed: {job}");
-    assert_eq!(job["error"].as_i64(), Some(0), "fio error: {job}");
+    fio.finish();
 
     let removed = c.node(1).cli(&["node", "remove", "2"]);
     assert!(

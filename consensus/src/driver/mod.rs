@@ -261,6 +261,10 @@ pub struct GroupStatus {
     /// Its learners (non-voting replicas).
     #[serde(default)]
     pub learners: Vec<u64>,
+    /// On the leader: how many voters were heard from lately (itself
+    /// included).
+    #[serde(default)]
+    pub voters_up: Option<usize>,
 }
 
 /// What the driver shares with the rest of the node.

@@ -381,6 +381,7 @@ impl Driver {
 
     /// The state of every replica, by group.
     pub(super) fn status(&self) -> Vec<GroupStatus> {
+        let now = self.clock.now();
         let mut out: Vec<GroupStatus> = self
             .replicas
             .iter()
@@ -395,12 +396,19 @@ impl Driver {
                     Vec::new()
                 };
                 let cs = r.node.store().conf_state();
+                let voters_up = r.is_leader().then(|| {
+                    cs.voters
+                        .iter()
+                        .filter(|v| **v == self.cfg.node || self.liveness.is_up(**v, now))
+                        .count()
+                });
                 let (mut voters, mut learners) = (cs.voters.clone(), cs.learners.clone());
                 voters.sort_unstable();
                 learners.sort_unstable();
                 GroupStatus {
                     voters,
                     learners,
+                    voters_up,
                     group: g,
                     role: format!("{:?}", raft.state).to_lowercase(),
                     leader: raft.leader_id,

@@ -16,6 +16,8 @@ use crate::layout::ShardLayout;
 mod moves;
 mod nodes;
 mod placement;
+#[cfg(test)]
+pub(crate) mod testing;
 pub use moves::{MoveReason, ReplicaMove};
 pub use placement::{parse_labels, PlacementRules};
 

@@ -156,36 +156,10 @@ impl MetaState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::{shard_group, MetaCommand, NodeInfo};
-    use std::collections::BTreeMap;
+    use crate::meta::{shard_group, MetaCommand};
 
     fn state(nodes: u64) -> MetaState {
-        let mut m = MetaState::default();
-        for id in 1..=nodes {
-            let info = NodeInfo {
-                id,
-                raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
-                nbd_addr: None,
-                admin_addr: None,
-                labels: Default::default(),
-            };
-            m.apply(id, MetaCommand::PutNode(info)).expect("node");
-        }
-        m.apply(
-            100,
-            MetaCommand::CreateVolume {
-                name: "v".into(),
-                size: 1 << 30,
-                chunk_size: 64 << 20,
-                replicas: 3,
-                shards: vec![vec![1, 2, 3], vec![2, 3, 1]],
-                created_unix: 0,
-                labels: BTreeMap::new(),
-                rules: Default::default(),
-            },
-        )
-        .expect("create");
-        m
+        crate::meta::testing::state(nodes, vec![vec![1, 2, 3], vec![2, 3, 1]])
     }
 
     fn mv(group: u64, add: u64, remove: Option<u64>) -> MetaCommand {

@@ -201,11 +201,8 @@ mod tests {
             let id = i as u64 + 1;
             let labels = parse_labels(&format!("zone={zone},disk={disk}")).expect("labels");
             let info = NodeInfo {
-                id,
-                raft_addr: format!("127.0.0.1:{}", 7000 + id).parse().expect("addr"),
-                nbd_addr: None,
-                admin_addr: None,
                 labels,
+                ..crate::meta::testing::node(id)
             };
             m.apply(id, MetaCommand::PutNode(info)).expect("node");
         }
