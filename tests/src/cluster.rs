@@ -102,6 +102,22 @@ impl TestCluster {
         TestCluster { nodes }
     }
 
+    /// Starts node `id` (the next one), joining the cluster through node
+    /// 1's admin API, which is all it is told of the others.
+    pub fn join(&mut self, id: u64) {
+        let join = self.nodes[0].admin.to_string();
+        let listen = free_addr().to_string();
+        let id = id.to_string();
+        self.nodes.push(Daemon::start_with(&[
+            "--node-id",
+            &id,
+            "--listen",
+            &listen,
+            "--join",
+            &join,
+        ]));
+    }
+
     /// Node `id` (1-based).
     pub fn node(&mut self, id: u64) -> &mut Daemon {
         &mut self.nodes[(id - 1) as usize]

@@ -555,16 +555,7 @@ fn a_node_joins_a_running_cluster_and_takes_replicas() {
     qemu_io(&c.node(1).uri("before"), &["write -P 0x61 0 1M"]);
 
     // Node 4 knows only one member's admin address.
-    let join = c.node(1).admin.to_string();
-    let listen = raftblock_tests::free_addr().to_string();
-    c.nodes.push(raftblock_tests::Daemon::start_with(&[
-        "--node-id",
-        "4",
-        "--listen",
-        &listen,
-        "--join",
-        &join,
-    ]));
+    c.join(4);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = c.status();
@@ -615,15 +606,7 @@ fn a_node_joins_a_running_cluster_and_takes_replicas() {
 
     // A fifth node makes five voters: it and the fourth are promoted in one
     // joint change, and the group keeps committing.
-    let listen = raftblock_tests::free_addr().to_string();
-    c.nodes.push(raftblock_tests::Daemon::start_with(&[
-        "--node-id",
-        "5",
-        "--listen",
-        &listen,
-        "--join",
-        &join,
-    ]));
+    c.join(5);
     wait_meta_members(&mut c, &[1, 2, 3, 4, 5], &[]);
     c.create_volume("five", 64 * MIB, 3, None);
 }

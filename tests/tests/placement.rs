@@ -157,16 +157,7 @@ fn a_joining_node_takes_its_share_of_replicas_and_leaders_which_then_stay_put() 
     for v in ["a", "b"] {
         c.create_volume(v, 16 * MIB, 3, Some(3));
     }
-    let join = c.node(1).admin.to_string();
-    let listen = raftblock_tests::free_addr().to_string();
-    c.nodes.push(raftblock_tests::Daemon::start_with(&[
-        "--node-id",
-        "4",
-        "--listen",
-        &listen,
-        "--join",
-        &join,
-    ]));
+    c.join(4);
     // 18 replicas over four nodes: 4 or 5 each; leaders (6) 1 or 2 each.
     let deadline = Instant::now() + Duration::from_secs(120);
     let settled = loop {

@@ -27,9 +27,12 @@ impl Driver {
                 tracing::error!(volume = %rec.meta.name, error = %e, "starting shard replicas");
             }
         }
+        let me = self.cfg.node;
+        // Only replicas no longer hosted have their configuration looked at.
         let doomed: Vec<u64> = self
             .replicas
             .iter()
+            .filter(|(g, _)| !self.meta.hosts(me, **g))
             .filter(|(g, r)| self.removable(**g, &r.node.store().conf_state(), r.conf_as_of))
             .map(|(g, _)| *g)
             .collect();

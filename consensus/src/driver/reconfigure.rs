@@ -114,11 +114,7 @@ pub(super) fn meta_change(
             if *v != me {
                 return Some(Change::Remove(*v));
             }
-            return cs
-                .voters
-                .iter()
-                .find(|o| **o != me && up(o))
-                .map(|o| Change::HandOver(*o));
+            return hand_over(cs, me, peer);
         }
     }
     if let Some(l) = cs.learners.iter().find(|l| !member(l)) {
@@ -133,6 +129,15 @@ pub(super) fn meta_change(
         .map(Change::AddLearner)
 }
 
+/// Leadership to another voter that is up: raft-rs would keep a leader
+/// that removed itself leading.
+fn hand_over(cs: &ConfState, me: u64, peer: &dyn Fn(u64) -> Option<PeerView>) -> Option<Change> {
+    cs.voters
+        .iter()
+        .find(|v| **v != me && peer(**v).is_some_and(|p| p.up))
+        .map(|v| Change::HandOver(*v))
+}
+
 /// One step of putting `add` in the place of `remove`.
 fn swap_step(
     cs: &ConfState,
@@ -144,13 +149,7 @@ fn swap_step(
 ) -> Option<Change> {
     let remove = remove.filter(|r| cs.voters.contains(r));
     if remove == Some(me) {
-        // raft-rs would keep a removed leader leading; another voter that
-        // is up takes over first.
-        return cs
-            .voters
-            .iter()
-            .find(|v| **v != me && peer(**v).is_some_and(|p| p.up))
-            .map(|v| Change::HandOver(*v));
+        return hand_over(cs, me, peer);
     }
     if cs.voters.contains(&add) {
         return remove.map(Change::Remove);

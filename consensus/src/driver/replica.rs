@@ -274,16 +274,15 @@ impl Driver {
     ) -> Result<(), DriverError> {
         let me = self.cfg.node;
         // The current record (an effect may carry an older one).
-        let Some(rec) = self
+        let Some(current) = self
             .meta
             .volumes
             .get(&rec.meta.name)
             .filter(|v| v.meta.id == rec.meta.id)
-            .cloned()
         else {
             return Ok(());
         };
-        let hosted: Vec<(u64, Vec<u64>)> = rec
+        let hosted: Vec<(u64, Vec<u64>)> = current
             .groups()
             .filter(|(g, _)| self.meta.hosts(me, *g) && !self.replicas.contains_key(g))
             .map(|(g, nodes)| (g, nodes.clone()))
@@ -291,6 +290,7 @@ impl Driver {
         if hosted.is_empty() {
             return Ok(());
         }
+        let rec = current.clone();
         let volume_error = |source| DriverError::Volume {
             volume: rec.meta.name.clone(),
             source,

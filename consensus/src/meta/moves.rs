@@ -47,6 +47,21 @@ impl MetaState {
             .map(|v| (v, index as usize))
     }
 
+    /// Like [`MetaState::shard`], for changing the volume; an unknown
+    /// group is an error.
+    pub(super) fn shard_mut(
+        &mut self,
+        group: u64,
+    ) -> Result<(&mut VolumeRecord, usize), MetaError> {
+        let (vol, index) = shard_of_group(group);
+        self.volumes
+            .values_mut()
+            .find(|v| v.meta.id == vol)
+            .filter(|v| (index as usize) < v.shards.len())
+            .map(|v| (v, index as usize))
+            .ok_or(MetaError::GroupNotFound(group))
+    }
+
     /// Whether `node` is meant to hold a replica of `group`: one of its
     /// voters, or the target of its move.
     pub fn hosts(&self, node: u64, group: u64) -> bool {
@@ -109,17 +124,10 @@ impl MetaState {
             });
         }
         let known = conf_index > self.shard_conf(group);
-        let (vol, index) = shard_of_group(group);
-        let rec = self
-            .volumes
-            .values_mut()
-            .find(|v| v.meta.id == vol)
-            .filter(|v| (index as usize) < v.shards.len())
-            .ok_or(MetaError::GroupNotFound(group))?;
+        let (rec, i) = self.shard_mut(group)?;
         if !known {
             return Ok(MetaEffect::None); // an older view than the one recorded
         }
-        let i = index as usize;
         // Replicas that stay keep their place, and a new one takes the
         // place of one that left: the first is the preferred leader, so a
         // replacement inherits the leadership the old replica had.

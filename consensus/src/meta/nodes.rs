@@ -143,14 +143,8 @@ impl MetaState {
     }
 
     pub(super) fn prefer_leader(&mut self, group: u64, node: u64) -> Result<MetaEffect, MetaError> {
-        let (vol, index) = super::shard_of_group(group);
-        let rec = self
-            .volumes
-            .values_mut()
-            .find(|v| v.meta.id == vol)
-            .filter(|v| (index as usize) < v.shards.len())
-            .ok_or(MetaError::GroupNotFound(group))?;
-        let voters = &mut rec.shards[index as usize];
+        let (rec, i) = self.shard_mut(group)?;
+        let voters = &mut rec.shards[i];
         let Some(at) = voters.iter().position(|n| *n == node) else {
             return Err(MetaError::Move {
                 group,
