@@ -162,6 +162,20 @@ enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Grow (or, with --allow-shrink, shrink) a volume, online: new NBD
+    /// connections see the new size, and a volume attached through the
+    /// Docker plugin grows under its container, filesystem included.
+    Resize {
+        /// Volume name.
+        name: String,
+        /// The new size, e.g. 20G.
+        #[arg(long)]
+        size: String,
+        /// Allow a smaller size (the data past it is lost; refused while
+        /// the volume is attached).
+        #[arg(long)]
+        allow_shrink: bool,
+    },
     /// Delete a volume and its data (refused while clients are connected).
     Delete {
         /// Volume name.
@@ -390,6 +404,18 @@ fn volume(v: VolumeArgs) -> Result<()> {
                 println!("checksum:    {}", v["checksum"].as_str().unwrap_or("?"));
                 println!("nbd:         {}", v["nbd_uri"].as_str().unwrap_or("?"));
             }
+        }
+        VolumeCommand::Resize {
+            name,
+            size,
+            allow_shrink,
+        } => {
+            let size = parse_size(&size).context("--size")?;
+            let v = client.resize_volume(&name, size, allow_shrink)?;
+            println!(
+                "volume {name} is now {}",
+                human(v["size"].as_u64().unwrap_or(size))
+            );
         }
         VolumeCommand::Delete { name } => {
             client.delete_volume(&name)?;

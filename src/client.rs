@@ -171,6 +171,14 @@ impl AdminClient {
         self.call("DELETE", path, None)
     }
 
+    /// Resizes a volume (`POST /v1/volumes/{name}/resize`).
+    pub fn resize_volume(&self, name: &str, size: u64, allow_shrink: bool) -> Result<Value> {
+        self.post(
+            &format!("/v1/volumes/{}/resize", encode(name)),
+            &serde_json::json!({ "size": size, "allow_shrink": allow_shrink }),
+        )
+    }
+
     /// Deletes a volume.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         self.call("DELETE", &format!("/v1/volumes/{}", encode(name)), None)

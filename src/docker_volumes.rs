@@ -55,7 +55,9 @@ impl VolumeBackend for ClusterVolumes {
         let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
         validate_sizes(opts.size, chunk_size)?;
         let same = |rec: &VolumeRecord| -> Result<(), BackendError> {
-            if rec.meta.size != opts.size {
+            // Larger is fine: it was grown with `volume resize`, and Swarm
+            // creates it again with the size in its service spec.
+            if rec.meta.size < opts.size {
                 Err(BackendError::SizeDiffers {
                     volume: name.to_string(),
                     size: rec.meta.size,

@@ -16,7 +16,7 @@ pub struct ShardCommand {
     #[prost(uint64, tag = "2")]
     pub epoch: u64,
     /// What to do.
-    #[prost(oneof = "BlockOp", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "BlockOp", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub op: Option<BlockOp>,
 }
 
@@ -50,6 +50,25 @@ pub enum BlockOp {
     /// The comparison at cut `id` is over.
     #[prost(message, tag = "10")]
     CutEnd(CutOp),
+    /// The volume goes from `from` bytes to `size` (`meta::resize`): each
+    /// replica clears the shard's blocks between the two sizes.
+    #[prost(message, tag = "11")]
+    Resize(ResizeOp),
+}
+
+/// A resize of the volume.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResizeOp {
+    /// The size before.
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    /// The size after.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// The volume's resize number (`meta::PendingResize::seq`): a replica
+    /// applies each one once, so a late duplicate proposal changes nothing.
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
 }
 
 /// A consistent cut for comparing replicas.
@@ -173,6 +192,15 @@ impl ShardCommand {
         }
     }
 
+    /// Resize number `seq`, from `from` to `size` bytes.
+    pub fn resize(volume: u64, seq: u64, from: u64, size: u64) -> ShardCommand {
+        ShardCommand {
+            volume,
+            epoch: 0,
+            op: Some(BlockOp::Resize(ResizeOp { from, size, seq })),
+        }
+    }
+
     /// Encodes for a Raft proposal.
     pub fn encode_bytes(&self) -> Bytes {
         self.encode_to_vec().into()
@@ -191,7 +219,8 @@ impl ShardCommand {
                 Some((r.offset, r.len))
             }
             Some(BlockOp::Repair(r)) => Some((r.offset, raftblock_storage::BLOCK_SIZE)),
-            Some(BlockOp::Fence(_) | BlockOp::Cut(_) | BlockOp::CutEnd(_)) | None => None,
+            Some(BlockOp::Fence(_) | BlockOp::Cut(_) | BlockOp::CutEnd(_) | BlockOp::Resize(_))
+            | None => None,
         }
     }
 }
@@ -210,6 +239,7 @@ mod tests {
             ShardCommand::cut(3, 11),
             ShardCommand::repair(3, 11, 8192, Bytes::from_static(b"z")),
             ShardCommand::cut_end(3, 11),
+            ShardCommand::resize(3, 1, 1 << 30, 2 << 30),
         ];
         for c in cmds {
             let back = ShardCommand::decode_bytes(&c.encode_bytes())?;

@@ -41,6 +41,15 @@ impl ShardLayout {
         }
     }
 
+    /// The same striping over a volume of `size` bytes (a resize keeps the
+    /// shard count, so every chunk stays in its shard).
+    pub fn with_size(&self, size: u64) -> ShardLayout {
+        ShardLayout {
+            chunks: size.div_ceil(self.chunk_size).max(1),
+            ..*self
+        }
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> u32 {
         self.shards

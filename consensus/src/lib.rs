@@ -28,6 +28,7 @@ pub mod peer_storage;
 pub mod read_lease;
 pub mod recovery;
 pub mod repair;
+mod resize;
 pub mod router;
 pub mod rpc;
 pub mod snapshot;

@@ -114,7 +114,7 @@ impl Cluster {
     }
 
     /// The metadata record of volume `name` as this node knows it.
-    pub(crate) fn volume_record(&self, name: &str) -> Result<VolumeRecord, ReplicaError> {
+    pub fn volume_record(&self, name: &str) -> Result<VolumeRecord, ReplicaError> {
         self.view()
             .meta()
             .volumes

@@ -6,7 +6,7 @@
 //! a whole interval: its count of the others' silence may have started
 //! late, so a new leader errs toward waiting. An out node is what healing
 //! acts on: its replicas are re-created on the other nodes (`healing`),
-//! from this same loop.
+//! from this same loop, and so are pending volume resizes (`resize`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         let mut leading_since: Option<Instant> = None;
+        let mut resizing = std::collections::HashMap::new();
         loop {
             every.tick().await;
             if Arc::strong_count(&cluster) == 1 {
@@ -83,6 +84,7 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
                     tracing::debug!(error = %e, "proposing a replica move");
                 }
             }
+            crate::resize::drive_pending(&cluster, &mut resizing);
         }
     });
 }

@@ -71,7 +71,6 @@ impl Cluster {
     pub async fn scrub_volume(&self, name: &str) -> Result<ScrubReport, RouteError> {
         let rec = self.volume_record(name)?;
         let v = self.store().volume(name).map_err(io_error)?;
-        let layout = rec.layout();
         let mut report = ScrubReport {
             node: self.node(),
             ..ScrubReport::default()
@@ -82,14 +81,7 @@ impl Cluster {
             .iter()
             .enumerate()
             .filter(|(_, nodes)| nodes.contains(&self.node()))
-            .map(|(i, _)| {
-                layout
-                    .chunks_of(crate::layout::ShardId {
-                        volume: rec.meta.id,
-                        index: i as u32,
-                    })
-                    .count() as u64
-            })
+            .map(|(i, _)| rec.shard_chunks(i as u32).len() as u64)
             .sum();
         let mut last_report = Instant::now();
         for (index, nodes) in rec.shards.iter().enumerate() {
@@ -97,11 +89,7 @@ impl Cluster {
                 continue;
             }
             let group = crate::meta::shard_group(rec.meta.id, index as u32);
-            let shard = crate::layout::ShardId {
-                volume: rec.meta.id,
-                index: index as u32,
-            };
-            for chunk in layout.chunks_of(shard) {
+            for chunk in rec.shard_chunks(index as u32) {
                 report.chunks += 1;
                 if last_report.elapsed() >= Duration::from_secs(10) {
                     last_report = Instant::now();

@@ -81,14 +81,28 @@ impl ClusterVolume {
         &self.rec
     }
 
+    /// The volume's size as the metadata says now (it changes with a
+    /// resize), or as it was when this handle was made if the volume has
+    /// gone.
+    fn live_size(&self) -> u64 {
+        self.cluster
+            .view()
+            .meta()
+            .volumes
+            .get(&self.rec.meta.name)
+            .filter(|r| r.meta.id == self.rec.meta.id)
+            .map_or(self.rec.meta.size, |r| r.meta.size)
+    }
+
     fn check(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.live_size();
         match offset.checked_add(len) {
-            Some(end) if end <= self.rec.meta.size => Ok(()),
+            Some(end) if end <= size => Ok(()),
             _ => Err(StorageError::OutOfRange {
                 volume: self.rec.meta.name.clone(),
                 offset,
                 len,
-                size: self.rec.meta.size,
+                size,
             }),
         }
     }
@@ -228,7 +242,7 @@ impl VolumeIo for ClusterVolume {
     }
 
     fn size(&self) -> u64 {
-        self.rec.meta.size
+        self.live_size()
     }
 
     async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>> {

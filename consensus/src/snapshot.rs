@@ -25,7 +25,6 @@ use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, StorageError, Volu
 use std::sync::atomic::Ordering;
 
 use crate::error::RouteError;
-use crate::layout::ShardId;
 use crate::meta::{shard_of_group, MetaState};
 use crate::recovery::CopyProgress;
 use crate::rpc::SegmentError;
@@ -168,10 +167,13 @@ pub async fn fetch(
             group: f.group,
             source,
         })?;
-    let chunks: Vec<u64> = rec
-        .layout()
-        .chunks_of(ShardId { volume: vol, index })
-        .collect();
+    volume
+        .cover(rec.span())
+        .map_err(|source| SnapshotError::Local {
+            group: f.group,
+            source,
+        })?;
+    let chunks = rec.shard_chunks(index);
     stage(&volume, f.group, &chunks, snap_index, src, progress).await
 }
 
@@ -187,7 +189,7 @@ pub async fn stage(
     progress: &CopyProgress,
 ) -> Result<StagedCopy, SnapshotError> {
     let local = |source| SnapshotError::Local { group, source };
-    let (cs, size) = (volume.meta().chunk_size, volume.meta().size);
+    let (cs, size) = (volume.meta().chunk_size, volume.size());
     let started = Instant::now();
     let mut copy = StagedCopy {
         index: snap_index,

@@ -25,7 +25,6 @@ use raftblock_storage::BLOCK_SIZE;
 use crate::cluster::{Cluster, ShardOp};
 use crate::command::ShardCommand;
 use crate::driver::ReplicaError;
-use crate::layout::ShardId;
 use crate::meta::{shard_group, MetaError};
 use crate::rpc::{self, RouteError, SegmentError};
 
@@ -114,18 +113,12 @@ impl Cluster {
             ..VerifyReport::default()
         };
         let started = Instant::now();
-        let layout = rec.layout();
         for (index, replicas) in rec.shards.iter().enumerate() {
             let group = shard_group(rec.meta.id, index as u32);
             if led_here_only && self.view().leader(group) != Some(self.node()) {
                 continue;
             }
-            let chunks: Vec<u64> = layout
-                .chunks_of(ShardId {
-                    volume: rec.meta.id,
-                    index: index as u32,
-                })
-                .collect();
+            let chunks = rec.shard_chunks(index as u32);
             report.shards += 1;
             report.chunks += chunks.len() as u64;
             if let Err(e) = self

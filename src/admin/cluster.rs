@@ -35,7 +35,8 @@ impl From<RouteError> for ApiError {
                 MetaError::InMaintenance(_)
                 | MetaError::Move { .. }
                 | MetaError::CannotDrain { .. }
-                | MetaError::CannotRemove { .. } => StatusCode::CONFLICT,
+                | MetaError::CannotRemove { .. }
+                | MetaError::Resize { .. } => StatusCode::CONFLICT,
                 MetaError::Placement(_) => StatusCode::BAD_REQUEST,
                 MetaError::Undecodable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -97,6 +98,7 @@ pub fn volume_view(s: &AdminState, c: &Cluster, rec: &VolumeRecord) -> Value {
         "connections": s.metrics.connections(&rec.meta.name),
         "nbd_uri": format!("nbd://{}/{}", s.nbd_addr, rec.meta.name),
         "nbd_uris": uris,
+        "resizing": rec.resize,
     })
 }
 
@@ -157,6 +159,24 @@ pub async fn create(s: &AdminState, c: &Cluster, req: &CreateVolume) -> Result<V
         },
     };
     let rec = c.create_volume(&req.name, spec).await?;
+    Ok(volume_view(s, c, &rec))
+}
+
+/// `POST /v1/volumes/{name}/resize`.
+pub async fn resize(
+    s: &AdminState,
+    c: &Cluster,
+    name: &str,
+    size: u64,
+    allow_shrink: bool,
+) -> Result<Value, ApiError> {
+    let chunk_size = c
+        .volume_record(name)
+        .map_err(RouteError::from)?
+        .meta
+        .chunk_size;
+    validate_sizes(size, chunk_size)?;
+    let rec = c.resize_volume(name, size, allow_shrink).await?;
     Ok(volume_view(s, c, &rec))
 }
 

@@ -86,6 +86,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/local", get(cluster_local))
         .route("/v1/volumes/{name}/scrub", post(scrub))
+        .route("/v1/volumes/{name}/resize", post(resize))
         .route("/v1/volumes/{name}/verify", post(verify))
         .route("/v1/cluster/local/scrub/{name}", post(scrub_local))
         .route("/v1/cluster/nodes", post(cluster_join))
@@ -310,6 +311,36 @@ async fn delete(
     s.store.delete_volume(&name)?;
     s.metrics.remove(&name);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /v1/volumes/{name}/resize`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeBody {
+    size: u64,
+    #[serde(default)]
+    allow_shrink: bool,
+}
+
+async fn resize(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Result<Json<ResizeBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(b) = body.map_err(bad_body)?;
+    if let Some(c) = &s.cluster {
+        return Ok(Json(
+            cluster::resize(&s, c, &name, b.size, b.allow_shrink).await?,
+        ));
+    }
+    if s.metrics.connections(&name) > 0 && b.size < s.store.meta(&name)?.size {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("volume {name} has NBD clients connected; shrink it once they are gone"),
+        ));
+    }
+    let meta = s.store.resize_volume(&name, b.size, b.allow_shrink).await?;
+    Ok(Json(view(&s, &meta)))
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {

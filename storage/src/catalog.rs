@@ -80,6 +80,19 @@ pub fn validate_sizes(size: u64, chunk_size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes `volume.json` of a volume in `dir` atomically (a new file synced,
+/// renamed over the old one, the directory synced).
+pub fn write_volume_json(dir: &Path, meta: &VolumeMeta) -> std::io::Result<()> {
+    use std::io::Write;
+    let json = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
+    let tmp = dir.join("volume.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("volume.json"))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// The sled-backed catalog.
 pub struct Catalog {
     db: sled::Db,
@@ -127,9 +140,18 @@ impl Catalog {
                     continue;
                 }
             };
-            if self.get(&meta.name)?.is_none() {
-                tracing::warn!(volume = %meta.name, "volume missing from the catalog; restored from volume.json");
-                self.put(&meta)?;
+            match self.get(&meta.name)? {
+                None => {
+                    tracing::warn!(volume = %meta.name, "volume missing from the catalog; restored from volume.json");
+                    self.put(&meta)?;
+                }
+                // volume.json is written first when a volume is resized.
+                Some(cur) if cur.id == meta.id && cur.size != meta.size => {
+                    tracing::info!(volume = %meta.name, size = meta.size, was = cur.size,
+                        "catalog size behind volume.json (a resize); taking volume.json's");
+                    self.put(&meta)?;
+                }
+                Some(_) => {}
             }
             self.bump_id(meta.id)?;
         }

@@ -66,7 +66,10 @@ pub fn create(volume: &LocalVolume, shard: u32) -> Result<LocalVolume> {
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir, "create staging"))?;
     Ok(LocalVolume::new(
-        volume.meta().clone(),
+        crate::VolumeMeta {
+            size: volume.size(),
+            ..volume.meta().clone()
+        },
         dir,
         volume.engine().clone(),
     ))

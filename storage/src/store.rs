@@ -108,10 +108,7 @@ impl ChunkStore {
     fn install(&self, meta: &VolumeMeta) -> Result<()> {
         let dir = catalog::volume_dir(&self.volumes_dir, meta.id);
         std::fs::create_dir_all(&dir).map_err(path_err(&dir))?;
-        let json =
-            serde_json::to_vec_pretty(meta).map_err(|e| StorageError::Catalog(e.to_string()))?;
-        let mpath = dir.join("volume.json");
-        write_synced(&mpath, &json).map_err(path_err(&mpath))?;
+        catalog::write_volume_json(&dir, meta).map_err(path_err(&dir.join("volume.json")))?;
         sync_dir(&self.volumes_dir).map_err(path_err(&self.volumes_dir))?;
         self.catalog.put(meta)?;
         tracing::info!(
@@ -129,8 +126,24 @@ impl ChunkStore {
         self.catalog.list()
     }
 
-    /// Looks a volume up without opening it.
+    /// Looks a volume up without opening it (with its current size when
+    /// it is open).
     pub fn meta(&self, name: &str) -> Result<VolumeMeta> {
+        let mut meta = self.catalog_meta(name)?;
+        if let Some(v) = self
+            .open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            if v.meta().id == meta.id {
+                meta.size = v.size();
+            }
+        }
+        Ok(meta)
+    }
+
+    fn catalog_meta(&self, name: &str) -> Result<VolumeMeta> {
         self.catalog
             .get(name)?
             .ok_or_else(|| StorageError::VolumeNotFound(name.to_string()))
@@ -150,7 +163,7 @@ impl ChunkStore {
         if let Some(v) = map.get(name) {
             return Ok(v.clone());
         }
-        let meta = self.meta(name)?;
+        let meta = self.catalog_meta(name)?;
         let dir = catalog::volume_dir(&self.volumes_dir, meta.id);
         let v = Arc::new(LocalVolume::new(meta, dir, self.engine.clone()));
         map.insert(name.to_string(), v.clone());
@@ -171,10 +184,51 @@ impl ChunkStore {
         }
     }
 
+    /// Resizes a volume of this node alone (no cluster): a grow takes
+    /// effect at once; a shrink needs `allow_shrink` and first clears what
+    /// lies past the new end, so a later grow reads zeros there.
+    pub async fn resize_volume(
+        &self,
+        name: &str,
+        size: u64,
+        allow_shrink: bool,
+    ) -> Result<VolumeMeta> {
+        let v = self.volume(name)?;
+        let cs = v.meta().chunk_size;
+        catalog::validate_sizes(size, cs)?;
+        let cur = v.size();
+        if size < cur {
+            if !allow_shrink {
+                return Err(StorageError::InvalidSize {
+                    what: "volume size",
+                    value: size,
+                    reason: "smaller than the volume: shrinking loses the data past the new end \
+                             and needs --allow-shrink",
+                });
+            }
+            let first_whole = size.div_ceil(cs);
+            let tail_end = (first_whole * cs).min(cur);
+            if tail_end > size {
+                crate::VolumeIo::trim(v.as_ref(), size, tail_end - size, true).await?;
+            }
+            let whole: Vec<u64> = (first_whole..cur.div_ceil(cs)).collect();
+            v.remove_chunks(&whole)?;
+            v.set_size(size)?;
+        } else {
+            v.cover(size)?;
+        }
+        let meta = VolumeMeta {
+            size,
+            ..v.meta().clone()
+        };
+        self.catalog.put(&meta)?;
+        Ok(meta)
+    }
+
     /// Deletes a volume and its data; refused while it has open handles.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         let mut map = self.open.write().unwrap_or_else(|p| p.into_inner());
-        let meta = self.meta(name)?;
+        let meta = self.catalog_meta(name)?;
         if let Some(v) = map.get(name) {
             let handles = v.handles();
             if handles > 0 {
@@ -234,13 +288,6 @@ fn lock_data_dir(root: &Path) -> Result<std::fs::File> {
         });
     }
     Ok(f)
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {

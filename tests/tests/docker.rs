@@ -789,3 +789,87 @@ fn a_mount_that_cannot_be_recorded_is_undone() {
     assert!(mp.exists());
     unmount(&sock, "rec", "b");
 }
+
+/// `raftblock volume resize` grows a volume under a container that keeps
+/// writing to it: the loop device and the ext4 on it grow online, `df` in
+/// the container shows the new size, and no write fails. A shrink of the
+/// attached volume is refused; creating it again with its old size (as
+/// Swarm does) is still fine.
+#[test]
+fn a_volume_grows_under_a_writing_container() {
+    if !tools_present() {
+        return;
+    }
+    let _one_at_a_time = exclusive();
+    let (driver, socket) = driver_name("grow");
+    let mut pc = PluginCluster::start(vec![Some(socket), None, None], &[]);
+    let docker = DockerEngine::start();
+    docker.ok(&["volume", "create", "-d", &driver, "-o", "size=256M", "grow"]);
+    let writer = docker.ok(&[
+        "run", "-d", "--network", "none", "-v", "grow:/data", IMAGE, "sh", "-c",
+        "i=0; while true; do dd if=/dev/urandom of=/data/f$((i % 8)) bs=64k count=16 conv=fsync 2>/dev/null || { echo WRITE-FAILED; exit 1; }; i=$((i + 1)); done",
+    ]);
+    let df_kib = |docker: &DockerEngine| -> u64 {
+        let out = docker.ok(&["exec", &writer, "df", "-k", "/data"]);
+        out.lines()
+            .last()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("df output: {out}"))
+    };
+    let before = df_kib(&docker);
+    assert!(before < 256 * 1024, "df before: {before} KiB");
+    let t = Instant::now();
+    let out =
+        pc.c.node(2)
+            .cli(&["volume", "resize", "grow", "--size", "1G"]);
+    assert!(out.status.success(), "resize: {out:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let kib = df_kib(&docker);
+        if kib > 900 * 1024 {
+            break kib;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "df in the container still shows {kib} KiB; plugin log: {}",
+            pc.c.node(1).log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "df in the container: {before} KiB before, {after} KiB after the resize ({:?})",
+        t.elapsed()
+    );
+    // The writer kept going through it.
+    std::thread::sleep(Duration::from_secs(2));
+    let logs = docker.ok(&["logs", &writer]);
+    assert!(!logs.contains("WRITE-FAILED"), "{logs}");
+    let running = docker.ok(&["inspect", "-f", "{{.State.Running}}", &writer]);
+    assert_eq!(running, "true", "the writer stopped: {logs}");
+    // The new space is usable: a file larger than the old volume.
+    docker.ok(&[
+        "exec",
+        &writer,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/data/big bs=1M count=400 conv=fsync && rm /data/big",
+    ]);
+    let out = pc.c.node(1).cli(&[
+        "volume",
+        "resize",
+        "grow",
+        "--size",
+        "128M",
+        "--allow-shrink",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("attached"), "{out:?}");
+    docker.ok(&["volume", "create", "-d", &driver, "-o", "size=256M", "grow"]);
+    docker.ok(&["rm", "-f", &writer]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !docker.docker(&["volume", "rm", "grow"]).status.success() {
+        assert!(Instant::now() < deadline, "grow never became free");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -11,7 +11,6 @@
 use raft::prelude::ConfState;
 
 use crate::apply::{self, ApplyMsg};
-use crate::layout::ShardId;
 use crate::meta::{shard_of_group, META_GROUP};
 use crate::peer_storage::PeerStorage;
 
@@ -128,13 +127,7 @@ impl Driver {
                     continue;
                 }
                 let shard = shard_of_group(g).1;
-                let chunks: Vec<u64> = rec
-                    .layout()
-                    .chunks_of(ShardId {
-                        volume: rec.meta.id,
-                        index: shard,
-                    })
-                    .collect();
+                let chunks = rec.shard_chunks(shard);
                 use raftblock_storage::chunk::{crc_path, data_path};
                 let dir = volume.dir();
                 let leftovers = chunks

@@ -349,17 +349,18 @@ impl Driver {
             Ok(None) => {}
             Err(source) => return Err(DriverError::StagedCopy { group, source }),
         }
-        let chunks = rec
-            .layout()
-            .chunks_of(crate::layout::ShardId {
-                volume: rec.meta.id,
-                index: shard,
-            })
-            .collect();
+        // A resize may be half done: the shard holds chunks up to the span.
+        volume
+            .cover(rec.span())
+            .map_err(|source| DriverError::Volume {
+                volume: rec.meta.name.clone(),
+                source,
+            })?;
         let tx = apply::spawn(
             group,
             volume,
-            chunks,
+            rec.layout(),
+            rec.resizes - rec.resize.is_some() as u64,
             storage.applied(),
             self.handle.clone(),
             self.wal.clone(),

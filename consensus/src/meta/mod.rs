@@ -16,10 +16,12 @@ use crate::layout::ShardLayout;
 mod moves;
 mod nodes;
 mod placement;
+mod resize;
 #[cfg(test)]
 pub(crate) mod testing;
 pub use moves::{MoveReason, ReplicaMove};
 pub use placement::{parse_labels, PlacementRules};
+pub use resize::PendingResize;
 
 /// Raft group id of the meta group.
 pub const META_GROUP: u64 = 0;
@@ -99,6 +101,12 @@ pub struct VolumeRecord {
     /// only when newer, so a deposed leader's stale view cannot undo it.
     #[serde(default)]
     pub shard_confs: Vec<u64>,
+    /// A resize begun and not finished (see `resize`).
+    #[serde(default)]
+    pub resize: Option<PendingResize>,
+    /// How many resizes were begun.
+    #[serde(default)]
+    pub resizes: u64,
 }
 
 /// A volume attached on a node for exclusive use (a lease in the metadata).
@@ -122,6 +130,25 @@ impl VolumeRecord {
     /// Which shard holds which chunk.
     pub fn layout(&self) -> ShardLayout {
         ShardLayout::new(&self.meta, self.shards.len() as u32)
+    }
+
+    /// The largest size a replica may hold the volume at: its size, or the
+    /// size a pending resize goes to when larger.
+    pub fn span(&self) -> u64 {
+        self.resize
+            .as_ref()
+            .map_or(self.meta.size, |p| p.size.max(self.meta.size))
+    }
+
+    /// The chunks shard `shard` holds, up to [`VolumeRecord::span`].
+    pub fn shard_chunks(&self, shard: u32) -> Vec<u64> {
+        self.layout()
+            .with_size(self.span())
+            .chunks_of(crate::layout::ShardId {
+                volume: self.meta.id,
+                index: shard,
+            })
+            .collect()
     }
 
     /// Raft group ids of the shards, with their replica nodes.
@@ -280,6 +307,25 @@ pub enum MetaCommand {
         /// The log index they hold at.
         conf_index: u64,
     },
+    /// Begins resizing volume `name` to `size` (see `resize`).
+    BeginResize {
+        /// Volume name.
+        name: String,
+        /// The new size in bytes.
+        size: u64,
+        /// The user allowed a shrink.
+        allow_shrink: bool,
+        /// When (seconds since the epoch, from the proposer).
+        since_unix: u64,
+    },
+    /// Every shard of `name` applied its resize to `size`: the volume has
+    /// that size now.
+    FinishResize {
+        /// Volume name.
+        name: String,
+        /// The size the resize went to.
+        size: u64,
+    },
 }
 
 impl MetaCommand {
@@ -357,6 +403,14 @@ pub enum MetaError {
         /// The shard group.
         group: u64,
         /// Why it was refused.
+        reason: String,
+    },
+    /// The volume cannot be resized so.
+    #[error("volume {name} cannot be resized: {reason}")]
+    Resize {
+        /// Volume name.
+        name: String,
+        /// Why.
         reason: String,
     },
     /// A log entry that is not a metadata command.
@@ -449,6 +503,8 @@ impl MetaState {
                     attachment: None,
                     served_by: None,
                     shard_confs: Vec::new(),
+                    resize: None,
+                    resizes: 0,
                 };
                 self.volumes.insert(name, rec.clone());
                 Ok(MetaEffect::VolumeCreated(rec))
@@ -557,6 +613,17 @@ impl MetaState {
                 voters,
                 conf_index,
             } => self.shard_membership(group, voters, conf_index),
+            MetaCommand::BeginResize {
+                name,
+                size,
+                allow_shrink,
+                since_unix,
+            } => self
+                .begin_resize(&name, size, allow_shrink, since_unix)
+                .map(|()| MetaEffect::None),
+            MetaCommand::FinishResize { name, size } => {
+                self.finish_resize(&name, size).map(|()| MetaEffect::None)
+            }
             MetaCommand::Detach { name, epoch } => {
                 let rec = self
                     .volumes

@@ -36,6 +36,11 @@ pub struct VolumeStats {
 /// A volume whose chunks live in one directory on this node.
 pub struct LocalVolume {
     meta: VolumeMeta,
+    /// The size this node holds the volume at (`meta.size` is the size it
+    /// was opened with); see [`LocalVolume::cover`].
+    size: AtomicU64,
+    /// Held while the size is being persisted, so two changes do not race.
+    size_file: Mutex<()>,
     dir: PathBuf,
     engine: Engine,
     chunks: Mutex<HashMap<u64, Arc<Chunk>>>,
@@ -65,6 +70,8 @@ impl LocalVolume {
     /// Opens the volume stored in `dir`.
     pub fn new(meta: VolumeMeta, dir: PathBuf, engine: Engine) -> LocalVolume {
         LocalVolume {
+            size: AtomicU64::new(meta.size),
+            size_file: Mutex::new(()),
             meta,
             dir,
             engine,
@@ -81,9 +88,57 @@ impl LocalVolume {
         &self.dir
     }
 
-    /// The catalog entry.
+    /// The catalog entry as the volume was opened (its size may have
+    /// changed since: [`LocalVolume::size`]).
     pub fn meta(&self) -> &VolumeMeta {
         &self.meta
+    }
+
+    /// The size this node holds the volume at.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Grows the size this node holds the volume at to at least `end`, and
+    /// records it in `volume.json` before returning (a restart must not
+    /// find applied data past the size it reopens with); whether it grew.
+    pub fn cover(&self, end: u64) -> Result<bool> {
+        if end <= self.size() {
+            return Ok(false);
+        }
+        let _g = lock(&self.size_file);
+        if end <= self.size() {
+            return Ok(false);
+        }
+        self.persist_size(end)?;
+        self.size.store(end, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Sets the size to `size` (a shrink: the caller cleared what lies
+    /// past it), recorded in `volume.json`.
+    pub fn set_size(&self, size: u64) -> Result<()> {
+        let _g = lock(&self.size_file);
+        if size != self.size() {
+            self.persist_size(size)?;
+            self.size.store(size, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn persist_size(&self, size: u64) -> Result<()> {
+        let meta = VolumeMeta {
+            size,
+            ..self.meta.clone()
+        };
+        crate::catalog::write_volume_json(&self.dir, &meta).map_err(|source| StorageError::Io {
+            volume: self.meta.name.clone(),
+            chunk: 0,
+            op: "record the volume size in volume.json",
+            source,
+        })?;
+        tracing::info!(volume = %self.meta.name, size, "volume size on this node changed");
+        Ok(())
     }
 
     /// Counters for metrics.
@@ -143,8 +198,7 @@ impl LocalVolume {
             return Ok(Vec::new());
         };
         let blocks = self
-            .meta
-            .size
+            .size()
             .saturating_sub(chunk * self.meta.chunk_size)
             .min(self.meta.chunk_size)
             / BLOCK_SIZE;
@@ -200,13 +254,13 @@ impl LocalVolume {
     pub async fn repair_block(&self, offset: u64, data: Bytes) -> Result<bool> {
         if offset & (BLOCK_SIZE - 1) != 0
             || data.len() as u64 != BLOCK_SIZE
-            || offset >= self.meta.size
+            || offset >= self.size()
         {
             return Err(StorageError::OutOfRange {
                 volume: self.meta.name.clone(),
                 offset,
                 len: data.len() as u64,
-                size: self.meta.size,
+                size: self.size(),
             });
         }
         let (chunk, off) = (offset / self.meta.chunk_size, offset % self.meta.chunk_size);
@@ -271,7 +325,7 @@ impl LocalVolume {
     /// Bytes of blocks that hold data (sparse allocation), over open chunks
     /// and chunk files on disk.
     pub fn allocated_bytes(&self) -> Result<u64> {
-        let chunks = self.meta.size.div_ceil(self.meta.chunk_size);
+        let chunks = self.size().div_ceil(self.meta.chunk_size);
         let mut total = 0;
         for i in 0..chunks {
             if let Some(c) = self.chunk(i, false)? {
@@ -290,12 +344,12 @@ impl LocalVolume {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.meta.size => Ok(()),
+            Some(end) if end <= self.size() => Ok(()),
             _ => Err(StorageError::OutOfRange {
                 volume: self.meta.name.clone(),
                 offset,
                 len,
-                size: self.meta.size,
+                size: self.size(),
             }),
         }
     }
@@ -574,7 +628,7 @@ impl VolumeIo for LocalVolume {
     }
 
     fn size(&self) -> u64 {
-        self.meta.size
+        LocalVolume::size(self)
     }
 
     async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSegment>> {

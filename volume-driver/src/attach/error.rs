@@ -73,6 +73,26 @@ pub enum AttachError {
         /// What failed.
         source: std::io::Error,
     },
+    /// A step of growing an attached device to its volume's new size failed.
+    #[error("growing {}: {step}: {source}", device.display())]
+    Grow {
+        /// What was being done.
+        step: &'static str,
+        /// The device or file.
+        device: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// After a resize the device still shows the old size.
+    #[error("growing {}: it shows {seen} bytes, not the volume's {want}", device.display())]
+    GrowNotSeen {
+        /// The device or file.
+        device: PathBuf,
+        /// The size it shows.
+        seen: u64,
+        /// The volume's size.
+        want: u64,
+    },
     /// This host has no `/dev/nbdN` devices at all.
     #[error("no /dev/nbdN devices")]
     NoNbdDevices,

@@ -76,6 +76,15 @@ pub fn make(dev: &Path, fs: Filesystem) -> Result<(), AttachError> {
     }
 }
 
+/// Grows the filesystem `fs` on `dev`, mounted on `dir`, to fill the
+/// device (online: ext4 with `resize2fs`, XFS with `xfs_growfs`).
+pub fn grow(dev: &Path, dir: &Path, fs: &str) -> Result<(), AttachError> {
+    match fs {
+        "xfs" => check(Command::new("xfs_growfs").arg(dir)),
+        _ => check(Command::new("resize2fs").arg(dev)),
+    }
+}
+
 /// Mounts `dev` (holding `fs`) on `dir`, creating `dir`.
 pub fn mount(dev: &Path, dir: &Path, fs: &str) -> Result<(), AttachError> {
     std::fs::create_dir_all(dir).map_err(|source| AttachError::CreateDir {

@@ -22,7 +22,8 @@ use super::error::AttachError;
 pub const FILE_NAME: &str = "disk";
 const ROOT: u64 = 1;
 const FILE: u64 = 2;
-/// Attributes never change while mounted; let the kernel keep them.
+/// Attributes change only with a resize, which invalidates them
+/// (`MountedFile::refresh_size`); let the kernel keep them meanwhile.
 const TTL: Duration = Duration::from_secs(3600);
 
 /// The FUSE filesystem of one volume.
@@ -257,7 +258,28 @@ impl<V: VolumeIo> Filesystem for VolumeFile<V> {
 
 /// A mounted volume file; dropping it unmounts the FUSE filesystem.
 pub struct MountedFile {
-    _session: fuser::BackgroundSession,
+    session: fuser::BackgroundSession,
+    path: std::path::PathBuf,
+}
+
+impl MountedFile {
+    /// Makes the kernel drop the file's cached attributes and look them up
+    /// again (the volume was resized); returns the size it now shows.
+    pub fn refresh_size(&self) -> Result<u64, AttachError> {
+        let grow_err = |step, source| AttachError::Grow {
+            step,
+            device: self.path.clone(),
+            source,
+        };
+        // Offset -1: the attributes only (the file has no page cache).
+        self.session
+            .notifier()
+            .inval_inode(FILE, -1, 0)
+            .map_err(|e| grow_err("invalidating the FUSE file's attributes", e))?;
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| grow_err("reading the FUSE file's size", e))
+    }
 }
 
 /// Mounts the FUSE filesystem of `volume` on `dir`; the volume is then the
@@ -284,5 +306,8 @@ pub fn mount<V: VolumeIo>(
         dir: dir.to_path_buf(),
         source,
     })?;
-    Ok(MountedFile { _session: session })
+    Ok(MountedFile {
+        session,
+        path: dir.join(FILE_NAME),
+    })
 }

@@ -76,11 +76,29 @@ pub struct KernelDevice {
     /// The block device.
     pub device: PathBuf,
     file: Arc<File>,
+    /// The block size the device was set up with.
+    block: u64,
     do_it: Option<std::thread::JoinHandle<()>>,
     stop: watch::Sender<bool>,
 }
 
 impl KernelDevice {
+    /// Tells the kernel the volume is now `size` bytes (a connected device
+    /// takes a new size; the block layer announces the change).
+    pub fn set_size(&self, size: u64) -> Result<(), AttachError> {
+        ioctl(
+            &self.file,
+            NBD_SET_SIZE_BLOCKS,
+            (size / self.block) as libc::c_ulong,
+        )
+        .map(|_| ())
+        .map_err(|source| AttachError::Grow {
+            step: "NBD_SET_SIZE_BLOCKS",
+            device: self.device.clone(),
+            source,
+        })
+    }
+
     /// Disconnects the device and stops serving it.
     pub fn detach(mut self) -> Result<(), AttachError> {
         let r = ioctl(&self.file, NBD_DISCONNECT, 0)
@@ -183,6 +201,7 @@ pub fn attach<V: VolumeIo>(volume: Arc<V>, rt: Handle) -> Result<KernelDevice, A
         return Ok(KernelDevice {
             device,
             file,
+            block,
             do_it: Some(do_it),
             stop,
         });

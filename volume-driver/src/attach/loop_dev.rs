@@ -31,6 +31,11 @@ fn bind_with(file: &Path, extra: &[&str]) -> Result<PathBuf, AttachError> {
     Ok(PathBuf::from(dev))
 }
 
+/// Makes `dev` take its backing file's current size (`losetup -c`).
+pub fn refresh_capacity(dev: &Path) -> Result<(), AttachError> {
+    check(Command::new("losetup").arg("-c").arg(dev))
+}
+
 /// Releases `dev`.
 pub fn release(dev: &Path) -> Result<(), AttachError> {
     check(Command::new("losetup").arg("-d").arg(dev))

@@ -60,10 +60,37 @@ pub struct Attached {
     pub device: PathBuf,
     /// Which backend ([`FUSE_LOOP`] or [`KERNEL_NBD`]).
     pub method: &'static str,
+    /// The volume's size as the device last showed it.
+    pub size: u64,
     backend: Backend,
 }
 
 impl Attached {
+    /// Makes the device show the volume's new size `size`: the FUSE file's
+    /// cached size is dropped and the loop device's capacity refreshed, or
+    /// the kernel NBD device is told the new size.
+    pub fn grow(&mut self, size: u64) -> Result<(), AttachError> {
+        match &self.backend {
+            Backend::FuseLoop {
+                file: Some(file), ..
+            } => {
+                let seen = file.refresh_size()?;
+                if seen < size {
+                    return Err(AttachError::GrowNotSeen {
+                        device: self.device.clone(),
+                        seen,
+                        want: size,
+                    });
+                }
+                loop_dev::refresh_capacity(&self.device)?;
+            }
+            Backend::FuseLoop { file: None, .. } => return Ok(()),
+            Backend::KernelNbd(d) => d.set_size(size)?,
+        }
+        self.size = size;
+        Ok(())
+    }
+
     /// Releases the device (and unmounts the FUSE file).
     pub fn detach(self) -> Result<(), AttachError> {
         match self.backend {
@@ -100,6 +127,7 @@ pub fn attach<V: VolumeIo>(
                 return Ok(Attached {
                     device: d.device.clone(),
                     method: KERNEL_NBD,
+                    size: volume.size(),
                     backend: Backend::KernelNbd(d),
                 })
             }
@@ -109,11 +137,13 @@ pub fn attach<V: VolumeIo>(
         }
     }
     let fuse_dir = work_dir.join("fuse");
+    let size = volume.size();
     let file = fuse_file::mount(volume, rt, &fuse_dir)?;
     match loop_dev::bind(&fuse_dir.join(fuse_file::FILE_NAME)) {
         Ok(device) => Ok(Attached {
             device,
             method: FUSE_LOOP,
+            size,
             backend: Backend::FuseLoop {
                 fuse_dir,
                 file: Some(file),

@@ -48,8 +48,8 @@ pub enum BackendError {
         /// The volume.
         volume: String,
     },
-    /// A volume of that name exists with another size (the same size is
-    /// success).
+    /// A volume of that name exists, smaller than asked (the same size, or
+    /// larger after a resize, is success).
     #[error("volume {volume} already exists with size {size} (asked for {asked})")]
     SizeDiffers {
         /// The volume.

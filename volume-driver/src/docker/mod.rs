@@ -9,6 +9,7 @@
 pub mod api;
 pub mod backend;
 mod error;
+mod grow;
 pub mod metrics;
 pub mod mounts;
 
@@ -647,6 +648,7 @@ pub async fn serve<B: VolumeBackend>(
     plugin.reconcile().await;
     tokio::spawn(plugin.clone().sweep_leases());
     tokio::spawn(plugin.clone().renew_leases());
+    tokio::spawn(plugin.clone().grow_attached());
     let listener = tokio::select! {
         l = bind(&socket) => match l {
             Ok(l) => l,

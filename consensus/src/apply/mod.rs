@@ -33,7 +33,10 @@ use crate::command::{BlockOp, ShardCommand};
 use crate::cut::{OpenCut, CUT_MAX_ENTRIES};
 use crate::driver::{DriverHandle, DriverMsg, ReplicaError, Reply};
 use crate::fence::FenceHistory;
+use crate::layout::{ShardId, ShardLayout};
 use crate::meta::shard_of_group;
+
+mod resize;
 
 /// How long applied data may stay only in the page cache (the log still has it).
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -128,7 +131,13 @@ impl Fence {
 /// What the apply task keeps about its shard besides the chunk files.
 struct ShardState {
     fence: Fence,
-    /// The chunks of the shard (their tables are recorded at a cut).
+    /// The shard, and how its volume is striped.
+    shard: ShardId,
+    layout: ShardLayout,
+    /// The last resize this replica applied.
+    resized: resize::AppliedResize,
+    /// The chunks of the shard up to the volume's size on this node (their
+    /// tables are recorded at a cut).
     chunks: Vec<u64>,
     /// The comparison cut open on this replica (`verify`).
     cut: Option<OpenCut>,
@@ -169,29 +178,41 @@ pub(crate) fn remove_shard(group: u64, volume: &LocalVolume, chunks: &[u64]) {
         Ok(files) => tracing::info!(group, files, "removed this node's replica of the shard"),
         Err(e) => tracing::warn!(group, error = %e, "removing the shard's files"),
     }
-    let fence = FenceHistory::path(volume.dir(), shard);
-    if let Err(e) = std::fs::remove_file(&fence) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(group, path = %fence.display(), error = %e, "removing the shard's fence");
+    for file in [
+        FenceHistory::path(volume.dir(), shard),
+        resize::AppliedResize::path(volume.dir(), shard),
+    ] {
+        if let Err(e) = std::fs::remove_file(&file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(group, path = %file.display(), error = %e, "removing the shard's state file");
+            }
         }
     }
 }
 
-/// Starts the apply task of shard `group` (chunks `chunks`) over `volume`,
-/// whose data is applied up to `applied`.
+/// Starts the apply task of shard `group` of `volume`, striped as `layout`,
+/// whose data is applied up to `applied` (and, when the replica has no
+/// record of its own, its resizes up to number `resizes_done`).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     group: u64,
     volume: Arc<LocalVolume>,
-    chunks: Vec<u64>,
+    layout: ShardLayout,
+    resizes_done: u64,
     applied: u64,
     driver: DriverHandle,
     wal: Arc<Wal>,
     settling: Settling,
 ) -> mpsc::UnboundedSender<ApplyMsg> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (vol, index) = shard_of_group(group);
+    let shard = ShardId { volume: vol, index };
     let state = ShardState {
         fence: Fence::load(group, &volume),
-        chunks,
+        chunks: layout.with_size(volume.size()).chunks_of(shard).collect(),
+        shard,
+        layout,
+        resized: resize::AppliedResize::load(volume.dir(), index, resizes_done),
         cut: None,
         wal,
         settling,
@@ -499,6 +520,10 @@ async fn apply_entry(
             driver.cuts().remove(group, c.id);
             return Ok(0);
         }
+        Some(BlockOp::Resize(r)) => {
+            resize::apply(group, index, volume, r, state, rx).await?;
+            return Ok(0);
+        }
         Some(BlockOp::Repair(r)) => {
             // Decided from this replica's own log, so alike on every one:
             // a block written after the cut keeps what was written.
@@ -537,39 +562,45 @@ async fn apply_entry(
     let mut delay = Duration::from_millis(10);
     let mut reported = false;
     loop {
-        let r = match &cmd.op {
-            Some(BlockOp::Write(w)) if w.data.len() >= LOGGED_WRITE_MIN => {
-                match write_logged(group, index, volume, &data, w, state).await {
-                    Ok(true) => Ok(0),
-                    Ok(false) => volume
-                        .write(w.offset, w.data.clone(), false)
-                        .await
-                        .map(|_| w.data.len() as u64),
-                    Err(e) => Err(e),
+        let r = match resize::cover(volume, &cmd) {
+            Err(e) => Err(e),
+            Ok(()) => match &cmd.op {
+                Some(BlockOp::Write(w)) if w.data.len() >= LOGGED_WRITE_MIN => {
+                    match write_logged(group, index, volume, &data, w, state).await {
+                        Ok(true) => Ok(0),
+                        Ok(false) => volume
+                            .write(w.offset, w.data.clone(), false)
+                            .await
+                            .map(|_| w.data.len() as u64),
+                        Err(e) => Err(e),
+                    }
                 }
-            }
-            Some(BlockOp::Write(w)) => volume
-                .write(w.offset, w.data.clone(), false)
-                .await
-                .map(|_| w.data.len() as u64),
-            Some(BlockOp::Trim(t)) => volume.trim(t.offset, t.len, false).await.map(|_| 0),
-            Some(BlockOp::ZeroAllocated(z)) => volume
-                .write_zeroes(z.offset, z.len, ZeroMode::Allocate, false)
-                .await
-                .map(|_| z.len),
-            Some(BlockOp::Zero(z)) => volume
-                .write_zeroes(z.offset, z.len, ZeroMode::Punch, false)
-                .await
-                .map(|_| 0),
-            Some(BlockOp::Repair(r)) if r.data.is_empty() => volume
-                .trim(r.offset, raftblock_storage::BLOCK_SIZE, false)
-                .await
-                .map(|_| 0),
-            Some(BlockOp::Repair(r)) => volume
-                .write(r.offset, r.data.clone(), false)
-                .await
-                .map(|_| r.data.len() as u64),
-            Some(BlockOp::Fence(_) | BlockOp::Cut(_) | BlockOp::CutEnd(_)) | None => Ok(0),
+                Some(BlockOp::Write(w)) => volume
+                    .write(w.offset, w.data.clone(), false)
+                    .await
+                    .map(|_| w.data.len() as u64),
+                Some(BlockOp::Trim(t)) => volume.trim(t.offset, t.len, false).await.map(|_| 0),
+                Some(BlockOp::ZeroAllocated(z)) => volume
+                    .write_zeroes(z.offset, z.len, ZeroMode::Allocate, false)
+                    .await
+                    .map(|_| z.len),
+                Some(BlockOp::Zero(z)) => volume
+                    .write_zeroes(z.offset, z.len, ZeroMode::Punch, false)
+                    .await
+                    .map(|_| 0),
+                Some(BlockOp::Repair(r)) if r.data.is_empty() => volume
+                    .trim(r.offset, raftblock_storage::BLOCK_SIZE, false)
+                    .await
+                    .map(|_| 0),
+                Some(BlockOp::Repair(r)) => volume
+                    .write(r.offset, r.data.clone(), false)
+                    .await
+                    .map(|_| r.data.len() as u64),
+                Some(
+                    BlockOp::Fence(_) | BlockOp::Cut(_) | BlockOp::CutEnd(_) | BlockOp::Resize(_),
+                )
+                | None => Ok(0),
+            },
         };
         match r {
             Ok(n) => return Ok(n),
