@@ -7,8 +7,11 @@
 //!   time moves from the node holding the most to the one holding the
 //!   fewest until every node is within one of the others, and preferred
 //!   leaders spread the same way (a node that joins takes its share);
-//! - moves whose target went out or began draining, or whose replaced node
-//!   came back before the swap, are given up.
+//! - moves whose target went out or began draining, or has been unheard
+//!   for `STALLED_TARGET` since the move began (it never starts its
+//!   replica: the shard would stay degraded for the whole down-out
+//!   interval), or whose replaced node came back before the swap, are
+//!   given up; the next pass picks another target.
 //!
 //! Each move is recorded in the metadata (`MetaCommand::StartMove`) and
 //! carried out by the shard's leader (`driver::reconfigure`). A target
@@ -33,6 +36,10 @@ use crate::meta::{MetaCommand, MetaState, MoveReason, ReplicaMove, VolumeRecord}
 /// Replica copies in flight to one node at most.
 pub const MOVES_PER_NODE: usize = 2;
 
+/// A move whose target has been unheard this long since it began is given
+/// up (its target died or cannot start the replica).
+pub const STALLED_TARGET_S: u64 = 60;
+
 /// The moves to start and to give up now. `up(n)`: node `n` was heard from
 /// lately; `now_unix`: the time to stamp new moves with.
 pub fn plan(meta: &MetaState, up: impl Fn(u64) -> bool, now_unix: u64) -> Vec<MetaCommand> {
@@ -40,7 +47,8 @@ pub fn plan(meta: &MetaState, up: impl Fn(u64) -> bool, now_unix: u64) -> Vec<Me
     let mut load = replica_load(meta);
     let mut incoming: BTreeMap<u64, usize> = BTreeMap::new();
     for m in meta.moves.values() {
-        let gone = !meta.takes_replicas(m.add);
+        let stalled = !up(m.add) && now_unix.saturating_sub(m.since_unix) >= STALLED_TARGET_S;
+        let gone = !meta.takes_replicas(m.add) || stalled;
         let back =
             m.reason == MoveReason::Heal && m.remove.is_some_and(|r| !meta.node_state(r).out);
         if gone || back {
@@ -337,6 +345,30 @@ mod tests {
             .count();
         assert_eq!(ends, 2);
         assert!(starts(&cmds).is_empty());
+    }
+
+    #[test]
+    fn a_move_to_a_target_unheard_for_a_minute_is_given_up() {
+        let mut m = meta(5, vec![vec![1, 2, 3]]);
+        m.apply(200, MetaCommand::MarkOut { node: 3 }).expect("out");
+        let cmds = plan(&m, |n| n != 3, 1000);
+        let target = starts(&cmds)[0].1;
+        for (i, c) in cmds.into_iter().enumerate() {
+            m.apply(300 + i as u64, c).expect("start");
+        }
+        let down = |n| n != 3 && n != target;
+        let ends = |cmds: &[MetaCommand]| {
+            cmds.iter()
+                .filter(|c| matches!(c, MetaCommand::EndMove { add, .. } if *add == target))
+                .count()
+        };
+        assert_eq!(ends(&plan(&m, down, 1000 + STALLED_TARGET_S - 1)), 0);
+        assert_eq!(ends(&plan(&m, down, 1000 + STALLED_TARGET_S)), 1);
+        assert_eq!(
+            ends(&plan(&m, |n| n != 3, 5000)),
+            0,
+            "a slow copy to a live target goes on"
+        );
     }
 
     #[test]

@@ -102,6 +102,85 @@ impl TestCluster {
         TestCluster { nodes }
     }
 
+    /// The flags of node `id` in `cluster status` as the first running node sees them:
+    /// `(up, out, maintenance)`.
+    pub fn node_flags(&mut self, id: u64) -> (bool, bool, bool) {
+        let st = self.status();
+        let n = st["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == id))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let flag = |k: &str| n[k].as_bool().unwrap_or(false);
+        (flag("up"), flag("out"), flag("maintenance"))
+    }
+
+    /// Waits until node `id`'s `out` flag is `out`.
+    pub fn wait_out(&mut self, id: u64, out: bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.node_flags(id).1 != out {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never became {}: {:#}",
+                if out { "out" } else { "in" },
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Asserts node `id` stays in for `for_`.
+    pub fn stays_in(&mut self, id: u64, for_: Duration, why: &str) {
+        let until = Instant::now() + for_;
+        while Instant::now() < until {
+            assert!(!self.node_flags(id).1, "node {id} was marked out {why}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Starts one node per entry of `nets`, node `i + 1` inside `nets[i]`
+    /// when it names a namespace (reachable only through its veth pair, so
+    /// the test can cut it off) and on the host otherwise, each with the
+    /// `serve` arguments `extra`. Host nodes listen on the first
+    /// namespace's host address, which every namespace reaches.
+    pub fn start_in(nets: &[Option<&Netns>], extra: &[&str]) -> TestCluster {
+        let host_ip = nets
+            .iter()
+            .flatten()
+            .next()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |n| n.host_ip);
+        let port = || free_addr().port();
+        let raft: Vec<SocketAddr> = nets
+            .iter()
+            .map(|n| SocketAddr::new(n.map_or(host_ip, |n| n.ns_ip), port()))
+            .collect();
+        let peers = raft
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, (a, net)) in raft.iter().zip(nets).enumerate() {
+            let id = (i + 1).to_string();
+            let listen = a.to_string();
+            let mut args = vec!["--node-id", &id, "--listen", &listen, "--peers", &peers];
+            args.extend_from_slice(extra);
+            nodes.push(match net {
+                Some(net) => {
+                    let prefix = ["ip", "netns", "exec", net.name.as_str()];
+                    let (nbd, admin) = (
+                        SocketAddr::new(net.ns_ip, port()),
+                        SocketAddr::new(net.ns_ip, port()),
+                    );
+                    Daemon::start_custom(&prefix, nbd, admin, &args)
+                }
+                None => Daemon::start_with(&args),
+            });
+        }
+        TestCluster { nodes }
+    }
+
     /// Starts node `id` (the next one), joining the cluster through node
     /// 1's admin API, which is all it is told of the others.
     pub fn join(&mut self, id: u64) {
@@ -341,16 +420,24 @@ impl Netns {
     /// Creates it (needs root); None, with the reason printed, when this
     /// machine cannot.
     pub fn create() -> Option<Netns> {
+        Netns::create_nth(0)
+    }
+
+    /// Creates the `k`th namespace of this test process (each has its own
+    /// name and subnet, and a default route to the host, so nodes in two
+    /// namespaces reach each other through it).
+    pub fn create_nth(k: u8) -> Option<Netns> {
         let id = std::process::id() % 10000;
-        let name = format!("rbt{id}");
-        let host_if = format!("rbh{id}");
-        let ns_if = format!("rbn{id}");
+        let name = format!("rbt{id}n{k}");
+        let host_if = format!("rbh{id}n{k}");
+        let ns_if = format!("rbn{id}n{k}");
         let net = Netns {
             name: name.clone(),
             host_if: host_if.clone(),
-            host_ip: IpAddr::from([10, 203, (id % 250) as u8, 1]),
-            ns_ip: IpAddr::from([10, 203, (id % 250) as u8, 2]),
+            host_ip: IpAddr::from([10, 203 + k, (id % 250) as u8, 1]),
+            ns_ip: IpAddr::from([10, 203 + k, (id % 250) as u8, 2]),
         };
+        let host = net.host_ip.to_string();
         let (h, n) = (format!("{}/24", net.host_ip), format!("{}/24", net.ns_ip));
         let ok = ip(&["netns", "add", &name])
             && ip(&[
@@ -363,7 +450,11 @@ impl Netns {
                 "netns", "exec", &name, "ip", "addr", "add", &n, "dev", &ns_if,
             ])
             && ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"])
-            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
+            && ip(&[
+                "netns", "exec", &name, "ip", "route", "add", "default", "via", &host,
+            ])
+            && std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").is_ok();
         if !ok {
             if std::env::var("RAFTBLOCK_REQUIRE_TOOLS").as_deref() == Ok("1") {
                 panic!("cannot create a network namespace (root and `ip netns` are required)");

@@ -14,42 +14,6 @@ use raftblock_tests::cluster::{chunk_files, TestCluster};
 use raftblock_tests::fio::FioVerify;
 use raftblock_tests::{require_tool, sha256_of};
 
-/// The flags of node `id` in `cluster status` as node 1 sees them:
-/// `(up, out, maintenance)`.
-fn node_flags(c: &mut TestCluster, id: u64) -> (bool, bool, bool) {
-    let st = c.status();
-    let n = st["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["id"] == id))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let flag = |k: &str| n[k].as_bool().unwrap_or(false);
-    (flag("up"), flag("out"), flag("maintenance"))
-}
-
-/// Waits until node `id`'s `out` flag is `out`.
-fn wait_out(c: &mut TestCluster, id: u64, out: bool, within: Duration) {
-    let deadline = Instant::now() + within;
-    while node_flags(c, id).1 != out {
-        assert!(
-            Instant::now() < deadline,
-            "node {id} never became {}: {:#}",
-            if out { "out" } else { "in" },
-            c.status()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Asserts node `id` stays in for `for_`.
-fn stays_in(c: &mut TestCluster, id: u64, for_: Duration, why: &str) {
-    let until = Instant::now() + for_;
-    while Instant::now() < until {
-        assert!(!node_flags(c, id).1, "node {id} was marked out {why}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn down_nodes_are_marked_out_unless_in_maintenance_or_too_many() {
     let interval = Duration::from_secs(3);
@@ -73,9 +37,9 @@ fn down_nodes_are_marked_out_unless_in_maintenance_or_too_many() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(node_flags(&mut c, 3).2, "node 3 in maintenance");
+    assert!(c.node_flags(3).2, "node 3 in maintenance");
     c.node(3).kill9();
-    stays_in(&mut c, 3, interval * 4, "while in maintenance");
+    c.stays_in(3, interval * 4, "while in maintenance");
     c.node(3).restart();
     let out = c.node(1).cli(&["node", "maintenance", "3", "off"]);
     assert!(
@@ -83,7 +47,7 @@ fn down_nodes_are_marked_out_unless_in_maintenance_or_too_many() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!node_flags(&mut c, 3).2);
+    assert!(!c.node_flags(3).2);
     let bad = c.node(1).cli(&["node", "maintenance", "9", "on"]);
     assert!(!bad.status.success());
     assert!(
@@ -94,18 +58,18 @@ fn down_nodes_are_marked_out_unless_in_maintenance_or_too_many() {
 
     // One node of four down past the interval: out; back: in again.
     c.node(4).kill9();
-    wait_out(&mut c, 4, true, interval + Duration::from_secs(20));
+    c.wait_out(4, true, interval + Duration::from_secs(20));
     let log: String = (1..=3).map(|n| c.node(n).log_text()).collect();
     assert!(log.contains("node marked out"), "a warning says so");
     c.node(4).restart();
-    wait_out(&mut c, 4, false, Duration::from_secs(20));
+    c.wait_out(4, false, Duration::from_secs(20));
 
     // Two of four down: the cluster is the problem; nobody goes out.
     c.node(3).kill9();
     c.node(4).kill9();
-    stays_in(&mut c, 3, interval * 4, "with half the nodes down");
+    c.stays_in(3, interval * 4, "with half the nodes down");
     assert!(
-        !node_flags(&mut c, 4).1,
+        !c.node_flags(4).1,
         "node 4 was marked out with half the nodes down"
     );
 }
@@ -323,7 +287,7 @@ fn a_lost_nodes_replicas_are_recreated_under_load_and_it_is_cleaned_up_on_return
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = c.status();
-        let (up, out, _) = node_flags(&mut c, 3);
+        let (up, out, _) = c.node_flags(3);
         let members: Vec<u64> = st["volumes"]
             .as_array()
             .into_iter()

@@ -77,7 +77,8 @@ pub fn make(dev: &Path, fs: Filesystem) -> Result<(), AttachError> {
 }
 
 /// Grows the filesystem `fs` on `dev`, mounted on `dir`, to fill the
-/// device (online: ext4 with `resize2fs`, XFS with `xfs_growfs`).
+/// device (online: ext4 with `resize2fs`, which needs CAP_SYS_RESOURCE,
+/// XFS with `xfs_growfs`, which needs CAP_SYS_ADMIN).
 pub fn grow(dev: &Path, dir: &Path, fs: &str) -> Result<(), AttachError> {
     match fs {
         "xfs" => check(Command::new("xfs_growfs").arg(dir)),

@@ -5,9 +5,10 @@
 //! the new size without a remount. A shrink never reaches an attached
 //! volume (the cluster refuses it while attached).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::backend::VolumeBackend;
 use super::{lock, Plugin};
@@ -16,9 +17,13 @@ use crate::attach::{self, AttachError};
 /// How often attached volumes' sizes are compared with the store's.
 const EVERY: Duration = Duration::from_secs(1);
 
+/// After a failed grow, the next try waits this long.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
 impl<B: VolumeBackend> Plugin<B> {
     /// Grows, for ever, the attached volumes whose size went up.
     pub(super) async fn grow_attached(self: Arc<Self>) {
+        let mut failed: HashMap<String, Instant> = HashMap::new();
         loop {
             tokio::time::sleep(EVERY).await;
             let sizes: Vec<(String, u64)> = lock(&self.attached)
@@ -29,9 +34,10 @@ impl<B: VolumeBackend> Plugin<B> {
                 let Some(size) = self.backend.lookup(&name).map(|v| v.size) else {
                     continue;
                 };
-                if size <= had {
+                if size <= had || failed.get(&name).is_some_and(|t| t.elapsed() < RETRY_AFTER) {
                     continue;
                 }
+                failed.remove(&name);
                 let guard = self.volume_lock(&name).await;
                 let _held = guard.lock().await;
                 let (this, name2, mp) = (self.clone(), name.clone(), self.mountpoint(&name));
@@ -43,7 +49,9 @@ impl<B: VolumeBackend> Plugin<B> {
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
-                        tracing::warn!(volume = %name, size, error = %e, "growing the attached volume failed; retrying")
+                        tracing::warn!(volume = %name, size, error = %e,
+                            retry_s = RETRY_AFTER.as_secs(), "growing the attached volume failed");
+                        failed.insert(name.clone(), Instant::now());
                     }
                     Err(e) => tracing::warn!(volume = %name, error = %e, "growing task failed"),
                 }
