@@ -72,34 +72,13 @@ impl TestCluster {
     /// reachable from the others only through its veth pair, so the test can
     /// cut it off. `extra3` goes to node 3's `serve`.
     pub fn start_with_node3_in(net: &Netns, extra3: &[&str]) -> TestCluster {
-        let port = || free_addr().port();
-        let raft = [
-            SocketAddr::new(net.host_ip, port()),
-            SocketAddr::new(net.host_ip, port()),
-            SocketAddr::new(net.ns_ip, port()),
-        ];
-        let peers = raft
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut nodes = Vec::new();
-        for (i, a) in raft.iter().enumerate() {
-            let id = (i + 1).to_string();
-            let listen = a.to_string();
-            let mut args = vec!["--node-id", &id, "--listen", &listen, "--peers", &peers];
-            if i == 2 {
-                args.extend_from_slice(extra3);
-                let prefix = ["ip", "netns", "exec", net.name.as_str()];
-                let nbd = SocketAddr::new(net.ns_ip, port());
-                let admin = SocketAddr::new(net.ns_ip, port());
-                nodes.push(Daemon::start_custom(&prefix, nbd, admin, &args));
+        TestCluster::start_in(&[None, None, Some(net)], |id| {
+            if id == 3 {
+                extra3.iter().map(|s| s.to_string()).collect()
             } else {
-                nodes.push(Daemon::start_with(&args));
+                Vec::new()
             }
-        }
-        TestCluster { nodes }
+        })
     }
 
     /// The flags of node `id` in `cluster status` as the first running node sees them:
@@ -140,10 +119,10 @@ impl TestCluster {
 
     /// Starts one node per entry of `nets`, node `i + 1` inside `nets[i]`
     /// when it names a namespace (reachable only through its veth pair, so
-    /// the test can cut it off) and on the host otherwise, each with the
-    /// `serve` arguments `extra`. Host nodes listen on the first
+    /// the test can cut it off) and on the host otherwise, node `id` with the
+    /// `serve` arguments `extra(id)`. Host nodes listen on the first
     /// namespace's host address, which every namespace reaches.
-    pub fn start_in(nets: &[Option<&Netns>], extra: &[&str]) -> TestCluster {
+    pub fn start_in(nets: &[Option<&Netns>], extra: impl Fn(u64) -> Vec<String>) -> TestCluster {
         let host_ip = nets
             .iter()
             .flatten()
@@ -164,8 +143,9 @@ impl TestCluster {
         for (i, (a, net)) in raft.iter().zip(nets).enumerate() {
             let id = (i + 1).to_string();
             let listen = a.to_string();
+            let more = extra(i as u64 + 1);
             let mut args = vec!["--node-id", &id, "--listen", &listen, "--peers", &peers];
-            args.extend_from_slice(extra);
+            args.extend(more.iter().map(String::as_str));
             nodes.push(match net {
                 Some(net) => {
                     let prefix = ["ip", "netns", "exec", net.name.as_str()];
@@ -395,6 +375,19 @@ pub fn chunk_files(data_dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+/// The nodes of a shard's voters (sorted), from a shard of `cluster status`.
+pub fn voters(shard: &Value) -> Vec<u64> {
+    let mut nodes: Vec<u64> = shard["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["role"] != "learner")
+        .filter_map(|r| r["node"].as_u64())
+        .collect();
+    nodes.sort_unstable();
+    nodes
 }
 
 /// A network namespace joined to the host by a veth pair; taking the host

@@ -807,7 +807,7 @@ fn a_volume_grows_under_a_writing_container() {
     let (driver, socket) = driver_name("grow");
     let mut pc = PluginCluster::start(vec![Some(socket), None, None], &[]);
     let docker = DockerEngine::start();
-    docker.ok(&[
+    let create = [
         "volume",
         "create",
         "-d",
@@ -817,7 +817,8 @@ fn a_volume_grows_under_a_writing_container() {
         "-o",
         "fs=xfs",
         "grow",
-    ]);
+    ];
+    docker.ok(&create);
     let writer = docker.ok(&[
         "run", "-d", "--network", "none", "-v", "grow:/data", IMAGE, "sh", "-c",
         "i=0; while true; do dd if=/dev/urandom of=/data/f$((i % 8)) bs=64k count=16 conv=fsync 2>/dev/null || { echo WRITE-FAILED; exit 1; }; i=$((i + 1)); done",
@@ -878,17 +879,7 @@ fn a_volume_grows_under_a_writing_container() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("attached"), "{out:?}");
-    docker.ok(&[
-        "volume",
-        "create",
-        "-d",
-        &driver,
-        "-o",
-        "size=512M",
-        "-o",
-        "fs=xfs",
-        "grow",
-    ]);
+    docker.ok(&create);
     docker.ok(&["rm", "-f", &writer]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !docker.docker(&["volume", "rm", "grow"]).status.success() {

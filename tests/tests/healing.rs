@@ -104,15 +104,8 @@ fn shard_voters(st: &Value, volume: &str) -> Vec<(Vec<u64>, String)> {
             shards
                 .iter()
                 .map(|s| {
-                    let mut voters: Vec<u64> = s["replicas"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|r| r["role"] != "learner")
-                        .filter_map(|r| r["node"].as_u64())
-                        .collect();
-                    voters.sort_unstable();
-                    (voters, s["state"].as_str().unwrap_or("?").to_string())
+                    let state = s["state"].as_str().unwrap_or("?").to_string();
+                    (raftblock_tests::cluster::voters(s), state)
                 })
                 .collect()
         })

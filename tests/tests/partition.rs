@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-use raftblock_tests::cluster::{Netns, TestCluster};
+use raftblock_tests::cluster::{voters, Netns, TestCluster};
 use raftblock_tests::{qemu_io, require_tool};
 
 /// The nodes of every shard's voters (sorted), and the moves in flight.
@@ -20,17 +20,7 @@ fn placement(c: &mut TestCluster) -> (Vec<Vec<u64>>, Value) {
         .into_iter()
         .flatten()
         .flat_map(|v| v["shards"].as_array().cloned().unwrap_or_default())
-        .map(|s| {
-            let mut nodes: Vec<u64> = s["replicas"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["role"] != "learner")
-                .filter_map(|r| r["node"].as_u64())
-                .collect();
-            nodes.sort_unstable();
-            nodes
-        })
+        .map(|s| voters(&s))
         .collect();
     (shards, st["moves"].clone())
 }
@@ -65,10 +55,14 @@ fn short_cuts_and_large_partitions_move_nothing() {
         return;
     };
     let interval = Duration::from_secs(5);
-    let mut c = TestCluster::start_in(
-        &[None, None, Some(&a), Some(&b)],
-        &["--down-out-interval", "5s", "--leader-wait", "5s"],
-    );
+    let mut c = TestCluster::start_in(&[None, None, Some(&a), Some(&b)], |_| {
+        vec![
+            "--down-out-interval".into(),
+            "5s".into(),
+            "--leader-wait".into(),
+            "5s".into(),
+        ]
+    });
     c.create_volume_json(&json!({
         "name": "p", "size": 64u64 << 20, "chunk_size": 1u64 << 20, "replicas": 3, "shards": 8
     }));
@@ -89,7 +83,24 @@ fn short_cuts_and_large_partitions_move_nothing() {
     a.cut();
     b.cut();
     let cut_at = Instant::now();
-    qemu_io(&u1, &["write -P 0x52 8M 8M"]);
+    // Shards with a replica on each of nodes 1 and 2 keep their quorum;
+    // write one chunk of each (chunk i + 8 is in shard i).
+    let alive: Vec<usize> = (0..before.0.len())
+        .filter(|i| before.0[*i].contains(&1) && before.0[*i].contains(&2))
+        .collect();
+    assert!(
+        !alive.is_empty(),
+        "no shard on both nodes 1 and 2: {before:?}"
+    );
+    let writes: Vec<String> = alive
+        .iter()
+        .map(|i| format!("write -P 0x52 {}M 1M", 8 + i))
+        .collect();
+    let reads: Vec<String> = alive
+        .iter()
+        .map(|i| format!("read -P 0x52 {}M 1M", 8 + i))
+        .collect();
+    qemu_io(&u1, &writes.iter().map(String::as_str).collect::<Vec<_>>());
     while cut_at.elapsed() < interval * 3 {
         for n in [3, 4] {
             assert!(
@@ -114,7 +125,9 @@ fn short_cuts_and_large_partitions_move_nothing() {
     );
     for n in [3, 4] {
         let u = c.node(n).uri("p");
-        qemu_io(&u, &["read -P 0x51 0 8M", "read -P 0x52 8M 8M"]);
+        let mut cmds = vec!["read -P 0x51 0 8M"];
+        cmds.extend(reads.iter().map(String::as_str));
+        qemu_io(&u, &cmds);
     }
     for n in 2..=4 {
         c.wait_settled(1, Duration::from_secs(60));

@@ -132,12 +132,12 @@ impl VolumeRecord {
         ShardLayout::new(&self.meta, self.shards.len() as u32)
     }
 
-    /// The largest size a replica may hold the volume at: its size, or the
-    /// size a pending resize goes to when larger.
+    /// The largest size a replica may hold the volume at: its size, or
+    /// while a resize is pending, the larger of the sizes it goes between.
     pub fn span(&self) -> u64 {
         self.resize
             .as_ref()
-            .map_or(self.meta.size, |p| p.size.max(self.meta.size))
+            .map_or(self.meta.size, |p| p.size.max(p.from).max(self.meta.size))
     }
 
     /// The chunks shard `shard` holds, up to [`VolumeRecord::span`].
