@@ -158,7 +158,7 @@ pub struct FioResult {
     pub p99_ms: f64,
 }
 
-fn base_command(target: &IoTarget, size: u64, out: &Path) -> Command {
+pub(crate) fn base_command(target: &IoTarget, size: u64, out: &Path) -> Command {
     let mut cmd = Command::new("fio");
     cmd.arg("--name=bench");
     match target {
@@ -227,7 +227,7 @@ pub fn prefill(target: &IoTarget, size: u64, out: &Path) -> Result<()> {
 }
 
 /// Runs fio to completion within `limit`, keeping its stderr next to `out`.
-fn execute(mut cmd: Command, out: &Path, limit: Duration) -> Result<()> {
+pub(crate) fn execute(mut cmd: Command, out: &Path, limit: Duration) -> Result<()> {
     let err_path = out.with_extension("stderr");
     let err_file =
         File::create(&err_path).with_context(|| format!("creating {}", err_path.display()))?;
@@ -261,7 +261,7 @@ fn execute(mut cmd: Command, out: &Path, limit: Duration) -> Result<()> {
 }
 
 /// The last lines of fio's stderr, formatted for an error message.
-fn stderr_tail(path: &Path) -> String {
+pub(crate) fn stderr_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(10)..].join("\n");

@@ -12,13 +12,17 @@
 //! on a file in ext4 on cluster volumes (3 and 1 replicas) mounted through
 //! the Docker volume plugin, against ext4 on a loop device over a file on the
 //! same disk (setup and teardown in `mount.rs`; needs root). Every suite
-//! also draws its results as an SVG next to the JSON (`chart.rs`).
+//! also draws its results as an SVG next to the JSON (`chart.rs`). `idle`
+//! measures what unused shard replicas cost (`idle.rs`), and `rebuild` how
+//! fast a killed node's replicas are re-created on a 4-node cluster and
+//! what that costs client IOPS (`rebuild.rs`; table and JSON only).
 
 mod ceph;
 mod chart;
 mod fio;
 mod idle;
 mod mount;
+mod rebuild;
 mod report;
 mod targets;
 
@@ -56,6 +60,29 @@ enum Command {
     /// What idle shard replicas cost: a local 3-node cluster with many
     /// volumes of many shards, nothing written; CPU and memory per node.
     Idle(IdleCmd),
+    /// Rebuild after a node dies: throughput against the disk's write
+    /// bandwidth, time to full redundancy and client IOPS during the
+    /// rebuild, throttled (default --recovery-rate) and unthrottled, on a
+    /// local 4-node cluster.
+    Rebuild(RebuildCmd),
+}
+
+/// Options of `raftblock-bench rebuild`.
+#[derive(Args, Debug)]
+struct RebuildCmd {
+    #[command(flatten)]
+    rebuild: rebuild::RebuildArgs,
+    /// Where to write the results as JSON (default: <target dir>/bench-rebuild.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Directory under which the scratch directory with the nodes' data
+    /// directories is created (default: the workspace's target dir; avoid
+    /// tmpfs: the disk's bandwidth is measured there).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Use the existing target/release/raftblock instead of running `cargo build` first.
+    #[arg(long)]
+    no_build: bool,
 }
 
 /// Options of `raftblock-bench idle`.
@@ -144,7 +171,42 @@ fn main() -> Result<()> {
         Command::Cluster(args) => run_nbd(args.nbd, true, args.with_ceph),
         Command::Mount(args) => run_mount(args),
         Command::Idle(args) => run_idle(args),
+        Command::Rebuild(args) => run_rebuild(args),
     }
+}
+
+fn run_rebuild(args: RebuildCmd) -> Result<()> {
+    let root = workspace_root();
+    let target = target_dir(&root);
+    let bin = target.join("release").join("raftblock");
+    if !args.no_build {
+        targets::build_raftblock(&root)?;
+    }
+    if !bin.is_file() {
+        bail!("{} not found (build it or drop --no-build)", bin.display());
+    }
+    let base = args.dir.clone().unwrap_or_else(|| target.clone());
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    if targets::is_tmpfs(&base) {
+        eprintln!(
+            "warning: {} is on tmpfs; results will not reflect disk I/O",
+            base.display()
+        );
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("bench-rebuild-")
+        .disable_cleanup(args.rebuild.keep)
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a scratch dir under {}", base.display()))?;
+    eprintln!(
+        "scratch dir {}{}",
+        scratch.path().display(),
+        if args.rebuild.keep { " (kept)" } else { "" }
+    );
+    let json_path = args
+        .json
+        .unwrap_or_else(|| target.join("bench-rebuild.json"));
+    rebuild::run(&args.rebuild, &bin, scratch.path(), &json_path).map(|_| ())
 }
 
 fn run_idle(args: IdleCmd) -> Result<()> {

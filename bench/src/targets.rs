@@ -161,6 +161,21 @@ impl Server {
         }
     }
 
+    /// Kills the process with SIGKILL (no shutdown, as in a crash) and
+    /// reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("polling server process")? {
+            bail!("{} had already exited ({status})", self.name);
+        }
+        self.child
+            .kill()
+            .with_context(|| format!("killing {}", self.name))?;
+        self.child
+            .wait()
+            .with_context(|| format!("reaping {}", self.name))?;
+        Ok(())
+    }
+
     /// Where the process's stdout and stderr go.
     pub fn log(&self) -> &Path {
         &self.log
@@ -304,7 +319,7 @@ pub fn wait_ready(server: &mut Server, what: &str, mut ready: impl FnMut() -> bo
 }
 
 /// Whether an NBD server at `addr` answers with the `NBDMAGIC` greeting.
-fn nbd_greets(addr: SocketAddr) -> bool {
+pub fn nbd_greets(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
@@ -352,8 +367,22 @@ pub fn start_nodes(
     plugin_grace: Option<&str>,
     engine: Option<EngineArg>,
 ) -> Result<Nodes> {
+    start_n_nodes(bin, dir, kind, 3, plugin_grace, engine, &[])
+}
+
+/// Like [`start_nodes`] with `count` nodes, each also given the `serve`
+/// options `extra` (e.g. `--down-out-interval 3s`).
+pub fn start_n_nodes(
+    bin: &Path,
+    dir: &Path,
+    kind: TargetKind,
+    count: usize,
+    plugin_grace: Option<&str>,
+    engine: Option<EngineArg>,
+    extra: &[&str],
+) -> Result<Nodes> {
     let mut raft = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..count {
         raft.push(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)));
     }
     let peers = raft
@@ -398,7 +427,8 @@ pub fn start_nodes(
             .arg("--nbd-listen")
             .arg(nbd.to_string())
             .arg("--admin-listen")
-            .arg(admin.to_string());
+            .arg(admin.to_string())
+            .args(extra);
         let log = dir.join(format!("node{}.log", i + 1));
         let mut server = spawn(kind, cmd, log, format!("nbd://{nbd}/"))?;
         let client = AdminClient::new(&admin.to_string());
