@@ -289,6 +289,16 @@ fn run_one(
         Duration::from_secs(300),
         |_| converged(&client),
     )?;
+    // The fill's large writes stay in the Raft logs until they settle into
+    // the chunk files (within 30 s); settling them during the measured
+    // windows would be counted against the rebuild.
+    let all: Vec<usize> = (0..nodes.servers.len()).collect();
+    wait_for(
+        &mut nodes,
+        "every node to settle the fill's logged blocks (raftblock_logged_bytes 0)",
+        Duration::from_secs(180),
+        |n| Ok(logged_bytes(n, &all)?.iter().all(|b| *b == 0)),
+    )?;
 
     eprint!(
         "4k randwrite QD{CLIENT_IODEPTH} before ({} s) ... ",
@@ -658,21 +668,44 @@ fn summary(st: &Value, volume: &str) -> String {
     )
 }
 
-/// `raftblock_recovery_bytes_total` of the nodes at `idx`.
-fn recovery_bytes(nodes: &Nodes, idx: &[usize]) -> Result<Vec<u64>> {
+/// The `/metrics` text of the nodes at `idx`.
+fn metrics_of(nodes: &Nodes, idx: &[usize]) -> Result<Vec<String>> {
     idx.iter()
         .map(|i| {
             let addr = nodes
                 .admin
                 .get(*i)
                 .with_context(|| format!("no admin address for node {}", i + 1))?;
-            let text = AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(10))
+            AdminClient::with_timeout(&addr.to_string(), Duration::from_secs(10))
                 .metrics()
-                .with_context(|| format!("node {}: GET /metrics", i + 1))?;
-            metric(&text, "raftblock_recovery_bytes_total")
+                .with_context(|| format!("node {}: GET /metrics", i + 1))
+        })
+        .collect()
+}
+
+/// `raftblock_recovery_bytes_total` of the nodes at `idx`.
+fn recovery_bytes(nodes: &Nodes, idx: &[usize]) -> Result<Vec<u64>> {
+    metrics_of(nodes, idx)?
+        .iter()
+        .zip(idx)
+        .map(|(text, i)| {
+            metric(text, "raftblock_recovery_bytes_total")
                 .with_context(|| format!("node {}: no raftblock_recovery_bytes_total", i + 1))
         })
         .collect()
+}
+
+/// `raftblock_logged_bytes` of the nodes at `idx`, over all volumes.
+fn logged_bytes(nodes: &Nodes, idx: &[usize]) -> Result<Vec<u64>> {
+    Ok(metrics_of(nodes, idx)?
+        .iter()
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("raftblock_logged_bytes{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        })
+        .collect())
 }
 
 /// The value of an unlabelled metric in Prometheus text.

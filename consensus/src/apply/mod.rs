@@ -88,6 +88,10 @@ pub enum ApplyMsg {
     /// The replica left its group: delete the shard's chunks, staging area
     /// and fence, and stop.
     Remove,
+    /// Settle every logged block at the next sync, whatever its age: the
+    /// leader needs its log compacted (a learner waits for a snapshot, and
+    /// logged blocks hold the log).
+    SettleAll,
 }
 
 /// The shard's fence, loaded from and saved to its file.
@@ -148,6 +152,8 @@ struct ShardState {
     logged_since: Option<Instant>,
     /// When entries were last applied.
     last_applied_at: Instant,
+    /// Settle everything at the next sync (`ApplyMsg::SettleAll`).
+    settle_all: bool,
 }
 
 impl ShardState {
@@ -155,6 +161,9 @@ impl ShardState {
     /// sync, if any should (see [`Settling`]).
     fn settle_upto(&self, group: u64, applied: u64) -> Option<u64> {
         let since = self.logged_since?;
+        if self.settle_all {
+            return Some(applied);
+        }
         let s = &self.settling;
         let idle = self.last_applied_at.elapsed() >= s.idle && since.elapsed() >= s.idle;
         if since.elapsed() >= s.max_age || idle {
@@ -218,6 +227,7 @@ pub fn spawn(
         settling,
         logged_since: None,
         last_applied_at: Instant::now(),
+        settle_all: false,
     };
     tokio::spawn(run(group, volume, state, applied, driver, rx));
     tx
@@ -252,6 +262,7 @@ async fn run(
             let settle = state.settle_upto(group, applied);
             if settle == Some(applied) {
                 state.logged_since = None;
+                state.settle_all = false;
             }
             let chunks = state.chunks.clone();
             let at = applied;
@@ -342,7 +353,9 @@ async fn run(
                     // reads of it fail and are repaired from a replica.
                     tracing::warn!(group, error = %e, "settling logged blocks before a swap");
                 }
-                let ok = match volume.flush().await {
+                // Only the shard's kept chunks: syncing every open chunk of
+                // the volume (other shards' too) took seconds under load.
+                let ok = match volume.sync_chunks(kept).await {
                     Ok(()) => prepare_swap(group, &volume, applied, &copy),
                     Err(e) => {
                         tracing::warn!(group, error = %e, "settling logged blocks before a swap");
@@ -370,6 +383,10 @@ async fn run(
                 }
                 remove_shard(group, &volume, &state.chunks);
                 return;
+            }
+            ApplyMsg::SettleAll => {
+                state.settle_all = true;
+                continue;
             }
             ApplyMsg::Discard => {
                 let (_, shard) = shard_of_group(group);

@@ -169,6 +169,21 @@ impl Driver {
             );
             return;
         }
+        if msg.get_msg_type() == MessageType::MsgAppend
+            && (self.fetching.contains(&env.group) || self.frozen.contains_key(&env.group))
+        {
+            // The replica is copying a snapshot's data: refusing entries
+            // now would send the leader back to probing from the start of
+            // its log, and it would send another snapshot, copied all over
+            // again once this one is in. Once it is in, the next append
+            // continues from it.
+            tracing::trace!(
+                from,
+                group = env.group,
+                "append held off during a snapshot copy"
+            );
+            return;
+        }
         if env.group != META_GROUP
             && msg.get_msg_type() == MessageType::MsgSnapshot
             && msg.get_snapshot().get_metadata().index > r.node.raft.raft_log.committed

@@ -277,6 +277,11 @@ fn log_starts_past_one(r: &mut Replica, carry: &mut raftblock_storage::WalBatch)
     let to = r.durable.min(voters_have);
     if to >= first && r.node.mut_store().stage_compact(to, carry).is_ok() {
         r.set_shard_snapshot();
+    } else if let Some(tx) = &r.apply {
+        // Logged blocks hold the durable index (and so the log) back for
+        // up to 30 s: settle them now rather than leave the shard short
+        // of a replica meanwhile.
+        let _ = tx.send(crate::apply::ApplyMsg::SettleAll);
     }
     false
 }

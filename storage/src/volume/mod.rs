@@ -583,7 +583,9 @@ impl LocalVolume {
         Ok(())
     }
 
-    async fn sync_chunks(&self, mut chunks: Vec<u64>) -> Result<()> {
+    /// Syncs the chunks `chunks` that have a file here.
+    pub async fn sync_chunks(&self, mut chunks: Vec<u64>) -> Result<()> {
+        chunks.sort_unstable();
         chunks.dedup();
         for index in chunks {
             let Some(c) = self.chunk(index, false)? else {
