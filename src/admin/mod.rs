@@ -93,7 +93,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/cluster/nodes/{id}/maintenance", post(node_maintenance))
         .route("/v1/cluster/nodes/{id}/drain", post(node_drain))
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(node_remove))
+        .fallback(no_such_endpoint)
         .with_state(state)
+}
+
+/// Any other path or method: a JSON error like every other answer.
+async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
 }
 
 fn view(state: &AdminState, meta: &VolumeMeta) -> Value {

@@ -2,7 +2,8 @@
 //! status 1 (2 for arguments clap rejects), and nothing is changed.
 
 use raftblock_tests::nbd::RawNbd;
-use raftblock_tests::{free_addr, raftblock_bin, Daemon};
+use raftblock_tests::{free_addr, qemu_io, raftblock_bin, require_tool, Daemon};
+use std::io::{Read, Write};
 use std::process::{Command, Output};
 
 fn stderr(o: &Output) -> String {
@@ -176,4 +177,92 @@ fn second_daemon_on_the_same_data_dir_is_refused() {
         .output()
         .expect("run cli");
     fails_with(&o, 1, "lock");
+}
+
+/// The size `nbdinfo` reports for `uri`.
+fn nbd_size(uri: &str) -> u64 {
+    let out = Command::new("nbdinfo")
+        .args(["--size", uri])
+        .output()
+        .expect("run nbdinfo");
+    assert!(out.status.success(), "nbdinfo {uri}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// A node running alone resizes its volumes too: a grow keeps the data
+/// and takes effect for new connections, a shrink needs --allow-shrink
+/// and clears what lies past the new end, and the size survives a restart.
+#[test]
+fn a_standalone_volume_grows_and_shrinks_on_request() {
+    if !require_tool("qemu-io") || !require_tool("nbdinfo") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let ok = d.cli(&[
+        "volume",
+        "create",
+        "r",
+        "--size",
+        "64M",
+        "--chunk-size",
+        "16M",
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let uri = d.uri("r");
+    qemu_io(&uri, &["write -P 0x61 0 1M", "write -P 0x62 60M 1M"]);
+    let ok = d.cli(&["volume", "resize", "r", "--size", "128M"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(nbd_size(&uri), 128 << 20);
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x63 100M 1M",
+            "read -P 0x61 0 1M",
+            "read -P 0x62 60M 1M",
+        ],
+    );
+    fails_with(
+        &d.cli(&["volume", "resize", "r", "--size", "32M"]),
+        1,
+        "--allow-shrink",
+    );
+    fails_with(
+        &d.cli(&["volume", "resize", "r", "--size", "33M+1", "--allow-shrink"]),
+        1,
+        "size",
+    );
+    let ok = d.cli(&["volume", "resize", "r", "--size", "32M", "--allow-shrink"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(nbd_size(&uri), 32 << 20);
+    let ok = d.cli(&["volume", "resize", "r", "--size", "128M"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    qemu_io(
+        &uri,
+        &["read -P 0x61 0 1M", "read -P 0 60M 1M", "read -P 0 100M 1M"],
+    );
+    assert!(d.terminate(), "SIGTERM: the daemon did not exit cleanly");
+    d.restart();
+    assert_eq!(nbd_size(&d.uri("r")), 128 << 20, "after a restart");
+    qemu_io(&d.uri("r"), &["read -P 0x61 0 1M"]);
+}
+
+/// An admin path that does not exist answers 404 with a JSON error, like
+/// the rest of the API.
+#[test]
+fn unknown_admin_paths_answer_a_json_error() {
+    let d = Daemon::start();
+    let mut s = std::net::TcpStream::connect(d.admin).expect("connect to the admin API");
+    s.write_all(b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"no such endpoint: GET /v1/nope"}"#),
+        "{answer}"
+    );
 }
