@@ -1,7 +1,8 @@
-//! Command-line interface: `serve`, `volume create|list|info|delete`, `demo`.
+//! Command-line interface: `serve`, `volume create|list|info|resize|delete`,
+//! `demo`, `cluster`, `node`, and `completions` for shells.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::client::AdminClient;
 use crate::config::{DemoArgs, ServeArgs};
@@ -28,6 +29,12 @@ enum Command {
     Cluster(ClusterArgs),
     /// Act on a node of the cluster.
     Node(NodeArgs),
+    /// Print the completion script for a shell, e.g.
+    /// `raftblock completions bash > /etc/bash_completion.d/raftblock`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +261,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Volume(v) => volume(v),
         Command::Cluster(c) => cluster(c),
         Command::Node(n) => node(n),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "raftblock",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     }
 }
 

@@ -266,3 +266,47 @@ fn unknown_admin_paths_answer_a_json_error() {
         "{answer}"
     );
 }
+
+/// `raftblock completions SHELL` prints a completion script the shell
+/// accepts; an unknown shell is refused by clap.
+#[test]
+fn completions_for_shells() {
+    let out = Command::new(raftblock_bin())
+        .args(["completions", "bash"])
+        .output()
+        .expect("run raftblock");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        script.contains("_raftblock()") && script.contains("resize"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raftblock.bash");
+    std::fs::write(&path, &script).expect("write the script");
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("bash -n");
+    assert!(check.status.success(), "bash -n: {}", stderr(&check));
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(raftblock_bin())
+            .args(["completions", shell])
+            .output()
+            .expect("run raftblock");
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{shell}: {}",
+            stderr(&out)
+        );
+    }
+    fails_with(
+        &Command::new(raftblock_bin())
+            .args(["completions", "tcsh"])
+            .output()
+            .expect("run raftblock"),
+        2,
+        "invalid value",
+    );
+}
