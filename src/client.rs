@@ -118,9 +118,21 @@ impl AdminClient {
         self.call("POST", path, Some(body.clone()))
     }
 
-    /// `GET /v1/cluster`: nodes and shards.
+    /// `GET /v1/status`: health and alerts, nodes, volumes and their
+    /// shards, rebuilds (the document the status page shows).
     pub fn cluster_status(&self) -> Result<Value> {
-        self.call("GET", "/v1/cluster", None)
+        self.call("GET", "/v1/status", None)
+    }
+
+    /// `GET /v1/stats`: the traffic series over `window` (e.g. `15m`), of
+    /// the whole cluster, or with `node_only` of this node alone.
+    pub fn stats(&self, window: &str, node_only: bool) -> Result<Value> {
+        let scope = if node_only { "&scope=node" } else { "" };
+        self.call(
+            "GET",
+            &format!("/v1/stats?window={}{scope}", encode(window)),
+            None,
+        )
     }
 
     /// `GET /v1/cluster/local`: this node's Raft replicas.

@@ -16,6 +16,7 @@ use raftblock_volume_driver::{ExportCatalog, ExportInfo, NbdMetrics, NbdServer, 
 use crate::admin::{self, AdminState};
 use crate::config::ServeArgs;
 use crate::docker_volumes::ClusterVolumes;
+use crate::stats::StatsHistory;
 use crate::replication::{self, ClusterExports, ClusterNode};
 use raftblock_volume_driver::docker::{self, Plugin, PluginMetrics};
 
@@ -198,12 +199,23 @@ impl Node {
                 tokio::spawn(async move { server.run(nbd_listener, nbd_sd, DRAIN).await })
             }
         };
+        let stats = match &self.cluster {
+            Some(c) => {
+                let cluster = c.cluster.clone();
+                StatsHistory::new(c.info.id, self.metrics.clone(), move || {
+                    cluster.recovery().bytes_total()
+                })
+            }
+            None => StatsHistory::new(0, self.metrics.clone(), || 0),
+        };
+        tokio::spawn(stats.clone().run(shutdown.clone()));
         let state = Arc::new(AdminState {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             nbd_addr: self.nbd_addr,
             cluster: self.cluster.as_ref().map(|c| c.cluster.clone()),
             plugin: self.plugin.is_some().then_some(plugin_metrics),
+            stats,
         });
         let mut admin_sd = shutdown.clone();
         let admin_task = tokio::spawn(

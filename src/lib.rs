@@ -14,6 +14,7 @@ mod docker_volumes;
 mod drain;
 mod replication;
 pub mod size;
+mod stats;
 mod status;
 
 use clap::Parser;

@@ -7,8 +7,9 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use raftblock_consensus::meta::ReplicaMove;
 use raftblock_consensus::recovery::CopyStatus;
@@ -182,7 +183,7 @@ pub async fn resize(
 
 /// Why a member gave no answer to [`ask_members`].
 #[derive(Debug, thiserror::Error)]
-enum AskError {
+pub(super) enum AskError {
     /// The member registered no admin API address.
     #[error("no admin address")]
     NoAdminAddress,
@@ -194,7 +195,7 @@ enum AskError {
 /// Asks the members `ids` other than this node, in parallel on blocking
 /// threads, through their admin APIs (`ask`, within `timeout`); a member
 /// without an admin address, or whose call failed, answers the error.
-async fn ask_members<T: Send + 'static>(
+pub(super) async fn ask_members<T: Send + 'static>(
     c: &Cluster,
     ids: impl IntoIterator<Item = u64>,
     timeout: Duration,
@@ -363,6 +364,39 @@ pub async fn local(s: &AdminState, c: &Cluster) -> Value {
         "groups": c.driver().status().await,
         "copies": c.recovery().status(),
         "nbd_connections": connections,
+        "facts": node_facts(s, c),
+    })
+}
+
+/// What this node knows of itself that the status page shows: its disk,
+/// the space each of its shard replicas takes, its error counters.
+fn node_facts(s: &AdminState, c: &Cluster) -> Value {
+    let meta = c.view().meta();
+    let mut allocated: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    for (name, rec) in &meta.volumes {
+        let Ok(v) = s.store.volume(name) else {
+            continue;
+        };
+        if v.meta().id != rec.meta.id {
+            continue;
+        }
+        let layout = raftblock_consensus::ShardLayout::new(v.meta(), rec.shards.len() as u32);
+        let per_shard = allocated.entry(name.clone()).or_default();
+        for (chunk, bytes) in v.allocated_by_chunk().unwrap_or_default() {
+            *per_shard.entry(layout.shard_of_chunk(chunk).index).or_default() += bytes;
+        }
+    }
+    let (mut checksum_errors, mut io_errors) = (0, 0);
+    for v in s.store.open_volumes() {
+        checksum_errors += v.stats().checksum_errors.load(Ordering::Relaxed);
+        io_errors += v.stats().io_errors.load(Ordering::Relaxed);
+    }
+    json!({
+        "disk": s.store.disk_usage().ok(),
+        "allocated": allocated,
+        "checksum_errors": checksum_errors,
+        "io_errors": io_errors,
+        "version": env!("CARGO_PKG_VERSION"),
     })
 }
 
@@ -375,16 +409,24 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
     let mut per_node: BTreeMap<u64, Option<NodeReplicas>> = BTreeMap::new();
     per_node.insert(
         c.node(),
-        Some((c.driver().status().await, c.recovery().status())),
+        Some((
+            c.driver().status().await,
+            c.recovery().status(),
+            node_facts(s, c),
+        )),
     );
     let others = ask_members(c, meta.nodes.keys().copied(), Duration::from_secs(2), |a| {
         let local = a.local_replicas()?;
         Ok((
             serde_json::from_value::<Vec<GroupStatus>>(local["groups"].clone())?,
             serde_json::from_value::<Vec<CopyStatus>>(local["copies"].clone()).unwrap_or_default(),
+            local["facts"].clone(),
         ))
     })
     .await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     per_node.extend(others.into_iter().map(|(id, r)| (id, r.ok())));
     let live = c.live_nodes();
     let up = |n: u64| per_node.get(&n).is_some_and(|r| r.is_some()) || n == c.node();
@@ -392,8 +434,21 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
         .nodes
         .values()
         .map(|n| {
+            let facts = per_node
+                .get(&n.id)
+                .and_then(|r| r.as_ref())
+                .map(|r| r.2.clone())
+                .unwrap_or(Value::Null);
+            let silent = c.silent_for(n.id).as_secs();
+            let (state, reason) = node_state(&meta, n.id, up(n.id), silent, now);
             json!({
                 "id": n.id,
+                "state": state,
+                "reason": reason,
+                "down_since_unix": (!up(n.id)).then(|| now.saturating_sub(silent)),
+                "disk": facts["disk"],
+                "checksum_errors": facts["checksum_errors"],
+                "io_errors": facts["io_errors"],
                 "up": up(n.id),
                 "maintenance": meta.node_state(n.id).maintenance,
                 "out": meta.node_state(n.id).out,
@@ -494,11 +549,38 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
                 .max_by_key(|s| health_rank(s))
                 .unwrap_or("healthy")
                 .to_string();
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for sh in &shards {
+                *counts.entry(sh["state"].as_str().unwrap_or("unknown")).or_default() += 1;
+            }
+            let reason = shards
+                .iter()
+                .find(|sh| sh["state"].as_str() == Some(worst.as_str()))
+                .and_then(|sh| sh["reason"].as_str())
+                .map(|r| {
+                    let n = counts.get(worst.as_str()).copied().unwrap_or(0);
+                    format!("{n} of {} shard(s) {worst}; e.g. {r}", shards.len())
+                });
+            // A shard's data is as large as its fullest replica's copy.
+            let allocated: u64 = (0..rec.shards.len() as u32)
+                .map(|i| {
+                    per_node
+                        .values()
+                        .flatten()
+                        .filter_map(|r| r.2["allocated"][&rec.meta.name][i.to_string()].as_u64())
+                        .max()
+                        .unwrap_or(0)
+                })
+                .sum();
             json!({
                 "name": rec.meta.name,
                 "size": rec.meta.size,
                 "replicas": rec.replicas,
                 "state": worst,
+                "reason": reason,
+                "shard_states": counts,
+                "allocated_bytes": allocated,
+                "resizing": rec.resize.is_some(),
                 "shards": shards,
                 "attach_epoch": rec.attach_epoch,
                 "attached_to": rec.attachment.as_ref().map(|a| a.node),
@@ -521,8 +603,19 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
         .moves
         .values()
         .map(|m| {
+            let shard = volumes.iter().find_map(|v| {
+                v["shards"]
+                    .as_array()?
+                    .iter()
+                    .find(|sh| sh["group"].as_u64() == Some(m.group))
+                    .map(|sh| (v["name"].clone(), sh["index"].clone(), sh["reason"].clone()))
+            });
+            let (volume, index, status) = shard.unwrap_or_default();
             json!({
                 "group": m.group,
+                "volume": volume,
+                "shard": index,
+                "status": status,
                 "add": m.add,
                 "remove": m.remove,
                 "reason": format!("{:?}", m.reason).to_lowercase(),
@@ -531,8 +624,9 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut doc = json!({
         "node": c.node(),
+        "generated_unix": now,
         "moves": moves,
         "meta_leader": meta_group.map(|g| g.leader),
         "meta_voters": meta_group.map(|g| g.voters.clone()),
@@ -540,11 +634,119 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
         "nodes": nodes,
         "volumes": volumes,
         "nbd_addr": s.nbd_addr,
-    })
+    });
+    doc["health"] = super::health::assess(&doc, now);
+    doc
 }
 
-/// One node's replicas and the shard copies it receives.
-type NodeReplicas = (Vec<GroupStatus>, Vec<CopyStatus>);
+/// `GET /v1/status` of a node that runs alone: the same document with one
+/// node, volumes of one copy and no shards.
+pub fn standalone_status(s: &AdminState) -> Value {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let metas = s.store.list().unwrap_or_default();
+    let (mut checksum_errors, mut io_errors) = (0, 0);
+    for v in s.store.open_volumes() {
+        checksum_errors += v.stats().checksum_errors.load(Ordering::Relaxed);
+        io_errors += v.stats().io_errors.load(Ordering::Relaxed);
+    }
+    let volumes: Vec<Value> = metas
+        .iter()
+        .map(|m| {
+            let allocated = s
+                .store
+                .volume(&m.name)
+                .ok()
+                .and_then(|v| v.allocated_bytes().ok());
+            json!({
+                "name": m.name,
+                "size": m.size,
+                "replicas": 1,
+                "state": "healthy",
+                "reason": null,
+                "shard_states": {},
+                "allocated_bytes": allocated.unwrap_or(0),
+                "connections": s.metrics.connections(&m.name),
+                "shards": [],
+                "attached_to": null,
+            })
+        })
+        .collect();
+    let mut doc = json!({
+        "standalone": true,
+        "node": 0,
+        "generated_unix": now,
+        "moves": [],
+        "meta_leader": null,
+        "nodes": [{
+            "id": 0,
+            "state": "up",
+            "up": true,
+            "disk": s.store.disk_usage().ok(),
+            "checksum_errors": checksum_errors,
+            "io_errors": io_errors,
+            "replicas": volumes.len(),
+            "leaders": 0,
+            "nbd_addr": s.nbd_addr,
+        }],
+        "volumes": volumes,
+        "nbd_addr": s.nbd_addr,
+    });
+    doc["health"] = super::health::assess(&doc, now);
+    doc
+}
+
+/// A node's state as the status page shows it, and why: `down` (did not
+/// answer), `out` (down long enough that its replicas are re-created
+/// elsewhere), `draining`, `maintenance`, or `up`.
+fn node_state(
+    meta: &MetaState,
+    id: u64,
+    up: bool,
+    silent_secs: u64,
+    now: u64,
+) -> (&'static str, Option<String>) {
+    let st = meta.node_state(id);
+    let since = |secs: u64| format!("{} UTC", super::health::clock(now.saturating_sub(secs)));
+    match (up, st.out, st.draining, st.maintenance) {
+        (false, true, ..) => (
+            "out",
+            Some(format!(
+                "down since {} ({silent_secs} s without a word); marked out, so its replicas are re-created on other nodes",
+                since(silent_secs)
+            )),
+        ),
+        (false, false, _, maint) => (
+            "down",
+            Some(format!(
+                "not answering; last heard {silent_secs} s ago (since {}){}",
+                since(silent_secs),
+                if maint {
+                    "; in maintenance, so it is not marked out"
+                } else {
+                    "; marked out and healed if down longer than the down-out interval"
+                }
+            )),
+        ),
+        (true, _, true, _) => (
+            "draining",
+            Some(format!(
+                "draining: {} replica(s) left to move away",
+                meta.groups_on(id).len()
+            )),
+        ),
+        (true, _, _, true) => (
+            "maintenance",
+            Some("in maintenance: never marked out while down".into()),
+        ),
+        (true, ..) => ("up", None),
+    }
+}
+
+/// One node's replicas, the shard copies it receives, and its own facts
+/// (`node_facts`).
+type NodeReplicas = (Vec<GroupStatus>, Vec<CopyStatus>, Value);
 
 /// What a shard's health is judged from.
 struct ShardFacts<'a> {

@@ -4,6 +4,9 @@
 //! bad input, 404 unknown, 409 exists or busy, 503 no quorum, 500 otherwise).
 
 mod cluster;
+mod health;
+mod page;
+mod stats;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -35,6 +38,8 @@ pub struct AdminState {
     pub cluster: Option<Arc<Cluster>>,
     /// The Docker plugin's metrics, when it is served.
     pub plugin: Option<Arc<raftblock_volume_driver::docker::PluginMetrics>>,
+    /// The last 15 minutes of traffic.
+    pub stats: Arc<crate::stats::StatsHistory>,
 }
 
 /// An error reply: status plus `{"error": message}`.
@@ -79,7 +84,10 @@ pub(crate) struct CreateVolume {
 /// The admin router.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
+        .route("/", get(page::status_page))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/v1/status", get(status))
+        .route("/v1/stats", get(stats::stats))
         .route("/metrics", get(metrics))
         .route("/v1/volumes", get(list).post(create))
         .route("/v1/volumes/{name}", get(info).delete(delete))
@@ -135,6 +143,15 @@ fn need_cluster(s: &AdminState) -> Result<&Arc<Cluster>, ApiError> {
 async fn cluster_status(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
     let c = need_cluster(&s)?;
     Ok(Json(cluster::status(&s, c).await))
+}
+
+/// `GET /v1/status`: what `raftblock cluster status --json` prints and the
+/// status page shows; a node running alone answers for itself.
+async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
+    match &s.cluster {
+        Some(c) => Json(cluster::status(&s, c).await),
+        None => Json(cluster::standalone_status(&s)),
+    }
 }
 
 async fn cluster_local(State(s): State<Arc<AdminState>>) -> Result<Json<Value>, ApiError> {
@@ -366,6 +383,23 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         env!("CARGO_PKG_VERSION"),
         s.store.engine().kind()
     );
+    if let Ok(d) = s.store.disk_usage() {
+        for (name, help, value) in [
+            (
+                "raftblock_disk_total_bytes",
+                "Size of the filesystem holding this node's data directory.",
+                d.total_bytes,
+            ),
+            (
+                "raftblock_disk_avail_bytes",
+                "Free space on that filesystem available to the daemon.",
+                d.avail_bytes,
+            ),
+        ] {
+            metric_header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     let metas = s.store.list().unwrap_or_default();
     metric_header(
         &mut out,
@@ -462,6 +496,20 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         );
     }
     if let Some(c) = &s.cluster {
+        metric_header(
+            &mut out,
+            "raftblock_node_up",
+            "gauge",
+            "Whether this node heard from each member of the cluster within the last 5 s (1) or not (0); itself included.",
+        );
+        let live = c.live_nodes();
+        for id in c.view().meta().nodes.keys() {
+            let _ = writeln!(
+                out,
+                "raftblock_node_up{{node=\"{id}\"}} {}",
+                u8::from(live.contains(id))
+            );
+        }
         shard_states(&mut out, c).await;
         let recovery = c.recovery();
         let copies = recovery.status();

@@ -24,7 +24,7 @@ pub use engine::{Engine, EngineKind};
 pub use error::{Result, StorageError};
 pub use io::{zeros, Extent, ReadSegment, VolumeIo, ZeroMode, ZERO_RUN};
 pub use logged::LogRef;
-pub use store::ChunkStore;
+pub use store::{ChunkStore, DiskUsage};
 pub use volume::{LocalVolume, LoggedSummary, VolumeStats};
 pub use wal::{EntryBytes, TailBytes, Wal, WalBatch, WalError, WalOptions};
 

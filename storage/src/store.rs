@@ -19,6 +19,17 @@ pub struct ChunkStore {
     open: RwLock<HashMap<String, Arc<LocalVolume>>>,
 }
 
+/// Space on the filesystem of the data directory.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct DiskUsage {
+    /// Its size.
+    pub total_bytes: u64,
+    /// Free to this (unprivileged) process.
+    pub avail_bytes: u64,
+    /// Free in all (root's reserve included): `total - free` is used.
+    pub free_bytes: u64,
+}
+
 /// A counted reference to an open volume; deleting waits for none to remain.
 pub struct VolumeHandle {
     volume: Arc<LocalVolume>,
@@ -64,6 +75,26 @@ impl ChunkStore {
     /// The data directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Size and free space of the filesystem holding the data directory
+    /// (what an operator watches to see a node filling up).
+    pub fn disk_usage(&self) -> std::io::Result<DiskUsage> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: statvfs fills the zeroed struct we pass; the path is a
+        // valid NUL-terminated string that outlives the call.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let unit = st.f_frsize as u64;
+        Ok(DiskUsage {
+            total_bytes: st.f_blocks as u64 * unit,
+            avail_bytes: st.f_bavail as u64 * unit,
+            free_bytes: st.f_bfree as u64 * unit,
+        })
     }
 
     /// The I/O engine in use.

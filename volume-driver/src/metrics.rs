@@ -39,8 +39,9 @@ const OPS: [(&str, Op); 7] = [
     ("other", Op::Other),
 ];
 
-/// Histogram bucket upper bounds, in seconds.
-const BUCKETS: [f64; 14] = [
+/// Latency histogram bucket upper bounds, in seconds (the last bucket,
+/// `+Inf`, is implied).
+pub const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 
@@ -83,6 +84,129 @@ impl VolumeCounters {
     /// Requests completed for `op`.
     pub fn requests(&self, op: Op) -> u64 {
         self.ops[op as usize].requests.load(Ordering::Relaxed)
+    }
+}
+
+/// What one series of requests added up to: counts, bytes, and the latency
+/// histogram (one count per [`BUCKETS`] bound, not cumulative, plus one
+/// for slower requests). Sums and differences of these merge nodes and
+/// time steps exactly, quantiles included.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OpTotals {
+    /// Requests completed.
+    pub requests: u64,
+    /// Of which answered with an error.
+    pub errors: u64,
+    /// Bytes read or written.
+    pub bytes: u64,
+    /// Requests per latency bucket.
+    pub buckets: Vec<u64>,
+}
+
+impl OpTotals {
+    fn of(s: &OpSeries) -> OpTotals {
+        let mut t = OpTotals::default();
+        t.add_series(s);
+        t
+    }
+
+    fn add_series(&mut self, s: &OpSeries) {
+        self.requests += s.requests.load(Ordering::Relaxed);
+        self.errors += s.errors.load(Ordering::Relaxed);
+        self.bytes += s.bytes.load(Ordering::Relaxed);
+        self.buckets.resize(BUCKETS.len() + 1, 0);
+        let mut counted = 0;
+        for (i, b) in s.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            self.buckets[i] += n;
+            counted += n;
+        }
+        // Requests slower than the last bound are counted only in `requests`.
+        let reqs = s.requests.load(Ordering::Relaxed);
+        self.buckets[BUCKETS.len()] += reqs.saturating_sub(counted);
+    }
+
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &OpTotals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.bytes += other.bytes;
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+    }
+
+    /// What was added since `earlier` (zero where a counter went back, as
+    /// after a restart).
+    pub fn since(&self, earlier: &OpTotals) -> OpTotals {
+        OpTotals {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// The latency below which a fraction `q` of these requests finished,
+    /// in seconds, interpolated within its bucket as Prometheus'
+    /// `histogram_quantile` does; `None` without requests.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            if *n > 0 && (below + n) as f64 >= rank {
+                let lo = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+                let Some(&hi) = BUCKETS.get(i) else {
+                    // Past the last bound: all we know is "slower than it".
+                    return Some(lo);
+                };
+                return Some(lo + (hi - lo) * (rank - below as f64) / *n as f64);
+            }
+            below += n;
+        }
+        BUCKETS.last().copied()
+    }
+}
+
+/// One volume's requests on one node, by kind: reads; writes (write, write
+/// zeroes, trim); everything else (flush, block status, cache).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeTotals {
+    /// NBD_CMD_READ.
+    pub read: OpTotals,
+    /// NBD_CMD_WRITE, WRITE_ZEROES and TRIM.
+    pub write: OpTotals,
+    /// The rest.
+    pub other: OpTotals,
+}
+
+impl VolumeTotals {
+    /// Adds `o` to these.
+    pub fn add(&mut self, o: &VolumeTotals) {
+        self.read.add(&o.read);
+        self.write.add(&o.write);
+        self.other.add(&o.other);
+    }
+
+    /// What was added since `earlier`.
+    pub fn since(&self, earlier: &VolumeTotals) -> VolumeTotals {
+        VolumeTotals {
+            read: self.read.since(&earlier.read),
+            write: self.write.since(&earlier.write),
+            other: self.other.since(&earlier.other),
+        }
     }
 }
 
@@ -130,6 +254,26 @@ impl NbdMetrics {
         self.volume(volume)
             .connections
             .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Every volume's counters as they are now.
+    pub fn totals(&self) -> BTreeMap<String, VolumeTotals> {
+        let vols = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        vols.iter()
+            .map(|(name, c)| {
+                let mut t = VolumeTotals {
+                    read: OpTotals::of(&c.ops[Op::Read as usize]),
+                    write: OpTotals::of(&c.ops[Op::Write as usize]),
+                    other: OpTotals::default(),
+                };
+                t.write.add_series(&c.ops[Op::WriteZeroes as usize]);
+                t.write.add_series(&c.ops[Op::Trim as usize]);
+                for op in [Op::Flush, Op::BlockStatus, Op::Other] {
+                    t.other.add_series(&c.ops[op as usize]);
+                }
+                (name.clone(), t)
+            })
+            .collect()
     }
 
     /// Appends the Prometheus text for every volume to `out`.
@@ -253,5 +397,37 @@ mod tests {
         assert!(out.contains("raftblock_nbd_request_duration_seconds_bucket{volume=\"v1\",op=\"write\",le=\"0.0005\"} 1"));
         assert!(out
             .contains("raftblock_nbd_request_duration_seconds_count{volume=\"v1\",op=\"read\"} 1"));
+    }
+
+    #[test]
+    fn totals_merge_and_give_quantiles() {
+        let m = NbdMetrics::default();
+        let c = m.volume("v1");
+        for _ in 0..98 {
+            c.record(Op::Write, 4096, Duration::from_micros(200), true);
+        }
+        c.record(Op::WriteZeroes, 0, Duration::from_millis(3), true);
+        c.record(Op::Trim, 0, Duration::from_secs(60), true);
+        c.record(Op::Flush, 0, Duration::from_millis(1), true);
+        let before = m.totals()["v1"].clone();
+        assert_eq!(before.write.requests, 100);
+        assert_eq!(before.other.requests, 1);
+        assert_eq!(before.write.buckets.iter().sum::<u64>(), 100);
+        // The slowest request is past every bound: counted in the last.
+        assert_eq!(before.write.buckets[BUCKETS.len()], 1);
+        // p50 falls in the (100 µs, 250 µs] bucket, p99 at the 3 ms one.
+        let p50 = before.write.quantile(0.5).expect("requests");
+        assert!(p50 > 0.0001 && p50 <= 0.00025, "{p50}");
+        let p99 = before.write.quantile(0.99).expect("requests");
+        assert!(p99 > 0.0025 && p99 <= 0.005, "{p99}");
+        c.record(Op::Read, 65536, Duration::from_millis(20), true);
+        let delta = m.totals()["v1"].since(&before);
+        assert_eq!(delta.read.requests, 1);
+        assert_eq!(delta.read.bytes, 65536);
+        assert_eq!(delta.write.requests, 0);
+        let mut sum = before.clone();
+        sum.add(&delta);
+        assert_eq!(sum, m.totals()["v1"]);
+        assert_eq!(OpTotals::default().quantile(0.99), None);
     }
 }

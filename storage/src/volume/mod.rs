@@ -325,8 +325,14 @@ impl LocalVolume {
     /// Bytes of blocks that hold data (sparse allocation), over open chunks
     /// and chunk files on disk.
     pub fn allocated_bytes(&self) -> Result<u64> {
+        Ok(self.allocated_by_chunk()?.iter().map(|(_, b)| b).sum())
+    }
+
+    /// Bytes allocated in each chunk that has a file here, by chunk index
+    /// (what a shard's replica holds is the sum over its chunks).
+    pub fn allocated_by_chunk(&self) -> Result<Vec<(u64, u64)>> {
         let chunks = self.size().div_ceil(self.meta.chunk_size);
-        let mut total = 0;
+        let mut out = Vec::new();
         for i in 0..chunks {
             if let Some(c) = self.chunk(i, false)? {
                 let blocks = self.meta.chunk_size / BLOCK_SIZE;
@@ -336,10 +342,10 @@ impl LocalVolume {
                     .iter()
                     .filter(|(b, _)| c.slot(*b) == HOLE)
                     .count() as u64;
-                total += (c.allocated_blocks() + logged_holes) * BLOCK_SIZE;
+                out.push((i, (c.allocated_blocks() + logged_holes) * BLOCK_SIZE));
             }
         }
-        Ok(total)
+        Ok(out)
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
