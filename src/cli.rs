@@ -29,12 +29,30 @@ enum Command {
     Cluster(ClusterArgs),
     /// Act on a node of the cluster.
     Node(NodeArgs),
+    /// A live view of every volume's IOPS, throughput and latency across
+    /// the cluster (Ctrl-C to stop).
+    Top(TopArgs),
     /// Print the completion script for a shell, e.g.
     /// `raftblock completions bash > /etc/bash_completion.d/raftblock`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Args, Debug)]
+struct TopArgs {
+    #[command(flatten)]
+    admin: AdminAddr,
+    /// Time between screens, e.g. 2s or 500ms.
+    #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+    interval: std::time::Duration,
+    /// Stop after this many screens (default: until Ctrl-C).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Order of the rows.
+    #[arg(long, value_enum, default_value = "iops")]
+    sort: crate::top::SortBy,
 }
 
 #[derive(Args, Debug)]
@@ -54,6 +72,12 @@ enum Switch {
 
 #[derive(Subcommand, Debug)]
 enum NodeCommand {
+    /// The cluster's nodes: state and why, disk use, replicas and leaders.
+    List {
+        /// Print JSON (the `nodes` of `cluster status --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Put a node in maintenance (`on`: it is never marked out while it is
     /// down, like Ceph's noout) or take it out of maintenance (`off`).
     Maintenance {
@@ -254,13 +278,14 @@ pub fn run(cli: Cli) -> Result<()> {
             rt.block_on(crate::daemon::serve_until_signal(*args))
         }
         Command::Demo(args) => {
-            crate::daemon::init_logging();
+            // The demo sets up its own logging: to a file unless --verbose.
             let rt = crate::daemon::runtime(None)?;
             rt.block_on(crate::demo::run(args))
         }
         Command::Volume(v) => volume(v),
         Command::Cluster(c) => cluster(c),
         Command::Node(n) => node(n),
+        Command::Top(t) => crate::top::run(&t.admin.server, t.interval, t.count, t.sort),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -276,6 +301,15 @@ pub fn run(cli: Cli) -> Result<()> {
 fn node(n: NodeArgs) -> Result<()> {
     let client = AdminClient::new(&n.admin.server);
     match n.command {
+        NodeCommand::List { json } => {
+            let st = client.cluster_status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st["nodes"])?);
+            } else {
+                print!("{}", crate::status::render_nodes(&st));
+            }
+            Ok(())
+        }
         NodeCommand::Maintenance { id, state } => {
             let on = matches!(state, Switch::On);
             client.post(

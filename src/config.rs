@@ -229,4 +229,12 @@ pub struct DemoArgs {
     /// Docker volume plugin socket served by node 1 (`off`: none).
     #[arg(long, default_value = raftblock_volume_driver::docker::DEFAULT_SOCKET)]
     pub plugin_socket: String,
+    /// Show the nodes' logs here instead of writing them to
+    /// `raftblock.log` in the demo's directory.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Keep the nodes' data and logs in this directory (kept afterwards)
+    /// instead of a temporary one removed at exit.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
 }

@@ -16,23 +16,42 @@ use raftblock_volume_driver::{ExportCatalog, ExportInfo, NbdMetrics, NbdServer, 
 use crate::admin::{self, AdminState};
 use crate::config::ServeArgs;
 use crate::docker_volumes::ClusterVolumes;
-use crate::stats::StatsHistory;
 use crate::replication::{self, ClusterExports, ClusterNode};
+use crate::stats::StatsHistory;
 use raftblock_volume_driver::docker::{self, Plugin, PluginMetrics};
 
 /// How long in-flight NBD requests may take to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Sets up `tracing` output on stderr (filter from RAFTBLOCK_LOG or RUST_LOG).
-pub fn init_logging() {
+fn log_filter() -> tracing_subscriber::EnvFilter {
     let filter = std::env::var("RAFTBLOCK_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info,sled=warn".to_string());
+    tracing_subscriber::EnvFilter::new(filter)
+}
+
+/// Sets up `tracing` output on stderr (filter from RAFTBLOCK_LOG or RUST_LOG).
+pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Sends `tracing` output to the end of the file `path` instead.
+pub fn init_logging_to(path: &std::path::Path) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the log file {}", path.display()))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init();
+    Ok(())
 }
 
 /// A tokio runtime with `workers` threads (default: one per core).

@@ -33,13 +33,37 @@ const NODES: u64 = 3;
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let size = parse_size(&args.size).context("--size")?;
-    if size < CHECK_BYTES {
-        bail!("--size must be at least 64M for the self-check");
+    if size < 2 * CHECK_BYTES {
+        // The self-check writes 64 MiB and reads unwritten space after it.
+        bail!("--size must be at least 128M for the self-check");
     }
-    let dir = tempfile::Builder::new()
-        .prefix("raftblock-demo-")
-        .tempdir()
-        .context("creating a temporary data directory")?;
+    let (dir, _tmp) = match &args.dir {
+        Some(d) => {
+            if d.join("node1").exists() {
+                bail!(
+                    "{} already holds a demo cluster; pass an empty or new directory to --dir",
+                    d.display()
+                );
+            }
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("creating the demo directory {}", d.display()))?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("raftblock-demo-")
+                .tempdir()
+                .context("creating a temporary data directory")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let log = dir.join("raftblock.log");
+    if args.verbose {
+        crate::daemon::init_logging();
+    } else {
+        crate::daemon::init_logging_to(&log)?;
+    }
+    println!("raftblock demo: starting a {NODES}-node cluster on this machine…");
     // Addresses first: every node needs the whole member list.
     let mut listen = Vec::new();
     for i in 0..NODES {
@@ -49,7 +73,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut nodes = Vec::new();
     for (id, raft) in &listen {
         let i = (*id - 1) as u16;
-        let mut serve = ServeArgs::new(dir.path().join(format!("node{id}")));
+        let mut serve = ServeArgs::new(dir.join(format!("node{id}")));
         serve.node_id = Some(*id);
         serve.listen = *raft;
         serve.peers = listen.clone();
@@ -79,10 +103,6 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .map(|n| tokio::spawn(n.run(stop_rx.clone())))
         .collect();
 
-    println!(
-        "raftblock demo: a {NODES}-node cluster on loopback in {}",
-        dir.path().display()
-    );
     let t = Instant::now();
     let admin0 = admin[0].to_string();
     let vol = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
@@ -101,29 +121,73 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     })
     .await??;
+    let kept = if args.dir.is_some() {
+        "kept"
+    } else {
+        "removed at exit"
+    };
+    println!();
     println!(
-        "volume `demo`: {}, {} replicas, {} shards (created {:.1} s after start)",
+        "  cluster   {NODES} nodes on {}, data in {} ({kept}), ready in {:.1} s",
+        admin[0].ip(),
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "  volume    demo: {}, {} replicas, {} shards",
         human(size),
         vol["replicas"],
         vol["shards"].as_array().map(|a| a.len()).unwrap_or(0),
-        t.elapsed().as_secs_f64()
     );
-    for (i, (n, a)) in nbd.iter().zip(&admin).enumerate() {
-        println!("node {}: nbd://{n}/demo   admin http://{a}", i + 1);
+    for (i, n) in nbd.iter().enumerate() {
+        let label = if i == 0 { "  NBD      " } else { "           " };
+        println!("{label} nbd://{n}/demo   (node {})", i + 1);
     }
+    println!(
+        "  status    http://{}/   (open it in a browser; every node serves it: {})",
+        admin[0],
+        admin[1..]
+            .iter()
+            .map(|a| format!("http://{a}/"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if args.verbose {
+        println!("  logs      on this terminal (--verbose)");
+    } else {
+        println!(
+            "  logs      {}   (--verbose shows them here)",
+            log.display()
+        );
+    }
+    println!();
 
     let check = self_check(nbd[0], &nbd[1..]).await;
     match &check {
-        Ok(()) => println!("self-check:    PASSED"),
-        Err(e) => println!("self-check:    FAILED: {e:#}"),
+        Ok(c) => println!(
+            "self-check PASSED: wrote {} of random data through node 1 at {:.0} MiB/s, flushed, then read it back through node 2 ({:.0} MiB/s) and node 3 ({:.0} MiB/s): every byte matched, and unwritten space reads as zeros.",
+            human(CHECK_BYTES),
+            c.write_mib_s,
+            c.read_mib_s[0],
+            c.read_mib_s[1],
+        ),
+        Err(e) => println!("self-check FAILED: {e:#}"),
     }
-    if check.is_ok() && !args.exit {
+    if check.is_err() && args.dir.is_none() && !args.verbose {
+        if let Some(t) = _tmp {
+            // Keep the evidence: the logs say why.
+            let kept = t.keep();
+            println!("the demo's data and logs are kept in {}", kept.display());
+        }
+    } else if check.is_ok() && !args.exit {
         let (uri, a) = (format!("nbd://{}/demo", nbd[1]), admin[0]);
         println!();
-        println!("Try it (the cluster stays up until Ctrl-C):");
+        println!("Try next (the cluster runs until Ctrl-C):");
+        println!("  open http://{a}/ in a browser");
         println!("  nbdinfo {uri}");
         println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' {uri}");
         println!("  fio --name=t --ioengine=nbd --uri={uri} --rw=randwrite --bs=4k --iodepth=32 --size=256M --verify=crc32c");
+        println!("  raftblock top --server {a}");
         println!("  raftblock cluster status --server {a}");
         println!("  raftblock volume list --server {a}");
         if args.plugin_socket != "off" {
@@ -136,10 +200,22 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for t in tasks {
         t.await??;
     }
-    check
+    check.map(|_| ())
 }
 
+/// What the self-check measured.
+struct CheckFigures {
+    write_mib_s: f64,
+    /// Per node read back from.
+    read_mib_s: Vec<f64>,
+}
+
+/// Node `i`'s port: the next ones after the one asked for, or any free
+/// port for each node when port 0 is asked for.
 fn port_plus(a: SocketAddr, i: u16) -> SocketAddr {
+    if a.port() == 0 {
+        return a;
+    }
     SocketAddr::new(a.ip(), a.port().saturating_add(i))
 }
 
@@ -153,7 +229,7 @@ async fn free_port(want: SocketAddr) -> Result<SocketAddr> {
 
 /// Writes through `write_to`, then reads everything back through each of
 /// `read_from` (other nodes, so reads are forwarded to the shard leaders).
-async fn self_check(write_to: SocketAddr, read_from: &[SocketAddr]) -> Result<()> {
+async fn self_check(write_to: SocketAddr, read_from: &[SocketAddr]) -> Result<CheckFigures> {
     let mut data = vec![0u8; CHECK_BYTES as usize];
     rand::rngs::StdRng::seed_from_u64(0x5eed).fill_bytes(&mut data);
     let mut c = NbdClient::connect(write_to, "demo")
@@ -180,18 +256,18 @@ async fn self_check(write_to: SocketAddr, read_from: &[SocketAddr]) -> Result<()
     let wsecs = t.elapsed().as_secs_f64();
     c.disconnect().await?;
     let mib = CHECK_BYTES as f64 / (1 << 20) as f64;
-    println!(
-        "self-check:    wrote {} through {write_to} in 1 MiB requests (depth {DEPTH}) at {:.0} MiB/s, flushed",
-        human(CHECK_BYTES),
-        mib / wsecs
-    );
+    let mut figures = CheckFigures {
+        write_mib_s: mib / wsecs,
+        read_mib_s: Vec::new(),
+    };
     for addr in read_from {
-        read_back(*addr, &data).await?;
+        figures.read_mib_s.push(read_back(*addr, &data).await?);
     }
-    Ok(())
+    Ok(figures)
 }
 
-async fn read_back(addr: SocketAddr, data: &[u8]) -> Result<()> {
+/// Reads `data` back through `addr` and checks it; returns the MiB/s.
+async fn read_back(addr: SocketAddr, data: &[u8]) -> Result<f64> {
     let mut c = NbdClient::connect(addr, "demo")
         .await
         .context("connecting over NBD")?;
@@ -225,11 +301,8 @@ async fn read_back(addr: SocketAddr, data: &[u8]) -> Result<()> {
         bail!("unwritten range did not read as zeros");
     }
     c.disconnect().await?;
-    let mib = CHECK_BYTES as f64 / (1 << 20) as f64;
-    println!(
-        "self-check:    read back and verified {} through {addr} at {:.0} MiB/s; unwritten range reads as zeros",
-        human(verified),
-        mib / rsecs
-    );
-    Ok(())
+    if verified != CHECK_BYTES {
+        bail!("read back {verified} bytes of {CHECK_BYTES} through {addr}");
+    }
+    Ok(CHECK_BYTES as f64 / (1 << 20) as f64 / rsecs)
 }

@@ -16,6 +16,7 @@ mod replication;
 pub mod size;
 mod stats;
 mod status;
+mod top;
 
 use clap::Parser;
 

@@ -188,8 +188,10 @@ impl Series {
         self.write_iops.push(v.write.requests as f64 / secs);
         self.read_bytes_per_sec.push(v.read.bytes as f64 / secs);
         self.write_bytes_per_sec.push(v.write.bytes as f64 / secs);
-        self.read_p99_ms.push(v.read.quantile(0.99).map(|s| s * 1e3));
-        self.write_p99_ms.push(v.write.quantile(0.99).map(|s| s * 1e3));
+        self.read_p99_ms
+            .push(v.read.quantile(0.99).map(|s| s * 1e3));
+        self.write_p99_ms
+            .push(v.write.quantile(0.99).map(|s| s * 1e3));
         let errors = v.read.errors + v.write.errors + v.other.errors;
         self.errors_per_sec.push(errors as f64 / secs);
     }
@@ -378,7 +380,7 @@ mod tests {
         assert_eq!(parse_window("300"), Ok(Duration::from_secs(300)));
         assert!(parse_window("2h").is_err());
         assert!(parse_window("0m").is_err());
-        assert!(parse_window("5d").unwrap_err().contains("unit"));
+        assert!(parse_window("5d").expect_err("days").contains("unit"));
         assert!(parse_window("m").is_err());
     }
 }

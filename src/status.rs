@@ -1,5 +1,7 @@
-//! Text rendering of `raftblock cluster status` from the JSON the admin API
-//! returns: a node table, then one line per shard replica.
+//! Text rendering of `raftblock cluster status` and `node list` from the
+//! status document the admin API returns (`GET /v1/status`, which the
+//! status page shows too): health and alerts, a node table, then one line
+//! per shard replica.
 
 use serde_json::Value;
 use std::fmt::Write;
@@ -14,50 +16,35 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// Renders the status JSON as text.
+/// Renders the status JSON as text: health and alerts, nodes, volumes.
 pub fn render(st: &Value) -> String {
     let mut out = String::new();
+    let health = &st["health"];
     let _ = writeln!(
         out,
-        "cluster seen from node {} (meta leader: {})",
+        "HEALTH: {}   (cluster seen from node {}, metadata leader: {})",
+        s(&health["status"]).to_uppercase(),
         s(&st["node"]),
         s(&st["meta_leader"])
     );
-    let _ = writeln!(out, "\nNODES");
-    let _ = writeln!(
-        out,
-        "{:<6} {:<16} {:<22} {:<22} {:<22}",
-        "ID", "STATE", "RAFT", "NBD", "ADMIN"
-    );
-    for n in st["nodes"].as_array().into_iter().flatten() {
-        let mut state = if n["up"].as_bool() == Some(true) {
-            "up".to_string()
-        } else {
-            "down".to_string()
-        };
-        if n["out"].as_bool() == Some(true) {
-            state.push_str(",out");
-        }
-        if n["maintenance"].as_bool() == Some(true) {
-            state.push_str(",maint");
-        }
+    for a in health["alerts"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<6} {:<16} {:<22} {:<22} {:<22}",
-            s(&n["id"]),
-            state,
-            s(&n["raft_addr"]),
-            s(&n["nbd_addr"]),
-            s(&n["admin_addr"])
+            "  {:<7} {}",
+            s(&a["severity"]).to_uppercase(),
+            s(&a["message"])
         );
     }
+    let _ = writeln!(out, "\nNODES");
+    out.push_str(&render_nodes(st));
     for v in st["volumes"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "\nVOLUME {} [{}] ({}, {} replica(s){})",
+            "\nVOLUME {} [{}] ({}, {} allocated, {} replica(s){})",
             s(&v["name"]),
             s(&v["state"]),
             human(v["size"].as_u64().unwrap_or(0)),
+            human(v["allocated_bytes"].as_u64().unwrap_or(0)),
             s(&v["replicas"]),
             match v["attached_to"].as_u64() {
                 Some(n) => format!(", attached on node {n}, epoch {}", s(&v["attach_epoch"])),
@@ -94,6 +81,45 @@ pub fn render(st: &Value) -> String {
                     s(&sh["state"])
                 );
             }
+        }
+    }
+    out
+}
+
+/// The node table of the status JSON: state, disk, replicas, leaders,
+/// addresses, and why a node is not simply up.
+pub fn render_nodes(st: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<6} {:<12} {:<22} {:>8} {:>8} {:<22} {:<22}",
+        "ID", "STATE", "DISK USED", "REPLICAS", "LEADERS", "NBD", "ADMIN"
+    );
+    for n in st["nodes"].as_array().into_iter().flatten() {
+        let disk = match (
+            n["disk"]["total_bytes"].as_u64(),
+            n["disk"]["avail_bytes"].as_u64(),
+        ) {
+            (Some(total), Some(avail)) if total > 0 => format!(
+                "{:.0}% of {}",
+                (total - avail.min(total)) as f64 * 100.0 / total as f64,
+                human(total)
+            ),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<12} {:<22} {:>8} {:>8} {:<22} {:<22}",
+            s(&n["id"]),
+            s(&n["state"]),
+            disk,
+            s(&n["replicas"]),
+            s(&n["leaders"]),
+            s(&n["nbd_addr"]),
+            s(&n["admin_addr"])
+        );
+        if let Some(reason) = n["reason"].as_str() {
+            let _ = writeln!(out, "       {reason}");
         }
     }
     out

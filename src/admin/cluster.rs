@@ -383,7 +383,9 @@ fn node_facts(s: &AdminState, c: &Cluster) -> Value {
         let layout = raftblock_consensus::ShardLayout::new(v.meta(), rec.shards.len() as u32);
         let per_shard = allocated.entry(name.clone()).or_default();
         for (chunk, bytes) in v.allocated_by_chunk().unwrap_or_default() {
-            *per_shard.entry(layout.shard_of_chunk(chunk).index).or_default() += bytes;
+            *per_shard
+                .entry(layout.shard_of_chunk(chunk).index)
+                .or_default() += bytes;
         }
     }
     let (mut checksum_errors, mut io_errors) = (0, 0);

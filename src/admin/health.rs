@@ -112,7 +112,10 @@ pub fn assess(doc: &Value, now: u64) -> Value {
         add(
             severity,
             kind,
-            format!("volume {name} is {}: {reason}", v["state"].as_str().unwrap_or("")),
+            format!(
+                "volume {name} is {}: {reason}",
+                v["state"].as_str().unwrap_or("")
+            ),
             json!({ "volume": name }),
         );
     }
@@ -218,7 +221,13 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            ["node_down", "checksum_errors", "disk_full", "volume_degraded", "rebuild_stalled"]
+            [
+                "node_down",
+                "checksum_errors",
+                "disk_full",
+                "volume_degraded",
+                "rebuild_stalled"
+            ]
         );
         assert_eq!(h["alerts"][0]["since_unix"], 958);
         assert!(h["alerts"][0]["message"]

@@ -26,6 +26,14 @@ use raftblock_storage::{ChunkStore, StorageError, VolumeMeta, DEFAULT_CHUNK_SIZE
 use raftblock_volume_driver::metrics::{header as metric_header, per_volume};
 use raftblock_volume_driver::NbdMetrics;
 
+/// The wall clock now, as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn clock_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{} UTC", health::clock(now))
+}
+
 /// What the admin handlers share.
 pub struct AdminState {
     /// The node's chunk store.

@@ -30,8 +30,7 @@ pub(super) async fn stats(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let window_text = q.window.unwrap_or_else(|| "15m".into());
-    let window =
-        parse_window(&window_text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let window = parse_window(&window_text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let here = s.stats.node_stats(window);
     let answer = match q.scope.as_deref() {
         Some("node") => serde_json::to_value(here),
@@ -40,12 +39,11 @@ pub(super) async fn stats(
             let mut unreachable = std::collections::BTreeMap::new();
             if let Some(c) = &s.cluster {
                 let ids: Vec<u64> = c.view().meta().nodes.keys().copied().collect();
-                let asked = super::cluster::ask_members(
-                    c,
-                    ids,
-                    Duration::from_secs(2),
-                    move |a| Ok(serde_json::from_value::<NodeStats>(a.stats(&window_text, true)?)?),
-                )
+                let asked = super::cluster::ask_members(c, ids, Duration::from_secs(2), move |a| {
+                    Ok(serde_json::from_value::<NodeStats>(
+                        a.stats(&window_text, true)?,
+                    )?)
+                })
                 .await;
                 for (id, r) in asked {
                     match r {

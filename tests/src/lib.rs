@@ -5,6 +5,7 @@
 //! rule for external tools: a missing tool skips the test with a message, or
 //! fails it when `RAFTBLOCK_REQUIRE_TOOLS=1` (as in CI).
 
+pub mod browser;
 pub mod chaos;
 pub mod cluster;
 pub mod docker;
