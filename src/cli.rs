@@ -461,7 +461,16 @@ fn volume(v: VolumeArgs) -> Result<()> {
             allow_shrink,
         } => {
             let size = parse_size(&size).context("--size")?;
-            let v = client.resize_volume(&name, size, allow_shrink)?;
+            let (server, vol) = (v_server.clone(), name.clone());
+            let v = crate::progress::follow(
+                &v_server,
+                &name,
+                &format!(
+                    "resizing {name} to {} (every shard applies it)",
+                    human(size)
+                ),
+                move || AdminClient::new(&server).resize_volume(&vol, size, allow_shrink),
+            )?;
             println!(
                 "volume {name} is now {}",
                 human(v["size"].as_u64().unwrap_or(size))
@@ -473,8 +482,11 @@ fn volume(v: VolumeArgs) -> Result<()> {
         }
         VolumeCommand::Scrub { name, json } => {
             // Every node reads its whole copy: no 60 s limit.
-            let v = AdminClient::with_timeout(&v_server, std::time::Duration::from_secs(24 * 3600))
-                .scrub_volume(&name)?;
+            let (server, vol) = (v_server.clone(), name.clone());
+            let v = crate::progress::follow(&v_server, &name, "scrubbing", move || {
+                AdminClient::with_timeout(&server, std::time::Duration::from_secs(24 * 3600))
+                    .scrub_volume(&vol)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -507,8 +519,11 @@ fn volume(v: VolumeArgs) -> Result<()> {
             }
         }
         VolumeCommand::Verify { name, json } => {
-            let v = AdminClient::with_timeout(&v_server, std::time::Duration::from_secs(24 * 3600))
-                .verify_volume(&name)?;
+            let (server, vol) = (v_server.clone(), name.clone());
+            let v = crate::progress::follow(&v_server, &name, "comparing replicas", move || {
+                AdminClient::with_timeout(&server, std::time::Duration::from_secs(24 * 3600))
+                    .verify_volume(&vol)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -12,6 +12,7 @@ mod daemon;
 mod demo;
 mod docker_volumes;
 mod drain;
+mod progress;
 mod replication;
 pub mod size;
 mod stats;

@@ -25,6 +25,7 @@ mod meta_client;
 pub use meta_client::VolumeSpec;
 pub mod node_watch;
 pub mod peer_storage;
+pub mod progress;
 pub mod read_lease;
 pub mod recovery;
 pub mod repair;

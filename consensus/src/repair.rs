@@ -84,6 +84,7 @@ impl Cluster {
             .map(|(i, _)| rec.shard_chunks(i as u32).len() as u64)
             .sum();
         let mut last_report = Instant::now();
+        let progress = crate::progress::Running::start(self.node(), "scrub", name, mine, "chunks");
         for (index, nodes) in rec.shards.iter().enumerate() {
             if !nodes.contains(&self.node()) {
                 continue;
@@ -91,6 +92,7 @@ impl Cluster {
             let group = crate::meta::shard_group(rec.meta.id, index as u32);
             for chunk in rec.shard_chunks(index as u32) {
                 report.chunks += 1;
+                progress.advance(1);
                 if last_report.elapsed() >= Duration::from_secs(10) {
                     last_report = Instant::now();
                     tracing::info!(

@@ -113,9 +113,18 @@ impl Cluster {
             ..VerifyReport::default()
         };
         let started = Instant::now();
+        let compared = |index: usize| {
+            !led_here_only
+                || self.view().leader(shard_group(rec.meta.id, index as u32)) == Some(self.node())
+        };
+        let total: u64 = (0..rec.shards.len())
+            .filter(|i| compared(*i))
+            .map(|i| rec.shard_chunks(i as u32).len() as u64)
+            .sum();
+        let progress =
+            crate::progress::Running::start(self.node(), "verify", name, total, "chunks");
         for (index, replicas) in rec.shards.iter().enumerate() {
-            let group = shard_group(rec.meta.id, index as u32);
-            if led_here_only && self.view().leader(group) != Some(self.node()) {
+            if !compared(index) {
                 continue;
             }
             let chunks = rec.shard_chunks(index as u32);
@@ -127,6 +136,7 @@ impl Cluster {
             {
                 report.skipped.push(format!("shard {index}: {e}"));
             }
+            progress.advance(chunks.len() as u64);
         }
         tracing::info!(
             volume = name,

@@ -398,6 +398,7 @@ fn node_facts(s: &AdminState, c: &Cluster) -> Value {
         "allocated": allocated,
         "checksum_errors": checksum_errors,
         "io_errors": io_errors,
+        "operations": raftblock_consensus::progress::running(c.node()),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }
@@ -626,9 +627,16 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
             })
         })
         .collect();
+    // Scrubs and verifies running anywhere, with their progress.
+    let operations: Vec<Value> = per_node
+        .values()
+        .flatten()
+        .flat_map(|r| r.2["operations"].as_array().cloned().unwrap_or_default())
+        .collect();
     let mut doc = json!({
         "node": c.node(),
         "generated_unix": now,
+        "operations": operations,
         "moves": moves,
         "meta_leader": meta_group.map(|g| g.leader),
         "meta_voters": meta_group.map(|g| g.voters.clone()),
