@@ -619,17 +619,25 @@ fn measure(
     // the target's processes used during it.
     let mut runs: Vec<(Workload, TargetKind, fio::FioResult, f64)> = Vec::new();
     let mut prefilled = false;
+    // One bar over every run, with an ETA; each result is printed above it.
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[{pos}/{len}] {msg} [{bar:30}] {elapsed} (ETA {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
     for round in 1..=set.rounds {
         for &workload in workloads {
             if workload.is_read() && !prefilled {
                 for t in tgts {
                     check_interrupted()?;
-                    eprint!(
-                        "prefill {} ({} MiB sequential 1M writes) ... ",
+                    bar.set_message(format!(
+                        "prefill {} ({} MiB sequential 1M writes)",
                         t.kind,
                         size >> 20
-                    );
-                    flush_stderr();
+                    ));
                     let started = Instant::now();
                     let out = dir.join(format!("fio-prefill-{}.json", t.kind));
                     let done = fio::prefill(&t.io, size, &out);
@@ -638,19 +646,16 @@ fn measure(
                     for s in servers.iter_mut() {
                         s.check_alive()?;
                     }
-                    eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+                    let secs = started.elapsed().as_secs_f64();
+                    bar.suspend(|| eprintln!("prefilled {} in {secs:.1} s", t.kind));
                 }
                 prefilled = true;
             }
             for t in tgts {
                 check_interrupted()?;
                 step += 1;
-                eprint!(
-                    "[{step}/{total}] round {round}: {} on {} ... ",
-                    workload.name(),
-                    t.kind
-                );
-                flush_stderr();
+                let what = format!("round {round}: {} on {}", workload.name(), t.kind);
+                bar.set_message(what.clone());
                 drop_page_cache();
                 let job = FioJob {
                     workload,
@@ -667,11 +672,19 @@ fn measure(
                 for s in servers.iter_mut() {
                     s.check_alive()?;
                 }
-                eprintln!("{:.0} IOPS, {:.1} MiB/s", res.iops, res.mib_s);
+                bar.inc(1);
+                // Printed whether or not the bar is drawn (stderr may be a file).
+                bar.suspend(|| {
+                    eprintln!(
+                        "[{step}/{total}] {what}: {:.0} IOPS, {:.1} MiB/s",
+                        res.iops, res.mib_s
+                    )
+                });
                 runs.push((workload, t.kind, res, cpu));
             }
         }
     }
+    bar.finish_and_clear();
     let mut rows: Vec<ResultRow> = Vec::new();
     let mut cpu_per_gib = Vec::new();
     for &workload in workloads {
