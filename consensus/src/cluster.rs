@@ -23,7 +23,7 @@ use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, VolumeIo};
 
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
 use crate::error::io_error;
-use crate::last_heard::{LastHeard, LeaseRenewals};
+use crate::last_heard::{LastHeard, LeaseRenewals, NodeChange};
 use crate::meta::shard_of_group;
 use crate::recovery::Recovery;
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
@@ -139,7 +139,9 @@ impl Cluster {
                 if Arc::strong_count(&watcher) == 1 {
                     return;
                 }
-                watcher.renewals.watch(&watcher.view.meta());
+                let meta = watcher.view.meta();
+                watcher.renewals.watch(&meta);
+                watcher.log_node_changes(&meta);
             }
         });
         let pinger = c.clone();
@@ -197,6 +199,42 @@ impl Cluster {
     /// if never).
     pub fn silent_for(&self, node: u64) -> Duration {
         self.heard.silent_for(node)
+    }
+
+    /// Logs each member node seen going down or coming back, once per
+    /// transition: the only word on the other nodes that one died.
+    fn log_node_changes(&self, meta: &crate::meta::MetaState) {
+        let members: Vec<u64> = meta.nodes.keys().copied().collect();
+        for (node, change) in self.heard.changes(&members) {
+            let addr = meta.nodes.get(&node).map(|n| n.raft_addr);
+            let addr = addr.map_or_else(String::new, |a| a.to_string());
+            match change {
+                NodeChange::Down {
+                    silent,
+                    ever_heard: true,
+                } => tracing::warn!(
+                    node,
+                    %addr,
+                    "node {node} is down: not heard from for {:.1} s",
+                    silent.as_secs_f64()
+                ),
+                NodeChange::Down {
+                    silent,
+                    ever_heard: false,
+                } => tracing::warn!(
+                    node,
+                    %addr,
+                    "node {node} is down: not heard from since this node started {:.1} s ago",
+                    silent.as_secs_f64()
+                ),
+                NodeChange::Back { after } => tracing::info!(
+                    node,
+                    %addr,
+                    "node {node} is back after {:.0} s",
+                    after.as_secs_f64()
+                ),
+            }
+        }
     }
 
     /// How long the attachment of `name` has gone without a renewal, by

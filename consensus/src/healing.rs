@@ -47,11 +47,7 @@ pub fn plan(meta: &MetaState, up: impl Fn(u64) -> bool, now_unix: u64) -> Vec<Me
     let mut load = replica_load(meta);
     let mut incoming: BTreeMap<u64, usize> = BTreeMap::new();
     for m in meta.moves.values() {
-        let stalled = !up(m.add) && now_unix.saturating_sub(m.since_unix) >= STALLED_TARGET_S;
-        let gone = !meta.takes_replicas(m.add) || stalled;
-        let back =
-            m.reason == MoveReason::Heal && m.remove.is_some_and(|r| !meta.node_state(r).out);
-        if gone || back {
+        if give_up(meta, m, &up, now_unix).is_some() {
             out.push(MetaCommand::EndMove {
                 group: m.group,
                 add: m.add,
@@ -97,6 +93,106 @@ pub fn plan(meta: &MetaState, up: impl Fn(u64) -> bool, now_unix: u64) -> Vec<Me
         out.extend(rebalance(meta, &load, &up, now_unix));
     }
     out
+}
+
+/// Why move `m` is to be given up now, if it is.
+pub fn give_up(
+    meta: &MetaState,
+    m: &ReplicaMove,
+    up: impl Fn(u64) -> bool,
+    now_unix: u64,
+) -> Option<&'static str> {
+    let s = meta.node_state(m.add);
+    if !meta.nodes.contains_key(&m.add) {
+        return Some("its target left the cluster");
+    }
+    if s.out {
+        return Some("its target was marked out");
+    }
+    if s.draining {
+        return Some("its target is draining");
+    }
+    if !up(m.add) && now_unix.saturating_sub(m.since_unix) >= STALLED_TARGET_S {
+        return Some("its target has been unheard since the move began");
+    }
+    let back = m.reason == MoveReason::Heal && m.remove.is_some_and(|r| !meta.node_state(r).out);
+    back.then_some("the replaced node is back in")
+}
+
+/// How a move ended, as the metadata leader saw it go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveEnd {
+    /// Its new replica is a voter, the replaced one gone.
+    Done,
+    /// Given up (the reason, when this node gave it up).
+    GivenUp(Option<&'static str>),
+    /// Its volume was deleted.
+    VolumeDeleted,
+}
+
+/// The metadata leader's record of the moves in flight, so that each move
+/// is one line when it starts and one when it ends, on that node alone
+/// (not on every node applying the metadata).
+#[derive(Debug, Default)]
+pub struct MoveLog {
+    /// The moves at the last look (and those started since).
+    seen: BTreeMap<u64, ReplicaMove>,
+    /// Why this node gave up the moves of these groups.
+    giving_up: BTreeMap<u64, (u64, &'static str)>,
+}
+
+impl MoveLog {
+    /// This node started `m`.
+    pub fn started(&mut self, m: &ReplicaMove) {
+        self.seen.insert(m.group, m.clone());
+    }
+
+    /// This node proposed giving up the move of `group` to `add`, for
+    /// `why`.
+    pub fn giving_up(&mut self, group: u64, add: u64, why: &'static str) {
+        self.giving_up.insert(group, (add, why));
+    }
+
+    /// The moves gone from `meta` since the last look, and how each ended.
+    /// Moves in `meta` not seen before (a previous leader's) are taken in
+    /// without a word.
+    pub fn ended(&mut self, meta: &MetaState) -> Vec<(ReplicaMove, MoveEnd)> {
+        let mut out = Vec::new();
+        for (g, m) in std::mem::take(&mut self.seen) {
+            if meta.moves.get(&g) == Some(&m) {
+                continue;
+            }
+            let why = self
+                .giving_up
+                .remove(&g)
+                .filter(|(add, _)| *add == m.add)
+                .map(|(_, why)| why);
+            let end = match meta.shard(g) {
+                None => MoveEnd::VolumeDeleted,
+                Some((rec, i)) => {
+                    let voters = &rec.shards[i];
+                    let done =
+                        voters.contains(&m.add) && m.remove.is_none_or(|r| !voters.contains(&r));
+                    if done {
+                        MoveEnd::Done
+                    } else {
+                        MoveEnd::GivenUp(why)
+                    }
+                }
+            };
+            out.push((m, end));
+        }
+        self.seen = meta.moves.clone();
+        self.giving_up.retain(|g, _| self.seen.contains_key(g));
+        out
+    }
+
+    /// This node no longer leads the metadata group: the next leader
+    /// tells how the moves end.
+    pub fn forget(&mut self) {
+        self.seen.clear();
+        self.giving_up.clear();
+    }
 }
 
 fn start(group: u64, add: u64, remove: Option<u64>, reason: MoveReason, now: u64) -> MetaCommand {
@@ -368,6 +464,74 @@ mod tests {
             ends(&plan(&m, |n| n != 3, 5000)),
             0,
             "a slow copy to a live target goes on"
+        );
+    }
+
+    #[test]
+    fn the_move_log_tells_each_end_once() {
+        let mut m = meta(5, vec![vec![1, 2, 3], vec![1, 2, 3]]);
+        let (g0, g1) = (shard_group(1, 0), shard_group(1, 1));
+        let mut log = MoveLog::default();
+        m.apply(200, MetaCommand::MarkOut { node: 3 }).expect("out");
+        let cmds = plan(&m, |n| n != 3, 1000);
+        assert_eq!(starts(&cmds).len(), 2);
+        for (i, c) in cmds.into_iter().enumerate() {
+            if let MetaCommand::StartMove(mv) = &c {
+                log.started(mv);
+            }
+            m.apply(300 + i as u64, c).expect("start");
+        }
+        assert!(log.ended(&m).is_empty(), "both in flight");
+        // Shard 0's swap is reported: done. Shard 1's target goes out.
+        let target0 = m.moves[&g0].add;
+        let target1 = m.moves[&g1].add;
+        m.apply(
+            400,
+            MetaCommand::ShardMembership {
+                group: g0,
+                voters: vec![1, 2, target0],
+                conf_index: 9,
+            },
+        )
+        .expect("done");
+        m.apply(401, MetaCommand::MarkOut { node: target1 })
+            .expect("out");
+        let mv1 = m.moves[&g1].clone();
+        let why = give_up(&m, &mv1, |n| n != 3, 1001).expect("given up");
+        assert_eq!(why, "its target was marked out");
+        log.giving_up(g1, target1, why);
+        m.apply(
+            402,
+            MetaCommand::EndMove {
+                group: g1,
+                add: target1,
+            },
+        )
+        .expect("end");
+        let ended = log.ended(&m);
+        assert_eq!(ended.len(), 2, "{ended:?}");
+        assert_eq!(ended[0].1, MoveEnd::Done);
+        assert_eq!(
+            ended[1].1,
+            MoveEnd::GivenUp(Some("its target was marked out"))
+        );
+        assert!(log.ended(&m).is_empty(), "said once");
+        // A move a previous leader started is taken in quietly; its end
+        // is told; so is a deleted volume's.
+        m.apply(500, MetaCommand::MarkIn { node: target1 })
+            .expect("in");
+        let mut fresh = MoveLog::default();
+        let cmds = plan(&m, |n| n != 3, 2000);
+        for (i, c) in cmds.into_iter().enumerate() {
+            m.apply(600 + i as u64, c).expect("start");
+        }
+        assert!(fresh.ended(&m).is_empty());
+        m.apply(700, MetaCommand::DeleteVolume { name: "v".into() })
+            .expect("delete");
+        let ended = fresh.ended(&m);
+        assert!(
+            !ended.is_empty() && ended.iter().all(|(_, e)| *e == MoveEnd::VolumeDeleted),
+            "{ended:?}"
         );
     }
 

@@ -7,12 +7,16 @@
 //! late, so a new leader errs toward waiting. An out node is what healing
 //! acts on: its replicas are re-created on the other nodes (`healing`),
 //! from this same loop, and so are pending volume resizes (`resize`).
+//! The loop also logs each replica move once when it starts and once when
+//! it ends (`healing::MoveLog`): here, on the metadata leader, and not on
+//! every node that applies the metadata.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
-use crate::meta::{MetaCommand, MetaState, META_GROUP};
+use crate::healing::{MoveEnd, MoveLog};
+use crate::meta::{MetaCommand, MetaState, MoveReason, ReplicaMove, META_GROUP};
 
 /// A node unheard this long counts as down (nodes ping each other every
 /// 250 ms): for the count of down nodes that holds marking out back, and
@@ -31,6 +35,7 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         let mut leading_since: Option<Instant> = None;
         let mut resizing = std::collections::HashMap::new();
+        let mut moves = MoveLog::default();
         loop {
             every.tick().await;
             if Arc::strong_count(&cluster) == 1 {
@@ -40,10 +45,12 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
             let me = cluster.node();
             if cluster.view().leader(META_GROUP) != Some(me) {
                 leading_since = None;
+                moves.forget();
                 continue;
             }
             let leading_for = leading_since.get_or_insert_with(Instant::now).elapsed();
             let meta = cluster.view().meta();
+            log_ended_moves(&meta, &mut moves);
             let silent = |n| cluster.silent_for(n);
             for cmd in decide(&meta, me, silent, leading_for, interval) {
                 let what = match &cmd {
@@ -66,27 +73,90 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
             // Healing acts on the metadata as it is after the marks.
             let meta = cluster.view().meta();
             let up = |n| n == me || cluster.silent_for(n) < DOWN_AFTER;
-            for cmd in crate::healing::plan(&meta, up, unix_now()) {
-                match &cmd {
-                    MetaCommand::StartMove(m) => tracing::warn!(
-                        group = m.group,
-                        to = m.add,
-                        replaces = ?m.remove,
-                        reason = ?m.reason,
-                        "re-creating a shard replica"
-                    ),
-                    MetaCommand::EndMove { group, add } => {
-                        tracing::info!(group, target = add, "giving up a replica move")
-                    }
-                    _ => {}
-                }
+            let now = unix_now();
+            for cmd in crate::healing::plan(&meta, up, now) {
+                let proposed = cmd.clone();
                 if let Err(e) = cluster.propose_meta(cmd).await {
                     tracing::debug!(error = %e, "proposing a replica move");
+                    continue;
+                }
+                match proposed {
+                    MetaCommand::StartMove(m) => {
+                        log_started_move(&meta, &m);
+                        moves.started(&m);
+                    }
+                    MetaCommand::EndMove { group, add } => {
+                        let why = meta
+                            .moves
+                            .get(&group)
+                            .and_then(|m| crate::healing::give_up(&meta, m, up, now));
+                        moves.giving_up(group, add, why.unwrap_or("no longer wanted"));
+                    }
+                    _ => {}
                 }
             }
             crate::resize::drive_pending(&cluster, &mut resizing);
         }
     });
+}
+
+fn log_started_move(meta: &MetaState, m: &ReplicaMove) {
+    let volume = meta.volume_of(m.group);
+    let from = m.remove.map_or_else(
+        || "as an extra replica".to_string(),
+        |r| format!("in place of node {r}'s"),
+    );
+    let reason = match m.reason {
+        MoveReason::Heal => "heal",
+        MoveReason::Drain => "drain",
+        MoveReason::Rebalance => "rebalance",
+    };
+    tracing::info!(
+        group = m.group,
+        volume,
+        to = m.add,
+        from = m.remove,
+        reason,
+        "rebuild started: {} gets a new replica on node {} {from} ({reason})",
+        meta.describe_group(m.group),
+        m.add
+    );
+}
+
+/// One line per move that ended since the last look.
+fn log_ended_moves(meta: &MetaState, moves: &mut MoveLog) {
+    let now = unix_now();
+    for (m, end) in moves.ended(meta) {
+        let took = now.saturating_sub(m.since_unix);
+        let volume = meta.volume_of(m.group);
+        let what = meta.describe_group(m.group);
+        match end {
+            MoveEnd::Done => tracing::info!(
+                group = m.group,
+                volume,
+                to = m.add,
+                from = m.remove,
+                took_s = took,
+                "rebuild finished: {what} has its new replica on node {} (took {took} s)",
+                m.add
+            ),
+            MoveEnd::GivenUp(why) => tracing::warn!(
+                group = m.group,
+                volume,
+                to = m.add,
+                from = m.remove,
+                took_s = took,
+                "rebuild given up: {what}'s new replica on node {}: {} (after {took} s)",
+                m.add,
+                why.unwrap_or("ended before its replica was in place")
+            ),
+            MoveEnd::VolumeDeleted => tracing::info!(
+                group = m.group,
+                to = m.add,
+                "rebuild ended: {what}'s volume was deleted"
+            ),
+        }
+    }
 }
 
 fn unix_now() -> u64 {

@@ -216,6 +216,20 @@ impl TestCluster {
         }
     }
 
+    /// Waits until `n` nodes have registered in the metadata (each does so
+    /// as it starts; a volume created before places nothing on the late).
+    pub fn wait_registered(&mut self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.status()["nodes"].as_array().map_or(0, Vec::len) < n {
+            assert!(
+                Instant::now() < deadline,
+                "not every node registered: {:#}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// `GET /v1/cluster` from the first running node.
     pub fn status(&mut self) -> Value {
         for d in self.nodes.iter_mut() {

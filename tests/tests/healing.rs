@@ -20,15 +20,7 @@ fn down_nodes_are_marked_out_unless_in_maintenance_or_too_many() {
     let mut c = TestCluster::start_each(4, |_| vec!["--down-out-interval".into(), "3s".into()]);
     c.create_volume("w", 16 << 20, 3, None);
     // Every node has registered in the metadata (they do so as they start).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.status()["nodes"].as_array().map_or(0, Vec::len) < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "not every node registered: {:#}",
-            c.status()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    c.wait_registered(4);
 
     // Maintenance, through the CLI: node 3 down stays in.
     let out = c.node(1).cli(&["node", "maintenance", "3", "on"]);
@@ -80,19 +72,6 @@ fn field(line: &str, key: &str) -> Option<f64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// Waits until every node has registered in the metadata.
-fn wait_registered(c: &mut TestCluster, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.status()["nodes"].as_array().map_or(0, Vec::len) < n {
-        assert!(
-            Instant::now() < deadline,
-            "not every node registered: {:#}",
-            c.status()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// The voters of every shard of `volume` as the status shows them (the
 /// nodes of its replicas that are not learners), and the shard states.
 fn shard_voters(st: &Value, volume: &str) -> Vec<(Vec<u64>, String)> {
@@ -123,7 +102,7 @@ fn a_lost_nodes_replicas_are_recreated_under_load_and_it_is_cleaned_up_on_return
             .map(String::from)
             .to_vec()
     });
-    wait_registered(&mut c, 4);
+    c.wait_registered(4);
     // Four shards of four 4 MiB chunks, spread over the four nodes: node 3
     // holds three of them.
     c.create_volume_json(&serde_json::json!({

@@ -14,15 +14,6 @@ use raftblock_tests::require_tool;
 
 const MIB: u64 = 1 << 20;
 
-/// Waits until every node has registered in the metadata.
-fn wait_registered(c: &mut TestCluster, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.status()["nodes"].as_array().map_or(0, Vec::len) < n {
-        assert!(Instant::now() < deadline, "not every node registered");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// `(replicas, leaders)` per node id, as the status counts them.
 fn counts(st: &Value) -> Vec<(u64, u64, u64)> {
     st["nodes"]
@@ -64,7 +55,7 @@ fn draining_a_node_under_load_empties_it_and_then_it_can_be_removed() {
     }
     let mut c =
         TestCluster::start_each(4, |_| ["--recovery-rate", "8M"].map(String::from).to_vec());
-    wait_registered(&mut c, 4);
+    c.wait_registered(4);
     c.create_volume_json(&serde_json::json!({
         "name": "d", "size": 32 * MIB, "replicas": 3, "shards": 4, "chunk_size": 4 * MIB,
     }));
@@ -153,7 +144,7 @@ fn draining_a_node_under_load_empties_it_and_then_it_can_be_removed() {
 #[test]
 fn a_joining_node_takes_its_share_of_replicas_and_leaders_which_then_stay_put() {
     let mut c = TestCluster::start(3);
-    wait_registered(&mut c, 3);
+    c.wait_registered(3);
     for v in ["a", "b"] {
         c.create_volume(v, 16 * MIB, 3, Some(3));
     }
@@ -201,7 +192,7 @@ fn volumes_follow_node_labels() {
             "3s".into(),
         ]
     });
-    wait_registered(&mut c, 4);
+    c.wait_registered(4);
     let zone_of = |n: u64| {
         zones[n as usize - 1]
             .split(',')

@@ -31,6 +31,11 @@ impl PeerLiveness {
         self.heard.insert(node, now);
     }
 
+    /// When a message from `node` last arrived (never: `None`).
+    pub(super) fn heard_at(&self, node: u64) -> Option<Instant> {
+        self.heard.get(&node).copied()
+    }
+
     /// Whether `node` (this node always is) was heard from lately.
     pub(super) fn is_up(&self, node: u64, now: Instant) -> bool {
         node == self.me

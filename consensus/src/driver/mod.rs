@@ -19,12 +19,13 @@
 //! on the driver's channel: peer messages, proposals, membership changes),
 //! `reads` (linearizable reads), `ready` (a round's Ready handling),
 //! `log_writer` (the WAL writes, off this thread), `meta_apply` (the meta group applied inline), `compaction`
-//! (log compaction and WAL purging) and `config` (Raft configuration and
-//! constants).
+//! (log compaction and WAL purging), `config` (Raft configuration and
+//! constants) and `health` (a group's health changes, logged once each).
 
 mod compaction;
 mod config;
 mod encode;
+mod health;
 mod hibernation;
 mod hosting;
 mod inbox;
@@ -751,6 +752,7 @@ impl Driver {
         if self.ticks.is_multiple_of(10) {
             self.mark_log_ages(now);
             self.reconfigure();
+            self.watch_groups(now);
         }
         self.purge_if_compacted();
     }

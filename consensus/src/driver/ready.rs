@@ -70,9 +70,6 @@ impl Driver {
                     let leader = Some(ss.leader_id).filter(|l| *l != 0);
                     r.fail_all(g, ReplicaError::NotLeader { group: g, leader });
                 }
-                if ss.raft_state == StateRole::Leader {
-                    tracing::info!(group = g, term = r.node.raft.term, "became leader");
-                }
             }
             let msgs = rd.take_messages();
             if msgs
@@ -165,11 +162,15 @@ impl Driver {
         }
         if !leader_changes.is_empty() {
             let mut l = lock_write(&self.view.leaders);
-            for (g, leader) in leader_changes {
-                l.insert(g, leader);
+            for (g, leader) in &leader_changes {
+                l.insert(*g, *leader);
             }
             drop(l);
             self.view.leader_change.notify_waiters();
+            let now = self.clock.now();
+            for (g, leader) in leader_changes {
+                self.log_leader(g, leader, now);
+            }
         }
         if meta_changed {
             self.meta_applied(effects);
@@ -335,7 +336,10 @@ fn apply_conf_change(group: u64, r: &mut Replica, e: &Entry, batch: &mut WalBatc
     };
     match cs {
         Ok(cs) => {
-            tracing::info!(group, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+            // Debug: this fires on every replica, twice per joint change.
+            // The group's leader says at INFO what it changes, and the
+            // metadata leader when a move starts and ends.
+            tracing::debug!(group, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
             r.node.mut_store().stage_conf_state(&cs, batch);
         }
         Err(err) => tracing::warn!(group, index = e.index, error = %err, "conf change refused"),

@@ -84,6 +84,10 @@ pub(super) struct Replica {
     /// Index of the last membership change applied (or a bound above it):
     /// a snapshot must not be older, or its configuration would be wrong.
     pub(super) last_conf: u64,
+    /// The group's leadership as this replica saw it, for the log (`health`).
+    pub(super) leader_watch: super::health::LeaderWatch,
+    /// On a leader: its voters that went silent, for the log (`health`).
+    pub(super) voter_watch: super::health::VoterWatch,
 }
 
 impl Replica {
@@ -261,6 +265,8 @@ impl Driver {
                 // Changes between the durable applied index and the end of
                 // the log may already be in the stored configuration.
                 last_conf,
+                leader_watch: super::health::LeaderWatch::new(self.clock.now()),
+                voter_watch: Default::default(),
             },
         );
         Ok(())

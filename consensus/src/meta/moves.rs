@@ -47,6 +47,25 @@ impl MetaState {
             .map(|v| (v, index as usize))
     }
 
+    /// How group `group` is named in the log: "shard group G (volume V
+    /// shard I)", or the metadata group.
+    pub fn describe_group(&self, group: u64) -> String {
+        if group == super::META_GROUP {
+            return "the metadata group".into();
+        }
+        match self.shard(group) {
+            Some((rec, i)) => format!("shard group {group} (volume {} shard {i})", rec.meta.name),
+            None => format!("shard group {group}"),
+        }
+    }
+
+    /// The name of the volume holding `group` ("" for none), for the
+    /// `volume` field of a log line.
+    pub fn volume_of(&self, group: u64) -> &str {
+        self.shard(group)
+            .map_or("", |(rec, _)| rec.meta.name.as_str())
+    }
+
     /// Like [`MetaState::shard`], for changing the volume; an unknown
     /// group is an error.
     pub(super) fn shard_mut(

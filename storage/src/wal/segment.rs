@@ -288,9 +288,10 @@ fn record_at(buf: &Bytes, at: usize, bind: Option<u64>) -> Result<(ScannedRecord
 /// Whether any intact record starts at or after `from`.
 fn valid_record_after(buf: &Bytes, from: usize, bind: Option<u64>) -> bool {
     let magic = super::record::RECORD_MAGIC.to_le_bytes();
+    let finder = memchr::memmem::Finder::new(&magic);
     let mut at = from;
     while at + HEADER_LEN <= buf.len() {
-        match buf[at..].windows(4).position(|w| w == magic) {
+        match finder.find(&buf[at..]) {
             Some(p) => {
                 if record_at(buf, at + p, bind).is_ok() {
                     return true;

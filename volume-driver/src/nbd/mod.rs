@@ -139,6 +139,12 @@ async fn serve_connection<C: ExportCatalog>(
             tracing::debug!("client ended negotiation");
             return;
         }
+        // A connection closed before the handshake is done is a port
+        // probe (a load balancer's, a start-up check's): no news at INFO.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(error = %e, "closed during negotiation");
+            return;
+        }
         Err(e) => {
             tracing::info!(error = %e, "negotiation failed; closing");
             return;
