@@ -3,7 +3,9 @@
 //! errors, shows every node up and every volume healthy with its traffic
 //! charted; after one node is killed with SIGKILL it shows that node down
 //! and the volumes with a replica there degraded, with the reasons, within
-//! seconds. Screenshots of both states are written under
+//! seconds. With four nodes and one marked out, it shows the rebuilds in
+//! flight with bytes copied, rate and ETA, and the volume rebuilding, then
+//! healthy again. Screenshots of each state are written under
 //! `target/screenshots/` for a person to look at.
 
 use serde_json::Value;
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use raftblock_tests::browser::Browser;
-use raftblock_tests::cluster::TestCluster;
+use raftblock_tests::cluster::{voters, TestCluster};
 use raftblock_tests::{qemu_io, require_tool};
 
 /// What the test reads off the page: the health badge, each node's and
@@ -33,6 +35,20 @@ return {
 };
 "##;
 
+/// The two tests take turns: each runs a cluster and a browser, and two
+/// at once on two cores would make their timings meaningless.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The rebuild rows of the page: per shard group, its cells' text.
+const REBUILDS: &str = r##"
+return {
+  errors: window.__pageErrors || [],
+  rows: [...document.querySelectorAll("#rebuilds tr[data-group]")].map(r => [...r.cells].map(c => c.innerText)),
+  volumes: Object.fromEntries([...document.querySelectorAll("#volumes tr[data-volume]")].map(r => [r.dataset.volume, r.dataset.state])),
+  nodes: Object.fromEntries([...document.querySelectorAll("#nodes tr[data-node]")].map(r => [r.dataset.node, r.dataset.state])),
+};
+"##;
+
 fn screenshot_dir() -> PathBuf {
     // Test executables run from target/<profile>/deps.
     let exe = std::env::current_exe().expect("test executable path");
@@ -49,6 +65,7 @@ fn the_status_page_shows_a_killed_node_down_and_its_volumes_degraded() {
     if !require_tool("chromium") || !require_tool("chromedriver") || !require_tool("qemu-io") {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = TestCluster::start(3);
     c.create_volume("db", 256 << 20, 3, Some(3));
     c.create_volume("scratch", 64 << 20, 1, Some(1));
@@ -187,4 +204,76 @@ fn the_status_page_shows_a_killed_node_down_and_its_volumes_degraded() {
         .collect();
     assert!(severe.is_empty(), "browser errors: {severe:?}");
     assert!(charted["refreshes"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn the_status_page_shows_rebuilds_with_progress_rate_and_eta() {
+    if !require_tool("chromium") || !require_tool("chromedriver") || !require_tool("qemu-io") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Copies paced at 2 MiB/s so the rebuild lasts long enough to watch.
+    let mut c = TestCluster::start_each(4, |_| {
+        ["--down-out-interval", "3s", "--recovery-rate", "2M"]
+            .map(String::from)
+            .to_vec()
+    });
+    c.wait_registered(4);
+    c.create_volume_json(&serde_json::json!({
+        "name": "db", "size": 64 << 20, "replicas": 3, "shards": 2, "chunk_size": 4 << 20,
+    }));
+    qemu_io(&c.nodes[0].uri("db"), &["write -P 0xcd 0 32M"]);
+    c.wait_converged("db", Duration::from_secs(60));
+    // A node holding a replica of db, other than node 1 (the page's).
+    let st = c.status();
+    let victim = (2..=4)
+        .find(|n| {
+            st["volumes"][0]["shards"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| voters(s).contains(n))
+        })
+        .expect("a node other than 1 holds a replica of db");
+
+    let b = Browser::start(1400, 1500);
+    b.open(&format!("http://{}/", c.nodes[0].admin));
+    b.wait_for(
+        "page shows db healthy",
+        REBUILDS,
+        Duration::from_secs(30),
+        |v| v["volumes"]["db"] == "healthy",
+    );
+    c.node(victim).kill9();
+    let key = victim.to_string();
+    // Marked out after 3 s, then each of its replicas is re-created.
+    let copying = b.wait_for(
+        "a rebuild row with bytes copied, a rate and an ETA",
+        REBUILDS,
+        Duration::from_secs(60),
+        |v| {
+            v["rows"].as_array().into_iter().flatten().any(|r| {
+                let cell = |i: usize| r[i].as_str().unwrap_or("").to_string();
+                cell(1).starts_with(&format!("node {victim} →"))
+                    && cell(2).starts_with("heal")
+                    && cell(3).contains(" of ")
+                    && cell(4).ends_with("/s")
+                    && cell(5).ends_with(" s")
+            })
+        },
+    );
+    eprintln!("rebuilds on the page: {:#}", copying["rows"]);
+    assert_eq!(copying["nodes"][&key], "out", "{copying:#}");
+    assert_eq!(copying["volumes"]["db"], "rebuilding", "{copying:#}");
+    let shot = screenshot_dir().join("status-page-rebuilding.png");
+    let size = b.screenshot(&shot);
+    eprintln!("screenshot: {} ({size} bytes)", shot.display());
+    // Done: healthy again, nothing in flight.
+    let done = b.wait_for(
+        "db healthy again with no rebuild left",
+        REBUILDS,
+        Duration::from_secs(120),
+        |v| v["volumes"]["db"] == "healthy" && v["rows"].as_array().is_some_and(Vec::is_empty),
+    );
+    assert_eq!(done["errors"], Value::Array(vec![]), "script errors");
 }
