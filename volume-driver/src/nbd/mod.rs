@@ -47,26 +47,24 @@ pub trait ExportCatalog: Send + Sync + 'static {
     fn list(&self) -> Vec<ExportInfo>;
     /// Opens an export by name for one connection.
     fn open(&self, name: &str) -> Result<OpenExport<Self::Volume>, StorageError>;
-    /// Brings the catalog up to date (a cluster member that just joined or
-    /// was cut off may not know a volume yet); asked before an unknown
-    /// name is refused.
+    /// Brings the catalog up to date (a cluster member that just joined,
+    /// restarted or was cut off may not know a volume, or its latest size,
+    /// yet); asked before every export is opened.
     fn refresh(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async {})
     }
 }
 
-/// Opens `name`, refreshing the catalog once if it does not know it.
+/// Opens `name` as the catalog knows it after a refresh: the size a client
+/// is given must be that of the last resize, even on a node that has not
+/// applied it yet (one that just restarted, say). A connection opens once,
+/// so the refresh's round trip is paid once.
 pub(crate) async fn open_export<C: ExportCatalog>(
     catalog: &C,
     name: &str,
 ) -> Result<OpenExport<C::Volume>, StorageError> {
-    match catalog.open(name) {
-        Err(StorageError::VolumeNotFound(_)) => {
-            catalog.refresh().await;
-            catalog.open(name)
-        }
-        r => r,
-    }
+    catalog.refresh().await;
+    catalog.open(name)
 }
 
 /// The NBD server for one listen address.
