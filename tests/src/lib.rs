@@ -76,6 +76,19 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 /// A loopback address with a port nobody listens on right now.
 pub fn free_addr() -> SocketAddr {
+    // Below the kernel's ephemeral range (32768 and up): a port the kernel
+    // handed out and took back could be handed out again, to another
+    // test's listener or to any outgoing connection, before the daemon
+    // binds it. Each test process walks its own stretch of ports.
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 20) as u16 * 1_000;
+    for _ in 0..1_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 1_000;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        }
+    }
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
     l.local_addr()
         .expect("local address of an ephemeral listener")

@@ -221,7 +221,8 @@ impl Driver {
                 continue;
             };
             if let Change::AddLearner(_) = change {
-                if g != META_GROUP && !log_starts_past_one(r, &mut self.carry) {
+                let up = |n: u64| self.liveness.is_up(n, now);
+                if g != META_GROUP && !log_starts_past_one(r, &up, &mut self.carry) {
                     continue; // compacted first; added at the next look
                 }
             }
@@ -260,8 +261,16 @@ impl Driver {
 /// A learner created empty takes entries from index 1 as the group's whole
 /// history, but the group's first members are not in the log: it must be
 /// sent a snapshot. True once the leader's log starts past index 1 (it is
-/// compacted here when it does not yet).
-fn log_starts_past_one(r: &mut Replica, carry: &mut raftblock_storage::WalBatch) -> bool {
+/// compacted here when it does not yet). Only members that are `up` hold
+/// the compaction back, as in `compaction`: the replica being replaced is
+/// usually on a dead node, whose progress a leader elected since it died
+/// has at 0 (waiting for it left the shard short of a replica until the
+/// log aged out, 90 s).
+fn log_starts_past_one(
+    r: &mut Replica,
+    up: &dyn Fn(u64) -> bool,
+    carry: &mut raftblock_storage::WalBatch,
+) -> bool {
     let first = r.node.store().first_index().unwrap_or(1);
     if first > 1 {
         return true;
@@ -271,6 +280,7 @@ fn log_starts_past_one(r: &mut Replica, carry: &mut raftblock_storage::WalBatch)
         .raft
         .prs()
         .iter()
+        .filter(|(id, _)| up(**id))
         .map(|(_, p)| p.matched)
         .min()
         .unwrap_or(0);
