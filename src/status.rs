@@ -1,7 +1,7 @@
 //! Text rendering of `raftblock cluster status` and `node list` from the
 //! status document the admin API returns (`GET /v1/status`, which the
-//! status page shows too): health and alerts, a node table, then one line
-//! per shard replica.
+//! status page shows too): health and alerts, a node table, one line per
+//! shard replica, then the recent events.
 
 use serde_json::Value;
 use std::fmt::Write;
@@ -83,8 +83,29 @@ pub fn render(st: &Value) -> String {
             }
         }
     }
+    let events = st["events"].as_array().map_or(&[][..], |e| e.as_slice());
+    if !events.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nRECENT EVENTS (newest first; the status page lists more)"
+        );
+    }
+    for e in events.iter().take(RECENT_EVENTS) {
+        let seen: Vec<String> = e["nodes"].as_array().into_iter().flatten().map(s).collect();
+        let _ = writeln!(
+            out,
+            "  {} UTC  {:<7}  {}  (seen by node {})",
+            crate::admin::health::clock(e["at_unix"].as_u64().unwrap_or(0)),
+            s(&e["severity"]).to_uppercase(),
+            s(&e["message"]),
+            seen.join(", ")
+        );
+    }
     out
 }
+
+/// Events `cluster status` prints.
+const RECENT_EVENTS: usize = 10;
 
 /// The node table of the status JSON: state, disk, replicas, leaders,
 /// addresses, and why a node is not simply up.

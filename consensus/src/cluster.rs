@@ -23,6 +23,7 @@ use raftblock_storage::{ChunkStore, LocalVolume, ReadSegment, VolumeIo};
 
 use crate::driver::{ClusterView, DriverHandle, DriverMsg, ReplicaError};
 use crate::error::io_error;
+use crate::events::Severity;
 use crate::last_heard::{LastHeard, LeaseRenewals, NodeChange};
 use crate::meta::shard_of_group;
 use crate::recovery::Recovery;
@@ -208,32 +209,40 @@ impl Cluster {
         for (node, change) in self.heard.changes(&members) {
             let addr = meta.nodes.get(&node).map(|n| n.raft_addr);
             let addr = addr.map_or_else(String::new, |a| a.to_string());
-            match change {
+            let (severity, key, message) = match change {
                 NodeChange::Down {
                     silent,
                     ever_heard: true,
-                } => tracing::warn!(
-                    node,
-                    %addr,
-                    "node {node} is down: not heard from for {:.1} s",
-                    silent.as_secs_f64()
+                } => (
+                    Severity::Warning,
+                    "down",
+                    format!(
+                        "node {node} is down: not heard from for {:.1} s",
+                        silent.as_secs_f64()
+                    ),
                 ),
                 NodeChange::Down {
                     silent,
                     ever_heard: false,
-                } => tracing::warn!(
-                    node,
-                    %addr,
-                    "node {node} is down: not heard from since this node started {:.1} s ago",
-                    silent.as_secs_f64()
+                } => (
+                    Severity::Warning,
+                    "down",
+                    format!(
+                        "node {node} is down: not heard from since this node started {:.1} s ago",
+                        silent.as_secs_f64()
+                    ),
                 ),
-                NodeChange::Back { after } => tracing::info!(
-                    node,
-                    %addr,
-                    "node {node} is back after {:.0} s",
-                    after.as_secs_f64()
+                NodeChange::Back { after } => (
+                    Severity::Info,
+                    "back",
+                    format!("node {node} is back after {:.0} s", after.as_secs_f64()),
                 ),
+            };
+            match severity {
+                Severity::Warning => tracing::warn!(node, %addr, "{message}"),
+                Severity::Info => tracing::info!(node, %addr, "{message}"),
             }
+            crate::events::record(self.node, severity, format!("node/{node}/{key}"), message);
         }
     }
 

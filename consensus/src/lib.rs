@@ -16,6 +16,7 @@ pub mod command;
 pub mod cut;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod fence;
 pub mod healing;
 mod last_heard;

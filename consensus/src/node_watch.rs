@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
+use crate::events::{self, Severity};
 use crate::healing::{MoveEnd, MoveLog};
 use crate::meta::{MetaCommand, MetaState, MoveReason, ReplicaMove, META_GROUP};
 
@@ -50,7 +51,7 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
             }
             let leading_for = leading_since.get_or_insert_with(Instant::now).elapsed();
             let meta = cluster.view().meta();
-            log_ended_moves(&meta, &mut moves);
+            log_ended_moves(me, &meta, &mut moves);
             let silent = |n| cluster.silent_for(n);
             for cmd in decide(&meta, me, silent, leading_for, interval) {
                 let what = match &cmd {
@@ -60,11 +61,24 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
                 };
                 match cluster.propose_meta(cmd.clone()).await {
                     Ok(()) => match cmd {
-                        MetaCommand::MarkOut { node } => tracing::warn!(
-                            node,
-                            silent_s = cluster.silent_for(node).as_secs(),
-                            "node marked out: down longer than the down-out interval"
-                        ),
+                        MetaCommand::MarkOut { node } => {
+                            let silent_s = cluster.silent_for(node).as_secs();
+                            let message = format!(
+                                "node {node} marked out: down {silent_s} s, longer than the down-out interval; its replicas are re-created elsewhere"
+                            );
+                            tracing::warn!(node, silent_s, "{message}");
+                            events::record(
+                                me,
+                                Severity::Warning,
+                                format!("node/{node}/out"),
+                                message,
+                            );
+                        }
+                        MetaCommand::MarkIn { node } => {
+                            let message = format!("node {node} taken back in: it answers again");
+                            tracing::info!(node, "{message}");
+                            events::record(me, Severity::Info, format!("node/{node}/in"), message);
+                        }
                         _ => tracing::info!("{what}"),
                     },
                     Err(e) => tracing::debug!(error = %e, "{what}"),
@@ -82,7 +96,7 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
                 }
                 match proposed {
                     MetaCommand::StartMove(m) => {
-                        log_started_move(&meta, &m);
+                        log_started_move(me, &meta, &m);
                         moves.started(&m);
                     }
                     MetaCommand::EndMove { group, add } => {
@@ -100,7 +114,7 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
     });
 }
 
-fn log_started_move(meta: &MetaState, m: &ReplicaMove) {
+fn log_started_move(me: u64, meta: &MetaState, m: &ReplicaMove) {
     let volume = meta.volume_of(m.group);
     let from = m.remove.map_or_else(
         || "as an extra replica".to_string(),
@@ -111,51 +125,74 @@ fn log_started_move(meta: &MetaState, m: &ReplicaMove) {
         MoveReason::Drain => "drain",
         MoveReason::Rebalance => "rebalance",
     };
+    let message = format!(
+        "rebuild started: {} gets a new replica on node {} {from} ({reason})",
+        meta.describe_group(m.group),
+        m.add
+    );
     tracing::info!(
         group = m.group,
         volume,
         to = m.add,
         from = m.remove,
         reason,
-        "rebuild started: {} gets a new replica on node {} {from} ({reason})",
-        meta.describe_group(m.group),
-        m.add
+        "{message}"
     );
+    let key = format!("group/{}/rebuild-started/{}", m.group, m.add);
+    events::record(me, Severity::Info, key, message);
 }
 
 /// One line per move that ended since the last look.
-fn log_ended_moves(meta: &MetaState, moves: &mut MoveLog) {
+fn log_ended_moves(me: u64, meta: &MetaState, moves: &mut MoveLog) {
     let now = unix_now();
     for (m, end) in moves.ended(meta) {
         let took = now.saturating_sub(m.since_unix);
         let volume = meta.volume_of(m.group);
         let what = meta.describe_group(m.group);
-        match end {
-            MoveEnd::Done => tracing::info!(
+        let (severity, how, message) = match end {
+            MoveEnd::Done => (
+                Severity::Info,
+                "finished",
+                format!(
+                    "rebuild finished: {what} has its new replica on node {} (took {took} s)",
+                    m.add
+                ),
+            ),
+            MoveEnd::GivenUp(why) => (
+                Severity::Warning,
+                "given-up",
+                format!(
+                    "rebuild given up: {what}'s new replica on node {}: {} (after {took} s)",
+                    m.add,
+                    why.unwrap_or("ended before its replica was in place")
+                ),
+            ),
+            MoveEnd::VolumeDeleted => (
+                Severity::Info,
+                "ended",
+                format!("rebuild ended: {what}'s volume was deleted"),
+            ),
+        };
+        match severity {
+            Severity::Warning => tracing::warn!(
                 group = m.group,
                 volume,
                 to = m.add,
                 from = m.remove,
                 took_s = took,
-                "rebuild finished: {what} has its new replica on node {} (took {took} s)",
-                m.add
+                "{message}"
             ),
-            MoveEnd::GivenUp(why) => tracing::warn!(
+            Severity::Info => tracing::info!(
                 group = m.group,
                 volume,
                 to = m.add,
                 from = m.remove,
                 took_s = took,
-                "rebuild given up: {what}'s new replica on node {}: {} (after {took} s)",
-                m.add,
-                why.unwrap_or("ended before its replica was in place")
-            ),
-            MoveEnd::VolumeDeleted => tracing::info!(
-                group = m.group,
-                to = m.add,
-                "rebuild ended: {what}'s volume was deleted"
+                "{message}"
             ),
         }
+        let key = format!("group/{}/rebuild-{how}/{}", m.group, m.add);
+        events::record(me, severity, key, message);
     }
 }
 

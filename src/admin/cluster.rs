@@ -399,6 +399,7 @@ fn node_facts(s: &AdminState, c: &Cluster) -> Value {
         "checksum_errors": checksum_errors,
         "io_errors": io_errors,
         "operations": raftblock_consensus::progress::running(c.node()),
+        "events": raftblock_consensus::events::recent(c.node()),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }
@@ -633,10 +634,12 @@ pub async fn status(s: &AdminState, c: &Arc<Cluster>) -> Value {
         .flatten()
         .flat_map(|r| r.2["operations"].as_array().cloned().unwrap_or_default())
         .collect();
+    let events = super::events::merge(per_node.values().flatten().map(|r| &r.2));
     let mut doc = json!({
         "node": c.node(),
         "generated_unix": now,
         "operations": operations,
+        "events": events,
         "moves": moves,
         "meta_leader": meta_group.map(|g| g.leader),
         "meta_voters": meta_group.map(|g| g.voters.clone()),
@@ -688,6 +691,7 @@ pub fn standalone_status(s: &AdminState) -> Value {
         "node": 0,
         "generated_unix": now,
         "moves": [],
+        "events": [],
         "meta_leader": null,
         "nodes": [{
             "id": 0,

@@ -4,7 +4,8 @@
 //! bad input, 404 unknown, 409 exists or busy, 503 no quorum, 500 otherwise).
 
 mod cluster;
-mod health;
+mod events;
+pub(crate) mod health;
 mod page;
 mod stats;
 

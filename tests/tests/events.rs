@@ -277,4 +277,62 @@ fn node_and_shard_events_are_one_line_each_at_the_right_level() {
             "node {n}"
         );
     }
+
+    // The status document (the page's "Recent events", the end of `cluster
+    // status`) lists the same events, each report merged with the other
+    // nodes' of it: each death once, seen by every survivor.
+    let st = c.status();
+    let events = st["events"].as_array().cloned().unwrap_or_default();
+    let keyed = |key: &str| -> Vec<serde_json::Value> {
+        events.iter().filter(|e| e["key"] == key).cloned().collect()
+    };
+    let seen_by = |e: &serde_json::Value| -> Vec<u64> {
+        let mut n: Vec<u64> = e["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_u64())
+            .collect();
+        n.sort_unstable();
+        n
+    };
+    let downs = keyed("node/4/down");
+    assert_eq!(downs.len(), 2, "two deaths: {events:#?}");
+    for d in &downs {
+        assert_eq!(seen_by(d), survivors, "{d:#}");
+        assert_eq!(d["severity"], "warning");
+        assert!(d["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("node 4 is down")));
+    }
+    assert!(
+        downs[0]["at_unix"].as_u64() > downs[1]["at_unix"].as_u64(),
+        "newest first: {downs:#?}"
+    );
+    assert_eq!(keyed("node/4/back").len(), 1, "{events:#?}");
+    assert_eq!(keyed("node/4/out").len(), 1, "{events:#?}");
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["key"].as_str().is_some_and(|k| k.contains(kind)))
+            .collect()
+    };
+    assert_eq!(
+        of_kind("/rebuild-started/").len(),
+        started.len(),
+        "{events:#?}"
+    );
+    assert_eq!(
+        of_kind("/rebuild-finished/").len(),
+        finished.len(),
+        "{events:#?}"
+    );
+    assert!(of_kind("/rebuild-given-up/").is_empty(), "{events:#?}");
+    assert!(!of_kind("/lost/4").is_empty(), "{events:#?}");
+    let text = c.node(2).cli(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("RECENT EVENTS") && text.contains("node 4 is down"),
+        "{text}"
+    );
 }

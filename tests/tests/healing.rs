@@ -52,7 +52,7 @@ fn down_nodes_are_marked_out_unless_in_maintenance_or_too_many() {
     c.node(4).kill9();
     c.wait_out(4, true, interval + Duration::from_secs(20));
     let log: String = (1..=3).map(|n| c.node(n).log_text()).collect();
-    assert!(log.contains("node marked out"), "a warning says so");
+    assert!(log.contains("node 4 marked out"), "a warning says so");
     c.node(4).restart();
     c.wait_out(4, false, Duration::from_secs(20));
 

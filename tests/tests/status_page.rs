@@ -31,6 +31,7 @@ return {
   node_reasons: Object.fromEntries(rows("#nodes tr[data-node]").map(r => [r.dataset.node, (r.querySelector(".reason") || {}).textContent || ""])),
   alerts: rows("#alerts li[data-kind]").map(l => l.dataset.kind),
   lines: rows(".chart svg path").length,
+  events: rows("#events tr[data-key]").map(r => [r.dataset.key, r.cells[2].innerText]),
   text: document.body.innerText,
 };
 "##;
@@ -192,6 +193,23 @@ fn the_status_page_shows_a_killed_node_down_and_its_volumes_degraded() {
     for n in ["1", "2"] {
         assert_eq!(down["nodes"][n], "up", "{down:#}");
     }
+    // The death is listed under "Recent events" once, seen by both
+    // survivors (a node calls a peer down after some seconds of silence).
+    let listed = b.wait_for(
+        "the events list node 3 down, seen by nodes 1 and 2",
+        PAGE_STATE,
+        Duration::from_secs(20),
+        |v| {
+            v["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|r| r[0] == "node/3/down" && r[1] == "node 1, node 2")
+            })
+        },
+    );
+    let downs = listed["events"]
+        .as_array()
+        .map_or(0, |e| e.iter().filter(|r| r[0] == "node/3/down").count());
+    assert_eq!(downs, 1, "{listed:#}");
     let shot = dir.join("status-page-node-down.png");
     let size = b.screenshot(&shot);
     eprintln!("screenshot: {} ({size} bytes)", shot.display());

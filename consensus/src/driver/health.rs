@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::Driver;
+use crate::events::Severity;
 
 /// Election windows a voter's node may go unheard before the group's
 /// leader calls the replica lost: a short stall (a slow disk, a busy
@@ -165,13 +166,14 @@ impl Driver {
                 .leader_watch
                 .overdue(now, window * LEADERLESS_AFTER_WINDOWS)
             {
-                tracing::warn!(
-                    group = g,
-                    volume = self.meta.volume_of(g),
+                let message = format!(
                     "{} has had no leader for {:.0} s",
                     self.meta.describe_group(g),
                     silent.as_secs_f64()
                 );
+                tracing::warn!(group = g, volume = self.meta.volume_of(g), "{message}");
+                let key = format!("group/{g}/leaderless");
+                crate::events::record(me, Severity::Warning, key, message);
             }
             if !r.is_leader() {
                 r.voter_watch.clear();
@@ -189,24 +191,33 @@ impl Driver {
             let heard = |n| liveness.heard_at(n);
             let windows = (window, window * LOST_AFTER_WINDOWS);
             for change in r.voter_watch.look(&voters, heard, now, windows) {
-                match change {
-                    VoterChange::Lost(node, silent) => tracing::warn!(
-                        group = g,
-                        volume = self.meta.volume_of(g),
+                let name = self.meta.describe_group(g);
+                let volume = self.meta.volume_of(g);
+                let (severity, node, key, message) = match change {
+                    VoterChange::Lost(node, silent) => (
+                        Severity::Warning,
                         node,
-                        "{} lost its replica on node {node}: not heard from for {:.0} s",
-                        self.meta.describe_group(g),
-                        silent.as_secs_f64()
+                        format!("group/{g}/lost/{node}"),
+                        format!(
+                            "{name} lost its replica on node {node}: not heard from for {:.0} s",
+                            silent.as_secs_f64()
+                        ),
                     ),
-                    VoterChange::Regained(node, after) => tracing::info!(
-                        group = g,
-                        volume = self.meta.volume_of(g),
+                    VoterChange::Regained(node, after) => (
+                        Severity::Info,
                         node,
-                        "{} regained its replica on node {node} after {:.0} s",
-                        self.meta.describe_group(g),
-                        after.as_secs_f64()
+                        format!("group/{g}/regained/{node}"),
+                        format!(
+                            "{name} regained its replica on node {node} after {:.0} s",
+                            after.as_secs_f64()
+                        ),
                     ),
+                };
+                match severity {
+                    Severity::Warning => tracing::warn!(group = g, volume, node, "{message}"),
+                    Severity::Info => tracing::info!(group = g, volume, node, "{message}"),
                 }
+                crate::events::record(me, severity, key, message);
             }
         }
     }
