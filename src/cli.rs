@@ -139,6 +139,21 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What the nodes noticed lately, oldest first: nodes down and back,
+    /// replicas lost and regained, rebuilds started and finished (kept in
+    /// memory, the last 100 per node).
+    Events {
+        /// Print JSON (the `events` of `cluster status --json`, newest
+        /// first).
+        #[arg(long, conflicts_with = "follow")]
+        json: bool,
+        /// Keep printing new events as they come (Ctrl-C to stop).
+        #[arg(long, short)]
+        follow: bool,
+        /// With --follow, time between looks, e.g. 2s.
+        #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+        interval: std::time::Duration,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -363,6 +378,11 @@ fn cluster(c: ClusterArgs) -> Result<()> {
                 print!("{}", crate::status::render(&st));
             }
         }
+        ClusterCommand::Events {
+            json,
+            follow,
+            interval,
+        } => crate::events::run(&c.admin.server, json, follow, interval)?,
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod daemon;
 mod demo;
 mod docker_volumes;
 mod drain;
+mod events;
 mod progress;
 mod replication;
 pub mod size;

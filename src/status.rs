@@ -87,21 +87,26 @@ pub fn render(st: &Value) -> String {
     if !events.is_empty() {
         let _ = writeln!(
             out,
-            "\nRECENT EVENTS (newest first; the status page lists more)"
+            "\nRECENT EVENTS (newest first; `raftblock cluster events` lists more)"
         );
     }
     for e in events.iter().take(RECENT_EVENTS) {
-        let seen: Vec<String> = e["nodes"].as_array().into_iter().flatten().map(s).collect();
-        let _ = writeln!(
-            out,
-            "  {} UTC  {:<7}  {}  (seen by node {})",
-            crate::admin::health::clock(e["at_unix"].as_u64().unwrap_or(0)),
-            s(&e["severity"]).to_uppercase(),
-            s(&e["message"]),
-            seen.join(", ")
-        );
+        let _ = writeln!(out, "  {}", event_line(e));
     }
     out
+}
+
+/// One entry of the status document's `events` as a line: when (UTC), how
+/// much it matters, what happened, and which nodes saw it.
+pub fn event_line(e: &Value) -> String {
+    let seen: Vec<String> = e["nodes"].as_array().into_iter().flatten().map(s).collect();
+    format!(
+        "{} UTC  {:<7}  {}  (seen by node {})",
+        crate::admin::health::clock(e["at_unix"].as_u64().unwrap_or(0)),
+        s(&e["severity"]).to_uppercase(),
+        s(&e["message"]),
+        seen.join(", ")
+    )
 }
 
 /// Events `cluster status` prints.

@@ -42,7 +42,7 @@ fn seeded_faults_never_lose_an_acknowledged_write() {
             let count = env_u64("RAFTBLOCK_SIM_SEEDS").unwrap_or(1200);
             println!(
                 "seeds {first} to {} (RAFTBLOCK_SIM_FIRST={first} runs them again)",
-                first + count - 1
+                (first + count).saturating_sub(1)
             );
             (first..first + count).collect()
         }

@@ -24,25 +24,32 @@ pub struct MergedEvent {
     pub key: String,
     /// The first node's sentence.
     pub message: String,
-    /// The nodes that saw it.
+    /// The nodes that saw it, in order of id.
     pub nodes: Vec<u64>,
 }
 
 /// Merges the events each node's facts list (`facts["events"]`), newest
 /// first; a node that sent none or something else adds nothing.
 pub fn merge<'a>(facts: impl Iterator<Item = &'a Value>) -> Vec<MergedEvent> {
+    // Entry by entry: one a node of another version words differently
+    // costs only itself.
     let mut all: Vec<ClusterEvent> = facts
-        .filter_map(|f| serde_json::from_value::<Vec<ClusterEvent>>(f["events"].clone()).ok())
+        .filter_map(|f| f["events"].as_array())
         .flatten()
+        .filter_map(|e| serde_json::from_value::<ClusterEvent>(e.clone()).ok())
         .collect();
     all.sort_by_key(|e| (e.at_unix, e.node));
     let mut merged: Vec<MergedEvent> = Vec::new();
     for e in all {
-        let same = merged.iter_mut().rev().find(|m| {
-            m.key == e.key
-                && !m.nodes.contains(&e.node)
-                && e.at_unix.saturating_sub(m.at_unix) <= SAME_EVENT_SECS
-        });
+        // Only the latest event of the key: a report never joins one that
+        // a newer occurrence has followed.
+        let same = merged
+            .iter_mut()
+            .rev()
+            .find(|m| m.key == e.key)
+            .filter(|m| {
+                !m.nodes.contains(&e.node) && e.at_unix.saturating_sub(m.at_unix) <= SAME_EVENT_SECS
+            });
         match same {
             Some(m) => m.nodes.push(e.node),
             None => merged.push(MergedEvent {
@@ -56,6 +63,9 @@ pub fn merge<'a>(facts: impl Iterator<Item = &'a Value>) -> Vec<MergedEvent> {
     }
     merged.reverse();
     merged.truncate(LISTED);
+    for m in &mut merged {
+        m.nodes.sort_unstable();
+    }
     merged
 }
 
@@ -75,9 +85,12 @@ mod tests {
                               ev(1, 104, "node/4/back", "node 4 is back after 4 s"),
                               ev(1, 108, "node/4/down", "node 4 is down: not heard from for 5.0 s")]}),
             json!({"events": [ev(2, 101, "node/4/down", "node 4 is down: not heard from for 5.6 s")]}),
-            // Node 3 is not answering; node 5 runs an older version.
+            // Node 3 is not answering; node 5 runs an older version; node 6
+            // a newer one, with an entry this one cannot read.
             Value::Null,
             json!({"events": "nonsense"}),
+            json!({"events": [{"node": 6, "at_unix": 102, "severity": "fatal", "key": "x", "message": "?"},
+                              ev(6, 101, "node/4/down", "node 4 is down: not heard from for 5.2 s")]}),
             // Much later: a new event.
             json!({"events": [ev(3, 500, "node/4/down", "node 4 is down: not heard from for 5.0 s")]}),
         ];
@@ -93,10 +106,23 @@ mod tests {
                 // Node 1 said it again: down a second time.
                 (108, "node/4/down", vec![1]),
                 (104, "node/4/back", vec![1]),
-                (100, "node/4/down", vec![1, 2]),
+                (100, "node/4/down", vec![1, 2, 6]),
             ]
         );
         assert_eq!(m[3].message, "node 4 is down: not heard from for 5.1 s");
+    }
+
+    #[test]
+    fn a_report_joins_only_the_latest_occurrence() {
+        // Node 1 saw node 4 go down twice in 15 s; node 2's later report
+        // is of the second death, not the first.
+        let facts = [
+            json!({"events": [ev(1, 100, "node/4/down", "a"), ev(1, 107, "node/4/down", "b")]}),
+            json!({"events": [ev(2, 108, "node/4/down", "c"), ev(2, 114, "node/4/down", "d")]}),
+        ];
+        let m = merge(facts.iter());
+        let got: Vec<(u64, Vec<u64>)> = m.iter().map(|e| (e.at_unix, e.nodes.clone())).collect();
+        assert_eq!(got, vec![(114, vec![2]), (107, vec![1, 2]), (100, vec![1])]);
     }
 
     #[test]

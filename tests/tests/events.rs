@@ -231,6 +231,27 @@ fn node_and_shard_events_are_one_line_each_at_the_right_level() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mark3 = marks(&c);
+    // `cluster events --follow` on node 2 prints what happens from here on.
+    let mut follower = std::process::Command::new(raftblock_tests::raftblock_bin())
+        .args(["cluster", "events", "--follow", "--interval", "500ms"])
+        .env("RAFTBLOCK_SERVER", c.nodes[1].admin.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start cluster events --follow");
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let out = follower.stdout.take().expect("stdout");
+        let followed = followed.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                followed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line);
+            }
+        })
+    };
     c.node(4).kill9();
     wait_for(
         &c,
@@ -335,4 +356,59 @@ fn node_and_shard_events_are_one_line_each_at_the_right_level() {
         text.contains("RECENT EVENTS") && text.contains("node 4 is down"),
         "{text}"
     );
+    // `cluster events`: the same entries, oldest first, one line each.
+    let listed = c.node(2).cli(&["cluster", "events"]);
+    assert!(listed.status.success());
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let lines: Vec<&str> = listed.lines().collect();
+    // (At least: an event may come between the two calls.)
+    assert!(lines.len() >= events.len(), "{listed}");
+    let downs_at: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("node 4 is down"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(downs_at.len(), 2, "{listed}");
+    let back_at = lines.iter().position(|l| l.contains("node 4 is back"));
+    assert!(
+        back_at.is_some_and(|b| downs_at[0] < b && b < downs_at[1]),
+        "down, back, down again, in that order: {listed}"
+    );
+    assert!(
+        lines[downs_at[1]].contains("WARNING")
+            && lines[downs_at[1]].contains("(seen by node 1, 2, 3)"),
+        "{listed}"
+    );
+    let json = c.node(2).cli(&["cluster", "events", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("events JSON");
+    assert!(
+        json.as_array().map_or(0, Vec::len) >= events.len(),
+        "{json:#}"
+    );
+    // The follower printed the second death and the rebuilds as they came,
+    // and nothing from before it started twice. (Each of its looks takes
+    // a couple of seconds: the status waits for the dead node.)
+    wait_for(
+        &c,
+        Duration::from_secs(20),
+        "the follower printed the rebuilds",
+        || {
+            let f = followed.lock().unwrap_or_else(|p| p.into_inner());
+            f.iter().filter(|l| l.contains("rebuild finished")).count() >= finished.len()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = reader.join();
+    let followed = followed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let count = |text: &str| followed.iter().filter(|l| l.contains(text)).count();
+    assert_eq!(
+        count("node 4 is down"),
+        2,
+        "the first death, then the second: {followed:#?}"
+    );
+    assert_eq!(count("rebuild finished"), finished.len(), "{followed:#?}");
+    assert_eq!(count("node 4 marked out"), 1, "{followed:#?}");
 }
