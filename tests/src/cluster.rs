@@ -331,7 +331,14 @@ impl TestCluster {
             .filter(|f| {
                 sha256_of(&a.join("volumes").join(f)) != sha256_of(&b.join("volumes").join(f))
             })
-            .map(|f| format!("{} differs between node {x} and node {y}", f.display()))
+            .map(|f| {
+                let (pa, pb) = (a.join("volumes").join(f), b.join("volumes").join(f));
+                format!(
+                    "{} differs between node {x} and node {y}{}",
+                    f.display(),
+                    describe_table_difference(&pa, &pb, x, y)
+                )
+            })
             .collect()
     }
 
@@ -370,6 +377,63 @@ impl TestCluster {
         let diff = self.chunk_differences(x, y);
         assert!(diff.is_empty(), "{}", diff.join("\n"));
     }
+}
+
+/// For two checksum tables (`.crc`) that differ: their lengths, and the
+/// first slots that differ with each node's value and whether it matches
+/// that node's own data block (a slot that does not is a latent checksum
+/// error). Empty for other files.
+fn describe_table_difference(a: &Path, b: &Path, x: u64, y: u64) -> String {
+    use raftblock_storage::checksum::verify;
+    if a.extension().is_none_or(|e| e != "crc") {
+        return String::new();
+    }
+    let (Ok(ta), Ok(tb)) = (std::fs::read(a), std::fs::read(b)) else {
+        return String::new();
+    };
+    let (da, db) = (
+        std::fs::read(a.with_extension("data")).unwrap_or_default(),
+        std::fs::read(b.with_extension("data")).unwrap_or_default(),
+    );
+    let slot = |t: &[u8], i: usize| -> u32 {
+        t.get(i * 4..i * 4 + 4)
+            .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let block = |d: &[u8], i: usize| -> Vec<u8> {
+        let mut out = d.get(i * 4096..).unwrap_or_default().to_vec();
+        out.resize(4096, 0);
+        out.truncate(4096);
+        out
+    };
+    let slots = ta.len().max(tb.len()) / 4;
+    let differing: Vec<String> = (0..slots)
+        .filter(|i| slot(&ta, *i) != slot(&tb, *i))
+        .take(8)
+        .map(|i| {
+            let (sa, sb) = (slot(&ta, i), slot(&tb, i));
+            let (ba, bb) = (block(&da, i), block(&db, i));
+            format!(
+                "block {i}: node {x} {sa:#010x} ({}), node {y} {sb:#010x} ({}), data {}",
+                if verify(sa, &ba) {
+                    "matches its data"
+                } else {
+                    "DOES NOT match its data"
+                },
+                if verify(sb, &bb) {
+                    "matches its data"
+                } else {
+                    "DOES NOT match its data"
+                },
+                if ba == bb { "equal" } else { "differs" },
+            )
+        })
+        .collect();
+    format!(
+        " (tables of {} and {} bytes; {})",
+        ta.len(),
+        tb.len(),
+        differing.join("; ")
+    )
 }
 
 /// Every chunk data and checksum file of the node's volumes, relative to
