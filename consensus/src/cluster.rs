@@ -238,11 +238,8 @@ impl Cluster {
                     format!("node {node} is back after {:.0} s", after.as_secs_f64()),
                 ),
             };
-            match severity {
-                Severity::Warning => tracing::warn!(node, %addr, "{message}"),
-                Severity::Info => tracing::info!(node, %addr, "{message}"),
-            }
-            crate::events::record(self.node, severity, format!("node/{node}/{key}"), message);
+            let key = format!("node/{node}/{key}");
+            crate::events::say!(self.node, severity, key, message; node, %addr,);
         }
     }
 

@@ -43,6 +43,21 @@ fn events() -> std::sync::MutexGuard<'static, VecDeque<ClusterEvent>> {
     EVENTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Says an event once: its log line, at the level its severity asks, with
+/// the given fields, and its entry in `node`'s list, the same sentence in
+/// both. `say!(node, severity, key, message; field = value, ...)`.
+macro_rules! say {
+    ($node:expr, $severity:expr, $key:expr, $message:expr; $($field:tt)*) => {{
+        let (severity, message): ($crate::events::Severity, String) = ($severity, $message);
+        match severity {
+            $crate::events::Severity::Warning => tracing::warn!($($field)* "{message}"),
+            $crate::events::Severity::Info => tracing::info!($($field)* "{message}"),
+        }
+        $crate::events::record($node, severity, $key, message);
+    }};
+}
+pub(crate) use say;
+
 /// Keeps an event `node` saw now.
 pub fn record(node: u64, severity: Severity, key: String, message: String) {
     let at_unix = raftblock_storage::catalog::unix_now();

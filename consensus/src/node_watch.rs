@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::Cluster;
-use crate::events::{self, Severity};
+use crate::events::{say, Severity};
 use crate::healing::{MoveEnd, MoveLog};
 use crate::meta::{MetaCommand, MetaState, MoveReason, ReplicaMove, META_GROUP};
 
@@ -66,18 +66,12 @@ pub fn spawn(cluster: Arc<Cluster>, interval: Duration) {
                             let message = format!(
                                 "node {node} marked out: down {silent_s} s, longer than the down-out interval; its replicas are re-created elsewhere"
                             );
-                            tracing::warn!(node, silent_s, "{message}");
-                            events::record(
-                                me,
-                                Severity::Warning,
-                                format!("node/{node}/out"),
-                                message,
-                            );
+                            let key = format!("node/{node}/out");
+                            say!(me, Severity::Warning, key, message; node, silent_s,);
                         }
                         MetaCommand::MarkIn { node } => {
                             let message = format!("node {node} taken back in: it answers again");
-                            tracing::info!(node, "{message}");
-                            events::record(me, Severity::Info, format!("node/{node}/in"), message);
+                            say!(me, Severity::Info, format!("node/{node}/in"), message; node,);
                         }
                         _ => tracing::info!("{what}"),
                     },
@@ -130,16 +124,9 @@ fn log_started_move(me: u64, meta: &MetaState, m: &ReplicaMove) {
         meta.describe_group(m.group),
         m.add
     );
-    tracing::info!(
-        group = m.group,
-        volume,
-        to = m.add,
-        from = m.remove,
-        reason,
-        "{message}"
-    );
     let key = format!("group/{}/rebuild-started/{}", m.group, m.add);
-    events::record(me, Severity::Info, key, message);
+    say!(me, Severity::Info, key, message;
+        group = m.group, volume, to = m.add, from = m.remove, reason,);
 }
 
 /// One line per move that ended since the last look.
@@ -173,26 +160,9 @@ fn log_ended_moves(me: u64, meta: &MetaState, moves: &mut MoveLog) {
                 format!("rebuild ended: {what}'s volume was deleted"),
             ),
         };
-        match severity {
-            Severity::Warning => tracing::warn!(
-                group = m.group,
-                volume,
-                to = m.add,
-                from = m.remove,
-                took_s = took,
-                "{message}"
-            ),
-            Severity::Info => tracing::info!(
-                group = m.group,
-                volume,
-                to = m.add,
-                from = m.remove,
-                took_s = took,
-                "{message}"
-            ),
-        }
         let key = format!("group/{}/rebuild-{how}/{}", m.group, m.add);
-        events::record(me, severity, key, message);
+        say!(me, severity, key, message;
+            group = m.group, volume, to = m.add, from = m.remove, took_s = took,);
     }
 }
 

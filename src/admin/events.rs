@@ -6,7 +6,7 @@
 //! key is a second event (a node down again).
 
 use raftblock_consensus::events::ClusterEvent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Other nodes' reports of one key this soon after the first are the same
@@ -36,7 +36,7 @@ pub fn merge<'a>(facts: impl Iterator<Item = &'a Value>) -> Vec<MergedEvent> {
     let mut all: Vec<ClusterEvent> = facts
         .filter_map(|f| f["events"].as_array())
         .flatten()
-        .filter_map(|e| serde_json::from_value::<ClusterEvent>(e.clone()).ok())
+        .filter_map(|e| ClusterEvent::deserialize(e).ok())
         .collect();
     all.sort_by_key(|e| (e.at_unix, e.node));
     let mut merged: Vec<MergedEvent> = Vec::new();

@@ -171,9 +171,9 @@ impl Driver {
                     self.meta.describe_group(g),
                     silent.as_secs_f64()
                 );
-                tracing::warn!(group = g, volume = self.meta.volume_of(g), "{message}");
                 let key = format!("group/{g}/leaderless");
-                crate::events::record(me, Severity::Warning, key, message);
+                crate::events::say!(me, Severity::Warning, key, message;
+                    group = g, volume = self.meta.volume_of(g),);
             }
             if !r.is_leader() {
                 r.voter_watch.clear();
@@ -213,11 +213,7 @@ impl Driver {
                         ),
                     ),
                 };
-                match severity {
-                    Severity::Warning => tracing::warn!(group = g, volume, node, "{message}"),
-                    Severity::Info => tracing::info!(group = g, volume, node, "{message}"),
-                }
-                crate::events::record(me, severity, key, message);
+                crate::events::say!(me, severity, key, message; group = g, volume, node,);
             }
         }
     }
