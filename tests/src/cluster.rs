@@ -333,10 +333,19 @@ impl TestCluster {
             })
             .map(|f| {
                 let (pa, pb) = (a.join("volumes").join(f), b.join("volumes").join(f));
+                let what = describe_table_difference(&pa, &pb, x, y);
+                // Whether something was still writing: a difference that
+                // goes away on its own is a race in this check, one that
+                // stays is a divergence. Either fails the run.
+                std::thread::sleep(Duration::from_secs(3));
+                let later = if sha256_of(&pa) == sha256_of(&pb) {
+                    "; equal 3 s later"
+                } else {
+                    "; still differs 3 s later"
+                };
                 format!(
-                    "{} differs between node {x} and node {y}{}",
-                    f.display(),
-                    describe_table_difference(&pa, &pb, x, y)
+                    "{} differs between node {x} and node {y}{what}{later}",
+                    f.display()
                 )
             })
             .collect()
