@@ -3,6 +3,8 @@
 //! status page shows too): health and alerts, a node table, one line per
 //! shard replica, then the recent events.
 
+use raftblock_storage::DiskUsage;
+use serde::Deserialize;
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -122,16 +124,13 @@ pub fn render_nodes(st: &Value) -> String {
         "ID", "STATE", "DISK USED", "REPLICAS", "LEADERS", "NBD", "ADMIN"
     );
     for n in st["nodes"].as_array().into_iter().flatten() {
-        let disk = match (
-            n["disk"]["total_bytes"].as_u64(),
-            n["disk"]["avail_bytes"].as_u64(),
-        ) {
-            (Some(total), Some(avail)) if total > 0 => format!(
+        let disk = match DiskUsage::deserialize(&n["disk"]) {
+            Ok(d) => format!(
                 "{:.0}% of {}",
-                (total - avail.min(total)) as f64 * 100.0 / total as f64,
-                human(total)
+                d.used_share() * 100.0,
+                human(d.usable_bytes())
             ),
-            _ => "-".into(),
+            Err(_) => "-".into(),
         };
         let _ = writeln!(
             out,

@@ -4,12 +4,14 @@
 //! HEALTH_ERR. It only reads the document, so the page, the CLI and the
 //! document itself cannot disagree.
 
+use raftblock_storage::DiskUsage;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// Free space below this fraction of the disk is a warning...
-const DISK_WARN: f64 = 0.10;
-/// ...and below this, an error.
-const DISK_ERROR: f64 = 0.05;
+/// A disk more than this share used (`df`'s Use%) is a warning...
+const DISK_WARN: f64 = 0.90;
+/// ...and more than this, an error.
+const DISK_ERROR: f64 = 0.95;
 /// A replica move running this long without copying is stalled.
 const REBUILD_STALLED_SECS: u64 = 10 * 60;
 
@@ -82,21 +84,17 @@ pub fn assess(doc: &Value, now: u64) -> Value {
                 json!({ "node": id }),
             );
         }
-        let (total, avail) = (
-            n["disk"]["total_bytes"].as_u64().unwrap_or(0),
-            n["disk"]["avail_bytes"].as_u64().unwrap_or(0),
-        );
-        if total > 0 {
-            let free = avail as f64 / total as f64;
+        if let Ok(disk) = DiskUsage::deserialize(&n["disk"]) {
+            let used = disk.used_share();
             let msg = format!(
-                "node {id}: disk {:.0}% full ({} free of {})",
-                (1.0 - free) * 100.0,
-                crate::size::human(avail),
-                crate::size::human(total)
+                "node {id}: disk {:.0}% full ({} available of {})",
+                used * 100.0,
+                crate::size::human(disk.avail_bytes),
+                crate::size::human(disk.usable_bytes())
             );
-            if free < DISK_ERROR {
+            if used > DISK_ERROR {
                 add("error", "disk_full", msg, json!({ "node": id }));
-            } else if free < DISK_WARN {
+            } else if used > DISK_WARN {
                 add("warning", "disk_full", msg, json!({ "node": id }));
             }
         }
@@ -184,11 +182,32 @@ mod tests {
     fn a_healthy_cluster_is_ok() {
         let doc = json!({
             "meta_leader": 1,
-            "nodes": [{"id": 1, "state": "up", "disk": {"total_bytes": 100, "avail_bytes": 50}}],
+            "nodes": [{"id": 1, "state": "up", "disk": {"total_bytes": 100, "avail_bytes": 50, "free_bytes": 50}}],
             "volumes": [{"name": "v", "state": "healthy"}],
             "moves": [],
         });
         assert_eq!(assess(&doc, 1000), json!({"status": "ok", "alerts": []}));
+    }
+
+    #[test]
+    fn disk_use_is_counted_as_df_counts_it() {
+        // This CI host's filesystem: 252 GiB, 189 GiB free of which only
+        // 28 GiB is available to non-root; `df` says 70% used, and the
+        // 89% of `1 - avail/total` raised a false alarm at 93%.
+        let gib = 1u64 << 30;
+        let node = |avail: u64| {
+            json!({"meta_leader": 1, "nodes": [{"id": 1, "state": "up",
+                "disk": {"total_bytes": 252 * gib, "free_bytes": 189 * gib, "avail_bytes": avail}}]})
+        };
+        assert_eq!(assess(&node(28 * gib), 0)["status"], "ok");
+        // 63 GiB used, 6 available: 91% used.
+        let h = assess(&node(6 * gib), 0);
+        assert_eq!(h["status"], "warning", "{h}");
+        assert_eq!(
+            h["alerts"][0]["message"],
+            "node 1: disk 91% full (6.0 GiB available of 69.0 GiB)"
+        );
+        assert_eq!(assess(&node(3 * gib), 0)["status"], "error");
     }
 
     #[test]
@@ -197,7 +216,7 @@ mod tests {
             "meta_leader": 1,
             "nodes": [
                 {"id": 1, "state": "up", "checksum_errors": 2,
-                 "disk": {"total_bytes": 1000, "avail_bytes": 80}},
+                 "disk": {"total_bytes": 1000, "avail_bytes": 80, "free_bytes": 80}},
                 {"id": 3, "state": "down", "reason": "last heard 42 s ago", "down_since_unix": 958},
             ],
             "volumes": [

@@ -404,6 +404,12 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
                 "Free space on that filesystem available to the daemon.",
                 d.avail_bytes,
             ),
+            (
+                "raftblock_disk_free_bytes",
+                "Free space on that filesystem, root's reserve included; \
+                 df's Use% is (total - free) / (total - free + avail).",
+                d.free_bytes,
+            ),
         ] {
             metric_header(&mut out, name, "gauge", help);
             let _ = writeln!(out, "{name} {value}");

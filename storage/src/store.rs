@@ -30,6 +30,26 @@ pub struct DiskUsage {
     pub free_bytes: u64,
 }
 
+impl DiskUsage {
+    /// Bytes in use, as `df` counts them.
+    pub fn used_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.free_bytes)
+    }
+
+    /// Bytes this process can fill: used plus available. Blocks reserved
+    /// for root are left out, as `df` leaves them out of Use%; a host that
+    /// reserves a large share would otherwise look nearly full while
+    /// `df` says it is not.
+    pub fn usable_bytes(&self) -> u64 {
+        self.used_bytes().saturating_add(self.avail_bytes)
+    }
+
+    /// The share in use, `df`'s Use%: used / (used + available).
+    pub fn used_share(&self) -> f64 {
+        self.used_bytes() as f64 / self.usable_bytes().max(1) as f64
+    }
+}
+
 /// A counted reference to an open volume; deleting waits for none to remain.
 pub struct VolumeHandle {
     volume: Arc<LocalVolume>,
