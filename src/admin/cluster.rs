@@ -194,13 +194,15 @@ pub(super) enum AskError {
 
 /// Asks the members `ids` other than this node, in parallel on blocking
 /// threads, through their admin APIs (`ask`, within `timeout`); a member
-/// without an admin address, or whose call failed, answers the error.
-pub(super) async fn ask_members<T: Send + 'static>(
+/// without an admin address, or whose call failed, answers the error. The
+/// calls start now, not when the answers are awaited, so the caller can do
+/// its own share meanwhile (a scrub of its own copy).
+pub(super) fn ask_members<T: Send + 'static>(
     c: &Cluster,
     ids: impl IntoIterator<Item = u64>,
     timeout: Duration,
     ask: impl Fn(&AdminClient) -> anyhow::Result<T> + Clone + Send + 'static,
-) -> Vec<(u64, Result<T, AskError>)> {
+) -> impl std::future::Future<Output = Vec<(u64, Result<T, AskError>)>> {
     let meta = c.view().meta();
     let mut asks = Vec::new();
     for id in ids.into_iter().filter(|id| *id != c.node()) {
@@ -215,13 +217,15 @@ pub(super) async fn ask_members<T: Send + 'static>(
             (id, answer)
         }));
     }
-    let mut out = Vec::new();
-    for a in asks {
-        if let Ok(r) = a.await {
-            out.push(r);
+    async move {
+        let mut out = Vec::new();
+        for a in asks {
+            if let Ok(r) = a.await {
+                out.push(r);
+            }
         }
+        out
     }
-    out
 }
 
 /// `DELETE /v1/volumes/{name}`: refused while NBD clients are connected to
