@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// `volume scrub`), e.g. 7d.
     #[arg(long, default_value = "7d", value_parser = parse_every)]
     pub scrub_interval: Every,
+    /// Bytes per second a scrub reads on this node (periodic or `volume
+    /// scrub`), so client I/O keeps going; 0 for no limit, e.g. 64M.
+    #[arg(long, default_value = "64M", value_parser = parse_bytes)]
+    pub scrub_rate: u64,
     /// Shard log entries younger than this are kept, so a replica that was
     /// down for less catches up from the log instead of copying chunks
     /// (`0s`: keep only what replicas that are up still need), e.g. 90s.
@@ -123,6 +127,7 @@ impl ServeArgs {
             plugin_socket: "off".into(),
             attach_grace: std::time::Duration::from_secs(15),
             scrub_interval: Every(None),
+            scrub_rate: 64 << 20,
             log_keep: std::time::Duration::from_secs(90),
             log_keep_bytes: 256 << 20,
             log_keep_node_bytes: 1 << 30,

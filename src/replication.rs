@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use raftblock_consensus::{Cluster, ClusterVolume, Driver, DriverConfig, NodeInfo, Transport};
+use raftblock_consensus::{
+    BackgroundRates, Cluster, ClusterVolume, Driver, DriverConfig, NodeInfo, Transport,
+};
 use raftblock_storage::{ChunkStore, StorageError, Wal, WalOptions};
 use raftblock_volume_driver::{ExportCatalog, ExportInfo, OpenExport};
 
@@ -151,7 +153,10 @@ impl ClusterNode {
             events,
             snap_rx,
             args.leader_wait,
-            args.recovery_rate,
+            BackgroundRates {
+                recovery: args.recovery_rate,
+                scrub: args.scrub_rate,
+            },
         );
         raftblock_consensus::node_watch::spawn(cluster.clone(), args.down_out_interval);
         Ok(ClusterNode {

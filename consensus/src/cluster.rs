@@ -30,6 +30,7 @@ use crate::recovery::Recovery;
 use crate::rpc::{self, kind, RouteError, RpcRequest, RpcResponse, RpcSegment};
 use crate::snapshot::{self, ChunkSource, SnapshotFetch, SourceError};
 use crate::transport::{Transport, TransportEvent};
+use raftblock_storage::pace::TokenBucket;
 
 /// How long a forwarded request may go unanswered before it is retried.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,6 +101,17 @@ pub struct Cluster {
     leader_wait: Duration,
     renewals: LeaseRenewals,
     recovery: Arc<Recovery>,
+    scrub_pace: TokenBucket,
+}
+
+/// Byte rates of a node's background work, so client I/O keeps going
+/// (0: no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct BackgroundRates {
+    /// For all the catch-up copies it receives together.
+    pub recovery: u64,
+    /// For the reads of its scrubs.
+    pub scrub: u64,
 }
 
 impl Cluster {
@@ -114,7 +126,7 @@ impl Cluster {
         events: mpsc::UnboundedReceiver<TransportEvent>,
         snapshots: mpsc::UnboundedReceiver<SnapshotFetch>,
         leader_wait: Duration,
-        recovery_rate: u64,
+        rates: BackgroundRates,
     ) -> Arc<Cluster> {
         let c = Arc::new(Cluster {
             node,
@@ -128,7 +140,8 @@ impl Cluster {
             hints: RwLock::new(HashMap::new()),
             leader_wait,
             renewals: LeaseRenewals::default(),
-            recovery: Arc::new(Recovery::new(recovery_rate)),
+            recovery: Arc::new(Recovery::new(rates.recovery)),
+            scrub_pace: TokenBucket::new(rates.scrub),
         });
         tokio::spawn(route_events(c.clone(), events));
         tokio::spawn(fetch_snapshots(c.clone(), snapshots));
@@ -174,6 +187,11 @@ impl Cluster {
     /// The catch-up copies this node receives (pacing, progress).
     pub fn recovery(&self) -> &Arc<Recovery> {
         &self.recovery
+    }
+
+    /// The rate its scrubs read at.
+    pub fn scrub_pace(&self) -> &TokenBucket {
+        &self.scrub_pace
     }
 
     /// This node's id.

@@ -38,7 +38,7 @@ pub mod transport;
 pub mod verify;
 
 pub use attachment::AttachError;
-pub use cluster::{Cluster, ShardOp};
+pub use cluster::{BackgroundRates, Cluster, ShardOp};
 pub use driver::{
     Clock, ClusterView, Driver, DriverConfig, DriverError, DriverHandle, DriverMsg, GroupStatus,
     LogWriterMode, ManualClock, MembershipReport, RaftNetwork, ReplicaError, SystemClock,

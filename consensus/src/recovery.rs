@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use raftblock_storage::pace::TokenBucket;
 
 /// Catch-up copies received at once per node.
 pub const MAX_COPIES: usize = 2;
@@ -55,11 +57,9 @@ struct Copy {
 
 /// Paces and tracks the node's catch-up copies.
 pub struct Recovery {
-    /// Bytes per second for all copies together (0: unpaced).
-    rate: u64,
+    /// Bytes per second for all copies together.
+    rate: TokenBucket,
     slots: Arc<Semaphore>,
-    /// Tokens (bytes) available now; negative when a copy ran ahead.
-    bucket: Mutex<(f64, Instant)>,
     copies: Mutex<BTreeMap<u64, Copy>>,
     bytes: AtomicU64,
 }
@@ -68,9 +68,8 @@ impl Recovery {
     /// Copies paced at `rate` bytes per second (0: unpaced).
     pub fn new(rate: u64) -> Recovery {
         Recovery {
-            rate,
+            rate: TokenBucket::new(rate),
             slots: Arc::new(Semaphore::new(MAX_COPIES)),
-            bucket: Mutex::new((0.0, Instant::now())),
             copies: Mutex::new(BTreeMap::new()),
             bytes: AtomicU64::new(0),
         }
@@ -100,22 +99,7 @@ impl Recovery {
     /// Waits until `bytes` more may be copied at the configured rate.
     pub async fn pace(&self, bytes: u64) {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if self.rate == 0 {
-            return;
-        }
-        let rate = self.rate as f64;
-        let wait = {
-            let mut b = lock(&self.bucket);
-            let now = Instant::now();
-            // At most a second's worth saved up: a burst stays short.
-            b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate);
-            b.1 = now;
-            b.0 -= bytes as f64;
-            (b.0 < 0.0).then(|| Duration::from_secs_f64(-b.0 / rate))
-        };
-        if let Some(w) = wait {
-            tokio::time::sleep(w).await;
-        }
+        self.rate.pace(bytes).await;
     }
 
     /// Bytes copied by catch-up copies since start.
@@ -176,6 +160,7 @@ impl Drop for CopyGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn copies_are_paced_limited_and_tracked() {

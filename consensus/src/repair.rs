@@ -92,7 +92,6 @@ impl Cluster {
             let group = crate::meta::shard_group(rec.meta.id, index as u32);
             for chunk in rec.shard_chunks(index as u32) {
                 report.chunks += 1;
-                progress.advance(1);
                 if last_report.elapsed() >= Duration::from_secs(10) {
                     last_report = Instant::now();
                     tracing::info!(
@@ -103,7 +102,11 @@ impl Cluster {
                         "scrubbing"
                     );
                 }
-                for bad in v.scrub_chunk(chunk).await.map_err(io_error)? {
+                let bad_blocks = v
+                    .scrub_chunk(chunk, self.scrub_pace())
+                    .await
+                    .map_err(io_error)?;
+                for bad in bad_blocks {
                     report.bad += 1;
                     if self.repair_block(group, &v, bad).await {
                         report.repaired += 1;
@@ -111,6 +114,7 @@ impl Cluster {
                         report.unrepaired.push(bad);
                     }
                 }
+                progress.advance(1);
             }
         }
         tracing::info!(

@@ -13,6 +13,7 @@ pub mod gather;
 pub mod io;
 mod locks;
 pub mod logged;
+pub mod pace;
 pub mod size;
 pub mod staging;
 pub mod store;

@@ -229,3 +229,74 @@ fn ureq_get(url: &str) -> (u16, String) {
     let (body, code) = t.rsplit_once('\n').unwrap_or((&t, "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+#[test]
+fn volume_scrub_on_a_terminal_draws_a_bar_that_moves_at_the_scrub_rate() {
+    if !require_tool("qemu-io") || !require_tool("script") {
+        return;
+    }
+    // 32 chunks of 1 MiB, all written, on each of the 3 nodes: at 8 MiB/s
+    // (a second's worth up front) each node's scrub takes about 3 s.
+    let mut c = TestCluster::start_each(3, |_| vec!["--scrub-rate".into(), "8M".into()]);
+    c.create_volume_json(&serde_json::json!({
+        "name": "db", "size": 32 << 20, "replicas": 3, "shards": 2, "chunk_size": 1 << 20,
+    }));
+    c.wait_converged("db", Duration::from_secs(60));
+    raftblock_tests::qemu_io(&c.nodes[0].uri("db"), &["write -P 0x5a 0 32M"]);
+    c.wait_converged("db", Duration::from_secs(60));
+
+    // `script` gives the CLI a terminal, as an operator's shell would.
+    let cmd = format!(
+        "stty rows 40 cols 160; RAFTBLOCK_SERVER={} {} volume scrub db",
+        c.nodes[0].admin,
+        raftblock_bin().display()
+    );
+    let started = std::time::Instant::now();
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .output()
+        .expect("run script");
+    let took = started.elapsed();
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    // The bar's frames: "scrubbing: scrub on 3 node(s) [===>  ] 40/96 chunks".
+    let positions: Vec<(u64, u64)> = screen
+        .split(['\r', '\n'])
+        .filter(|f| f.contains("scrub on 3 node(s)"))
+        .filter_map(|f| {
+            let (done, rest) = f
+                .split_once(" chunks")?
+                .0
+                .rsplit_once(' ')?
+                .1
+                .split_once('/')?;
+            Some((done.parse().ok()?, rest.parse().ok()?))
+        })
+        .collect();
+    let mut moving: Vec<u64> = positions
+        .iter()
+        .filter(|(d, t)| *t == 96 && *d > 0 && *d < 96)
+        .map(|(d, _)| *d)
+        .collect();
+    moving.dedup();
+    assert!(
+        moving.len() >= 2,
+        "the bar should show at least two steps short of 96 chunks: {positions:?}\n{screen}"
+    );
+    assert!(moving.windows(2).all(|w| w[0] < w[1]), "{moving:?}");
+    // Then the report: every node scrubbed its 32 chunks, none bad.
+    let rows = screen
+        .lines()
+        .map(str::split_whitespace)
+        .map(Iterator::collect::<Vec<_>>)
+        .filter(|cols| cols.len() == 5 && cols[1] == "32" && cols[2] == "0")
+        .count();
+    assert_eq!(rows, 3, "{screen}");
+    // Paced: a second's worth up front, then 24 MiB at 8 MiB/s. (That the
+    // nodes scrub at once, not one after another, shows in the frames:
+    // "scrub on 3 node(s)".)
+    assert!(
+        took >= Duration::from_millis(2500),
+        "32 MiB at 8 MiB/s per node took only {took:?}"
+    );
+}

@@ -90,7 +90,10 @@ pub fn start(id: u64, peers: &HashMap<u64, SocketAddr>, listener: TcpListener) -
         events,
         snap_rx,
         Duration::from_secs(5),
-        0,
+        raftblock_consensus::BackgroundRates {
+            recovery: 0,
+            scrub: 0,
+        },
     );
     Node {
         id,

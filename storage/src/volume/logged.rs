@@ -488,7 +488,9 @@ mod tests {
         assert_eq!(v.logged_summary(&[0]).blocks, 0, "chunk 0 settled");
         assert_eq!(v.logged_summary(&[1]).blocks, 32, "chunk 1 left");
         assert_eq!(
-            v.scrub_chunk(1).await.expect("scrub"),
+            v.scrub_chunk(1, &crate::pace::TokenBucket::new(0))
+                .await
+                .expect("scrub"),
             (0..32).map(|b| MIB + b * BLOCK_SIZE).collect::<Vec<_>>()
         );
         // A good copy from elsewhere repairs it into the chunk file.

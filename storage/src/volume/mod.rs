@@ -18,6 +18,7 @@ use crate::checksum::{self, HOLE};
 use crate::chunk::Chunk;
 use crate::io::{zeros, Extent, ReadSegment, VolumeIo, ZeroMode, ZERO_RUN};
 use crate::locks::StripeLocks;
+use crate::pace::TokenBucket;
 use crate::{Engine, Result, StorageError, VolumeMeta, Wal, BLOCK_SIZE};
 
 /// Counters a volume keeps about itself.
@@ -190,10 +191,11 @@ impl LocalVolume {
     }
 
     /// Verifies every block of chunk `chunk` held on this node against its
-    /// recorded checksum; returns the volume offsets of the blocks that
-    /// fail (each confirmed once more under the block lock, so a block
-    /// being written meanwhile is not reported).
-    pub async fn scrub_chunk(&self, chunk: u64) -> Result<Vec<u64>> {
+    /// recorded checksum, reading at the rate `pace` allows; returns the
+    /// volume offsets of the blocks that fail (each confirmed once more
+    /// under the block lock, so a block being written meanwhile is not
+    /// reported).
+    pub async fn scrub_chunk(&self, chunk: u64, pace: &TokenBucket) -> Result<Vec<u64>> {
         let Some(c) = self.chunk(chunk, false)? else {
             return Ok(Vec::new());
         };
@@ -216,6 +218,7 @@ impl LocalVolume {
                 .read_at(&c.data, ((end - b) * BLOCK_SIZE) as usize, b * BLOCK_SIZE)
                 .await
                 .map_err(|e| self.io_err(chunk, "scrub read", e))?;
+            pace.pace((end - b) * BLOCK_SIZE).await;
             let logged = c.logged.range(b, end);
             for (i, block) in buf.chunks_exact(BLOCK_SIZE as usize).enumerate() {
                 let blk = b + i as u64;
