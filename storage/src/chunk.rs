@@ -150,14 +150,19 @@ impl Chunk {
     }
 
     /// The data file opened with O_DIRECT for writing, if the filesystem
-    /// allows it (tmpfs does not).
+    /// allows it (tmpfs does not). Opened through `/proc/self/fd`, so it is
+    /// the very file `data` is even if another file was renamed over the
+    /// chunk's path since (a catch-up copy swapping in staged chunks while
+    /// a settle still held this one): by path, the data would go to the
+    /// new file and the checksums to this chunk's table, leaving the new
+    /// table wrong for its data.
     pub(crate) fn direct(&self) -> Option<&Arc<File>> {
         self.direct
             .get_or_init(|| {
                 OpenOptions::new()
                     .write(true)
                     .custom_flags(libc::O_DIRECT)
-                    .open(&self.path)
+                    .open(format!("/proc/self/fd/{}", self.data.as_raw_fd()))
                     .map_err(|e| tracing::debug!(path = %self.path.display(), error = %e, "no direct I/O"))
                     .ok()
                     .map(Arc::new)
@@ -185,5 +190,34 @@ impl Chunk {
         (0..self.slots.len())
             .filter(|&i| self.slots.get(i).load(Ordering::Relaxed) != 0)
             .count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_direct_handle_is_the_open_data_file_even_after_a_rename_over_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let chunk = Chunk::open(dir.path(), 0, 1 << 20, true)
+            .expect("open")
+            .expect("created");
+        // A catch-up copy swaps another file in under the same name.
+        let other = dir.path().join("staged");
+        std::fs::write(&other, b"staged").expect("write");
+        std::fs::rename(&other, data_path(dir.path(), 0)).expect("rename");
+        let Some(direct) = chunk.direct() else {
+            panic!("O_DIRECT refused in {}", dir.path().display());
+        };
+        let ino = |f: &File| f.metadata().expect("stat").ino();
+        assert_eq!(ino(direct), ino(&chunk.data));
+        assert_ne!(
+            ino(direct),
+            std::fs::metadata(data_path(dir.path(), 0))
+                .expect("stat")
+                .ino()
+        );
     }
 }

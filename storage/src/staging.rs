@@ -111,33 +111,36 @@ pub fn install(volume: &LocalVolume, shard: u32) -> Result<u64> {
         })
         .collect();
     // Open handles on the old files go: later reads open the new ones.
-    volume.forget_chunks(&chunks);
     let live = volume.dir();
-    for s in &journal.swaps {
-        match *s {
-            ChunkSwap::Replace(c) => {
-                // A file already moved by an interrupted swap is not in
-                // staging any more; the journal says it is a replacement.
-                for (from, to) in [
-                    (data_path(&dir, c), data_path(live, c)),
-                    (crc_path(&dir, c), crc_path(live, c)),
-                ] {
-                    if from.exists() {
-                        std::fs::rename(&from, &to).map_err(io(&from, "swap in staged chunk"))?;
+    volume.change_chunk_files(&chunks, || -> Result<()> {
+        for s in &journal.swaps {
+            match *s {
+                ChunkSwap::Replace(c) => {
+                    // A file already moved by an interrupted swap is not in
+                    // staging any more; the journal says it is a replacement.
+                    for (from, to) in [
+                        (data_path(&dir, c), data_path(live, c)),
+                        (crc_path(&dir, c), crc_path(live, c)),
+                    ] {
+                        if from.exists() {
+                            std::fs::rename(&from, &to)
+                                .map_err(io(&from, "swap in staged chunk"))?;
+                        }
                     }
                 }
-            }
-            ChunkSwap::Remove(c) => {
-                for p in [data_path(live, c), crc_path(live, c)] {
-                    match std::fs::remove_file(&p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io(&p, "remove replaced chunk")(e)),
+                ChunkSwap::Remove(c) => {
+                    for p in [data_path(live, c), crc_path(live, c)] {
+                        match std::fs::remove_file(&p) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(io(&p, "remove replaced chunk")(e)),
+                        }
                     }
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     sync_dir(live)?;
     discard(volume, shard)?;
     Ok(journal.index)
@@ -238,5 +241,48 @@ mod tests {
         assert_eq!(read(&reopened, 1 << 20).await, vec![0u8; 4096]);
         assert!(!data_path(tmp.path(), 1).exists());
         assert!(!dir.exists());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_opened_while_a_swap_renames_is_the_swapped_in_one() {
+        let scenario = fail::FailScenario::setup();
+        let tmp = tempfile::tempdir().expect("tmp");
+        let live = volume(tmp.path());
+        live.write(0, Bytes::from(vec![1u8; 4096]), false)
+            .await
+            .expect("write");
+        live.flush().await.expect("flush");
+        let staged = create(&live, 0).expect("staging");
+        staged
+            .write(0, Bytes::from(vec![9u8; 4096]), false)
+            .await
+            .expect("staged write");
+        staged.flush().await.expect("staged flush");
+        commit(&live, 0, 7, &[ChunkSwap::Replace(0)]).expect("commit");
+        live.chunk_sums(0).expect("open chunk 0");
+
+        // The swap pauses once chunk 0 is closed and before its files move;
+        // meanwhile another thread opens chunk 0 (as a settle, a status
+        // request or a read would).
+        fail::cfg("storage::chunk_files_changing", "sleep(300)").expect("fail point");
+        std::thread::scope(|s| {
+            let swap = s.spawn(|| install(&live, 0));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            live.chunk_sums(0).expect("open chunk 0 during the swap");
+            assert_eq!(swap.join().expect("swap thread").expect("install"), 7);
+        });
+        fail::remove("storage::chunk_files_changing");
+
+        // What is written now must be in the files on disk, with checksums
+        // that match: read it back through a volume opened afresh.
+        assert_eq!(read(&live, 0).await, vec![9u8; 4096]);
+        live.write(4096, Bytes::from(vec![5u8; 4096]), false)
+            .await
+            .expect("write after the swap");
+        live.flush().await.expect("flush");
+        let reopened = volume(tmp.path());
+        assert_eq!(read(&reopened, 0).await, vec![9u8; 4096]);
+        assert_eq!(read(&reopened, 4096).await, vec![5u8; 4096]);
+        scenario.teardown();
     }
 }

@@ -152,13 +152,21 @@ impl LocalVolume {
         &self.engine
     }
 
-    /// Closes the open chunks `chunks` (their files are about to be
-    /// replaced): the next use opens whatever file is there then.
-    pub(crate) fn forget_chunks(&self, chunks: &[u64]) {
+    /// Closes the open chunks `chunks` and runs `change`, which renames or
+    /// removes their files, before any of them can be opened again: the
+    /// next use opens whatever files are there then. Opening is locked out
+    /// meanwhile, since a chunk opened between the rename of its data file
+    /// and that of its checksum table would pair the new data with the old
+    /// table, and its checksums would go to a file no longer there.
+    pub(crate) fn change_chunk_files<T>(&self, chunks: &[u64], change: impl FnOnce() -> T) -> T {
         let mut map = lock(&self.chunks);
         for c in chunks {
             map.remove(c);
         }
+        fail::fail_point!("storage::chunk_files_changing");
+        let out = change();
+        drop(map);
+        out
     }
 
     /// The checksum table of chunk `chunk` (one slot per 4 KiB block, 0 for
@@ -298,27 +306,29 @@ impl LocalVolume {
     /// they belong to); their blocks left in the log go with them. Returns
     /// how many files were removed.
     pub fn remove_chunks(&self, chunks: &[u64]) -> Result<u64> {
-        self.forget_chunks(chunks);
-        let mut removed = 0;
-        for &c in chunks {
-            for p in [
-                crate::chunk::data_path(&self.dir, c),
-                crate::chunk::crc_path(&self.dir, c),
-            ] {
-                match std::fs::remove_file(&p) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(StorageError::Io {
-                            volume: self.meta.name.clone(),
-                            chunk: c,
-                            op: "remove chunk file",
-                            source,
-                        })
+        let removed = self.change_chunk_files(chunks, || {
+            let mut removed = 0;
+            for &c in chunks {
+                for p in [
+                    crate::chunk::data_path(&self.dir, c),
+                    crate::chunk::crc_path(&self.dir, c),
+                ] {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => {
+                            return Err(StorageError::Io {
+                                volume: self.meta.name.clone(),
+                                chunk: c,
+                                op: "remove chunk file",
+                                source,
+                            })
+                        }
                     }
                 }
             }
-        }
+            Ok(removed)
+        })?;
         if removed > 0 {
             crate::staging::sync_dir(&self.dir)?;
         }
