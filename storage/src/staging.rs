@@ -200,6 +200,16 @@ mod tests {
         out
     }
 
+    /// Stages shard 0 of `live` with its first block full of 9s.
+    async fn stage_nines(live: &LocalVolume) {
+        let staged = create(live, 0).expect("staging");
+        staged
+            .write(0, Bytes::from(vec![9u8; 4096]), false)
+            .await
+            .expect("staged write");
+        staged.flush().await.expect("staged flush");
+    }
+
     #[tokio::test]
     async fn staged_chunks_are_invisible_until_installed_and_a_half_done_swap_finishes() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -212,12 +222,7 @@ mod tests {
             .expect("write");
         live.flush().await.expect("flush");
 
-        let staged = create(&live, 0).expect("staging");
-        staged
-            .write(0, Bytes::from(vec![9u8; 4096]), false)
-            .await
-            .expect("staged write");
-        staged.flush().await.expect("staged flush");
+        stage_nines(&live).await;
         // Not visible before the swap.
         assert_eq!(read(&live, 0).await, vec![1u8; 4096]);
         // An unfinished copy is dropped at start.
@@ -225,12 +230,7 @@ mod tests {
         assert!(!staging_dir(&live, 0).exists());
         assert_eq!(read(&live, 0).await, vec![1u8; 4096]);
 
-        let staged = create(&live, 0).expect("staging");
-        staged
-            .write(0, Bytes::from(vec![9u8; 4096]), false)
-            .await
-            .expect("staged write");
-        staged.flush().await.expect("staged flush");
+        stage_nines(&live).await;
         commit(&live, 0, 42, &[ChunkSwap::Replace(0), ChunkSwap::Remove(1)]).expect("commit");
         // A crash after the data file moved but before its checksums did.
         let dir = staging_dir(&live, 0);
@@ -252,12 +252,7 @@ mod tests {
             .await
             .expect("write");
         live.flush().await.expect("flush");
-        let staged = create(&live, 0).expect("staging");
-        staged
-            .write(0, Bytes::from(vec![9u8; 4096]), false)
-            .await
-            .expect("staged write");
-        staged.flush().await.expect("staged flush");
+        stage_nines(&live).await;
         commit(&live, 0, 7, &[ChunkSwap::Replace(0)]).expect("commit");
         live.chunk_sums(0).expect("open chunk 0");
 
