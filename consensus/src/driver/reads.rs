@@ -97,17 +97,25 @@ impl Replica {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
                 .unwrap_or(0);
-            while let Some(b) = self.reads_sent.pop_front() {
-                if b.ctx == ctx {
-                    if self.is_leader() && self.node.raft.lead_transferee.is_none() {
-                        self.lease_until = Some(b.issued + lease);
-                    }
-                    for w in b.waiters {
-                        self.read_ready(group, rs.index, now, w);
-                    }
-                    break;
+            // A ReadState for a batch no longer queued (it expired, or the
+            // answer came twice or late) says nothing about the batches
+            // issued after it: answering them with its index would let a
+            // read miss a write acknowledged in between. It is dropped.
+            let Some(pos) = self.reads_sent.iter().position(|b| b.ctx == ctx) else {
+                tracing::debug!(
+                    group,
+                    ctx,
+                    index = rs.index,
+                    "read state for no queued batch"
+                );
+                continue;
+            };
+            // Older batches are answered by this newer ReadState.
+            let answered: Vec<ReadBatch> = self.reads_sent.drain(..=pos).collect();
+            for b in answered {
+                if b.ctx == ctx && self.is_leader() && self.node.raft.lead_transferee.is_none() {
+                    self.lease_until = Some(b.issued + lease);
                 }
-                // Older batches are answered by this newer ReadState.
                 for w in b.waiters {
                     self.read_ready(group, rs.index, now, w);
                 }
