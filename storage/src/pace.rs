@@ -26,11 +26,6 @@ impl TokenBucket {
         }
     }
 
-    /// Its rate in bytes per second (0: no limit).
-    pub fn rate(&self) -> u64 {
-        self.rate
-    }
-
     /// Takes `bytes` and says how long to wait before doing more.
     fn take(&self, bytes: u64) -> Option<Duration> {
         if self.rate == 0 {

@@ -111,8 +111,10 @@ impl Replica {
                 continue;
             };
             // Older batches are answered by this newer ReadState.
-            let answered: Vec<ReadBatch> = self.reads_sent.drain(..=pos).collect();
-            for b in answered {
+            for _ in 0..=pos {
+                let Some(b) = self.reads_sent.pop_front() else {
+                    break;
+                };
                 if b.ctx == ctx && self.is_leader() && self.node.raft.lead_transferee.is_none() {
                     self.lease_until = Some(b.issued + lease);
                 }
